@@ -1,0 +1,108 @@
+"""Reading the images of a ``POST /classify`` body: multipart files or JSON base64, within byte limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncGenerator
+
+from fastapi import Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import ServiceError
+
+MULTIPART, JSON = "multipart/form-data", "application/json"
+
+
+class ImagesJSON(BaseModel):
+    """JSON body of ``POST /classify``: base64 images, optionally as ``data:`` URLs."""
+
+    images: list[str] = Field(min_length=1, description="base64-encoded image files")
+
+
+async def read_images(request: Request, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` per image, in order; raises :class:`ServiceError` for anything unusable."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media not in (MULTIPART, JSON):
+        raise ServiceError(
+            415,
+            "unsupported_content_type",
+            f"Content-Type {content_type or '(none)'!r} is not accepted; send {MULTIPART} with files named 'file' "
+            f"or {JSON} like {{\"images\": [\"<base64>\"]}}",
+        )
+    body = await read_body(request, max_bytes)
+    if not body:
+        raise ServiceError(400, "empty_body", "the request body is empty; send at least one image")
+    images = parse_json(body) if media == JSON else await parse_multipart(request, body)
+    if not images:
+        raise ServiceError(422, "no_images", "no images found; send form files named 'file' or a JSON 'images' list")
+    if len(images) > max_images:
+        raise ServiceError(
+            413,
+            "too_many_images",
+            f"{len(images)} images in one request, over the limit of {max_images} "
+            "(CASTREAM_MAX_IMAGES_PER_REQUEST); split the request",
+        )
+    return images
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused as soon as its declared or received length passes ``max_bytes``."""
+    too_large = ServiceError(
+        413, "too_large", f"the request body exceeds {max_bytes} bytes (CASTREAM_MAX_REQUEST_BYTES); send fewer bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> list[tuple[str, bytes]]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServiceError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        images = ImagesJSON.model_validate(data).images
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise ServiceError(422, "invalid_request", errors) from None
+    return [(f"image {i}", _b64(text, i)) for i, text in enumerate(images)]
+
+
+def _b64(text: str, index: int) -> bytes:
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(422, "invalid_base64", f"images[{index}] is not valid base64") from None
+
+
+async def parse_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1000, max_fields=1000).parse()
+    except (MultiPartException, ValueError) as exc:
+        raise ServiceError(400, "invalid_multipart", f"the multipart body cannot be parsed: {exc}") from None
+    images = []
+    try:
+        for i, value in enumerate(form.getlist("file")):
+            if not isinstance(value, UploadFile):
+                raise ServiceError(422, "not_a_file", f"form field 'file' #{i} is text, not a file upload")
+            images.append((value.filename or f"file {i}", await value.read()))
+    finally:
+        await form.close()
+    return images

@@ -1,0 +1,77 @@
+"""Response bodies of the HTTP API (they also make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class AttentionMode(StrEnum):
+    """What attention to return: nothing, the numeric grid, or the grid plus a PNG heat-map overlay."""
+
+    none = "none"
+    grid = "grid"
+    overlay = "overlay"
+
+
+class Label(BaseModel):
+    label: str
+    index: int = Field(description="position in the model's class list")
+    score: float = Field(description="softmax probability")
+
+
+class AttentionMap(BaseModel):
+    height: int
+    width: int
+    values: list[list[float]] = Field(description="[height][width] non-negative weights that sum to 1")
+    overlay_png: str | None = Field(None, description="base64 PNG: the heat-map over the crop the model saw")
+
+
+class Prediction(BaseModel):
+    top_k: list[Label]
+    attention: AttentionMap | None = Field(description="null when not asked for or when the model has none")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction] = Field(description="one per image, in request order")
+
+
+class InputSpec(BaseModel):
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+class GridSize(BaseModel):
+    height: int
+    width: int
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    backbone: str
+    pooling: str
+    precision: str
+    classes: list[str]
+    input: InputSpec
+    attention: GridSize | None
+    preprocessing: dict[str, Any]
+    providers: list[str] = Field(description="execution providers in use, preferred first")
+    val_top1: float | None
+    dataset: dict[str, Any] | None
+    max_batch_size: int
+    max_images_per_request: int
+    auth_required: bool
+
+
+class Status(BaseModel):
+    status: str

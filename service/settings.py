@@ -1,0 +1,108 @@
+"""Service settings: environment variables prefixed ``CASTREAM_``, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "CASTREAM_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. docs/service.md lists them with their meaning."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
+
+    model_path: Path = Path("models/castream.onnx")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue: int = Field(64, ge=1, le=1_000_000)
+    request_timeout_ms: float = Field(10_000, gt=0, le=3_600_000)
+    retry_after_s: int = Field(1, ge=0, le=3600)
+
+    providers: str = "auto"
+    pad_batches: Literal["auto", "on", "off"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, le=1024)
+    inter_op_threads: int = Field(0, ge=0, le=1024)
+    decode_threads: int = Field(0, ge=0, le=256)
+
+    max_images_per_request: int = Field(16, ge=1, le=1024)
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+    api_key: SecretStr | None = None
+    drain_delay_s: float = Field(3.0, ge=0, le=600)
+    shutdown_timeout_s: float = Field(20.0, gt=0, le=3600)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"no model file at {str(path)!r}; build one with `make export` or point to a .onnx file")
+        return path
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_listed(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        if not all(names):
+            raise ValueError(f"got {value!r}; expected 'auto' or a comma-separated list such as 'cuda,cpu'")
+        return ",".join(names)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty; unset it to disable authentication or give a non-empty token")
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue < self.max_images_per_request:
+            raise ValueError(
+                f"{PREFIX}MAX_QUEUE={self.max_queue} is smaller than {PREFIX}MAX_IMAGES_PER_REQUEST="
+                f"{self.max_images_per_request}, so the largest request could never be queued; raise the first "
+                "or lower the second"
+            )
+        return self
+
+    @property
+    def decode_workers(self) -> int:
+        return self.decode_threads or min(4, os.cpu_count() or 1)
+
+    @property
+    def provider_list(self) -> list[str]:
+        return self.providers.split(",")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (``overrides`` win) and turn validation errors into one readable message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            field = str(error["loc"][0])
+            shown = "<hidden>" if field == "api_key" else repr(error.get("input"))
+            lines.append(f"{PREFIX}{field.upper()}={shown}: {message}")
+        else:
+            lines.append(message)
+    return "invalid service settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,36 @@
+"""Fixtures shared by every test package: a tiny trained run that the later stages start from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-18 run on 64 px synthetic images, one baseline and one stream epoch (seconds on a CPU).
+
+    Returns the run folder; its checkpoint is ``castream.pt``.
+    """
+    from training.pipeline import FitOptions, fit
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    fit(
+        FitOptions(
+            image_size=64,
+            synthetic_train=256,
+            synthetic_val=64,
+            epochs=1,
+            baseline_epochs=1,
+            batch_size=32,
+            out=str(out),
+            progress=False,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run: Path) -> Path:
+    return tiny_run / "castream.pt"

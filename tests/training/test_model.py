@@ -1,0 +1,137 @@
+"""The CA block and stream: shapes, attention as a distribution, exact class maps, frozen backbone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.backbones import BACKBONES
+from training.engine import Objective, Runtime, trainable_parameters
+from training.model import CABlock, CAStreamNet, ModelConfig
+
+LARGE = {"resnet101", "resnet152", "convnext_base", "convnext_large"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in BACKBONES])
+def test_every_backbone_gives_logits_and_a_distribution_over_positions(name: str) -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig(name, num_classes=7)).eval()
+    assert len(model.stream.blocks) == 5  # stem + four stages: no stage skipped
+    x = torch.randn(2, 3, 64, 96)  # non-square
+    with torch.no_grad():
+        logits, attention = model(x)
+        gap_logits, none = model(x, pooling="gap")
+    assert logits.shape == gap_logits.shape == (2, 7)
+    assert none is None
+    assert attention.shape == (2, 2, 3)
+    assert torch.isfinite(logits).all()
+    assert (attention >= 0).all()
+    torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(2))
+
+
+def test_block_is_softmax_attention_then_projection_without_residual() -> None:
+    torch.manual_seed(0)
+    block = CABlock(4, 3)
+    features = torch.randn(2, 4, 2, 5)  # (N, C, H, W)
+    token = torch.randn(2, 4)
+    out, weights = block(features, token)
+    flat = features.flatten(2).transpose(1, 2)  # (N, P, C)
+    expected_weights = torch.softmax(flat @ token[:, :, None] / math.sqrt(4), dim=1)[..., 0]
+    torch.testing.assert_close(weights, expected_weights)
+    pooled = (expected_weights[..., None] * flat).sum(1)
+    torch.testing.assert_close(out, pooled @ block.proj.weight.T + block.proj.bias)
+    assert not [name for name, _ in block.named_parameters() if name not in ("proj.weight", "proj.bias")]
+
+
+def test_token_initialised_from_normal_one_one() -> None:
+    torch.manual_seed(0)
+    token = CAStreamNet(ModelConfig("resnet50", 10)).stream.token.detach()
+    assert token.shape == (64,)
+    assert abs(token.mean().item() - 1.0) < 0.4
+    assert abs(token.std().item() - 1.0) < 0.3
+
+
+def test_resnet50_stream_has_the_papers_parameter_count() -> None:
+    model = CAStreamNet(ModelConfig("resnet50", 1000))
+    assert sum(p.numel() for p in model.stream.parameters()) == 6_969_152
+    assert model.backbone.widths == (64, 256, 512, 1024, 2048)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+def test_class_maps_sum_exactly_to_the_logits(name: str) -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig(name, num_classes=5)).eval()
+    x = torch.randn(3, 3, 96, 64)
+    with torch.no_grad():
+        maps, reconstructed = model.class_maps(x)
+        logits, attention = model(x)
+    assert maps.shape == (3, 5, *attention.shape[1:])
+    torch.testing.assert_close(reconstructed, logits, rtol=1e-4, atol=1e-4)
+    # Changing the constant-free part changes the logits by exactly the map's change: maps are not a
+    # rescaled copy of the attention but class-specific.
+    assert not torch.allclose(maps[:, 0], maps[:, 1])
+
+
+def _train_steps(model: CAStreamNet, stage: str, steps: int = 3) -> torch.optim.Optimizer:
+    params = trainable_parameters(model, stage)
+    objective = Objective(model, stage, Runtime(torch.device("cpu"), amp=False))
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for step in range(steps):
+        x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(objective(x), torch.tensor([0, 1, 2, 3]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return optimizer
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+def test_stream_training_leaves_the_backbone_frozen(name: str) -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig(name, num_classes=4))
+    before_params = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    params = trainable_parameters(model, "stream")
+    objective = Objective(model, "stream", Runtime(torch.device("cpu"), amp=False))
+    loss = torch.nn.functional.cross_entropy(objective(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    stream_ids = {id(p) for p in model.stream.parameters()}
+    assert {id(p) for p in params} == stream_ids
+    for pname, param in model.stream.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"stream parameter {pname} got no gradient"
+    for pname, param in model.backbone.named_parameters():
+        assert param.grad is None, f"frozen parameter {pname} received a gradient"
+    assert not model.backbone.training
+    _train_steps(model, "stream")
+    after = model.backbone.state_dict()
+    for key, value in before_params.items():
+        assert torch.equal(value, after[key]), f"backbone entry {key} changed during stream training"
+
+
+def test_full_baseline_trains_the_backbone_and_its_batchnorm() -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig("resnet18", num_classes=4))
+    stream_before = {k: v.clone() for k, v in model.stream.state_dict().items()}
+    running_before = model.backbone.net.bn1.running_mean.clone()
+    _train_steps(model, "full", steps=1)
+    assert not torch.equal(running_before, model.backbone.net.bn1.running_mean)
+    for key, value in model.stream.state_dict().items():
+        assert torch.equal(value, stream_before[key])
+
+
+def test_probe_trains_only_the_classifier() -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig("resnet18", num_classes=4))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    _train_steps(model, "probe", steps=2)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed == {"backbone.net.fc.weight", "backbone.net.fc.bias"}
+
+
+def test_unknown_pooling_and_backbone_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        ModelConfig("vgg16")
+    model = CAStreamNet(ModelConfig("resnet18", 3))
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        model(torch.randn(1, 3, 64, 64), pooling="max")

@@ -1,0 +1,244 @@
+"""Training and validation data: an ImageFolder directory, or the embedded synthetic default.
+
+Both yield batches of normalised float images (N, 3, S, S) and integer labels, sharded across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision import datasets, transforms
+
+from training import synthetic
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The inference transform: resize the shorter side, centre-crop, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+    def eval_transform(self) -> transforms.Compose:
+        mode = transforms.InterpolationMode(self.interpolation)
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize, interpolation=mode, antialias=True),
+                transforms.CenterCrop(self.crop),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def train_transform(self) -> transforms.Compose:
+        mode = transforms.InterpolationMode(self.interpolation)
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(self.crop, interpolation=mode, antialias=True),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 NHWC images already at the crop size -> normalised float NCHW."""
+        x = images.permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def preprocessing_for(weights_transforms: Any | None, image_size: int) -> Preprocessing:
+    """The backbone's own preprocessing (from torchvision weights), scaled to ``image_size``."""
+    if weights_transforms is None:
+        return Preprocessing(resize=math.floor(image_size * 256 / 224), crop=image_size)
+    crop = weights_transforms.crop_size[0]
+    resize = weights_transforms.resize_size[0]
+    return Preprocessing(
+        resize=round(image_size * resize / crop),
+        crop=image_size,
+        mean=tuple(weights_transforms.mean),
+        std=tuple(weights_transforms.std),
+        interpolation=weights_transforms.interpolation.value,
+    )
+
+
+class Batches:
+    """Iterates (images, labels) batches over one split; ``set_epoch`` reshuffles deterministically."""
+
+    def __init__(self, source: Any, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.source, self.batch_size, self.shuffle, self.seed = source, batch_size, shuffle, seed
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.source) / self.world)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.source.iterate(self)
+
+
+class SyntheticSource:
+    """In-memory synthetic split; images are generated once (or read from the on-disk cache)."""
+
+    def __init__(self, spec: synthetic.SyntheticSpec, preprocessing: Preprocessing, cache_dir: Path | None):
+        split = load_synthetic(spec, cache_dir)
+        self.images = torch.from_numpy(split.images)
+        self.labels = torch.from_numpy(split.labels)
+        self.masks = split.masks
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def iterate(self, batches: Batches) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.arange(len(self))
+        if batches.shuffle:
+            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(batches.seed + batches.epoch))
+        # Pad by wrapping so that every rank sees the same number of batches (as DistributedSampler does).
+        shard = batches._shard_size()
+        order = torch.cat([order, order[: shard * batches.world - len(order)]])[batches.rank :: batches.world]
+        for start in range(0, len(order), batches.batch_size):
+            index = order[start : start + batches.batch_size]
+            yield self.preprocessing.normalize(self.images[index]), self.labels[index]
+
+
+class FolderSource:
+    """An ImageFolder split read with torchvision transforms through a DataLoader."""
+
+    def __init__(self, dataset: datasets.ImageFolder | Subset, workers: int):
+        self.dataset, self.workers = dataset, workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def iterate(self, batches: Batches) -> Iterator[tuple[Tensor, Tensor]]:
+        sampler = DistributedSampler(
+            self.dataset, num_replicas=batches.world, rank=batches.rank, shuffle=batches.shuffle, seed=batches.seed
+        )
+        sampler.set_epoch(batches.epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=batches.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            persistent_workers=False,
+        )
+        for images, labels in loader:
+            yield images.contiguous(memory_format=torch.channels_last), labels
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from; stored in checkpoints so that later stages can reload it."""
+
+    kind: str = "synthetic"  # "synthetic" or "imagefolder"
+    root: str | None = None
+    image_size: int = 112
+    train_count: int = 4000
+    val_count: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def synthetic_spec(self, split: str) -> synthetic.SyntheticSpec:
+        count = self.train_count if split == "train" else self.val_count
+        # Distinct seeds per split: validation images are never training images.
+        seed = self.seed * 2 + (0 if split == "train" else 1)
+        return synthetic.SyntheticSpec(size=self.image_size, count=count, seed=seed)
+
+
+@dataclass
+class Data:
+    """The two splits, their class names, and the preprocessing that the deployed model will use."""
+
+    train: Any
+    val: Any
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    config: DataConfig
+
+
+def load_synthetic(spec: synthetic.SyntheticSpec, cache_dir: Path | None) -> synthetic.SyntheticSplit:
+    """Generates a split, or reads it from ``cache_dir`` where an earlier run wrote it."""
+    if cache_dir is None:
+        return synthetic.generate(spec)
+    key = hashlib.sha256(spec.to_json().encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"synthetic-{key}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return synthetic.SyntheticSplit(stored["images"], stored["labels"], stored["masks"])
+    log.info("generating %d synthetic images of %d px (seed %d)", spec.count, spec.size, spec.seed)
+    split = synthetic.generate(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{torch.randint(1 << 30, ()).item()}.tmp.npz")
+    np.savez(partial, images=split.images, labels=split.labels, masks=split.masks)
+    partial.replace(path)  # atomic: concurrent ranks never read half a file
+    return split
+
+
+def load_data(
+    config: DataConfig, preprocessing: Preprocessing, cache_dir: Path | None = None, workers: int = 2
+) -> Data:
+    """Builds both splits. For an ImageFolder, ``preprocessing`` is the backbone's own."""
+    if config.kind == "synthetic":
+        preprocessing = replace(preprocessing, resize=config.image_size, crop=config.image_size)
+        train = SyntheticSource(config.synthetic_spec("train"), preprocessing, cache_dir)
+        val = SyntheticSource(config.synthetic_spec("val"), preprocessing, cache_dir)
+        return Data(train, val, synthetic.CLASSES, preprocessing, config)
+    if config.kind != "imagefolder":
+        raise ValueError(f"unknown data kind {config.kind!r}; expected 'synthetic' or 'imagefolder'")
+    root = Path(config.root or "")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(
+                f"{root / split} is not a directory; --data expects a folder with train/ and val/ subfolders, "
+                "each holding one folder of images per class (torchvision ImageFolder layout)"
+            )
+    train_set = datasets.ImageFolder(str(root / "train"), transform=preprocessing.train_transform())
+    val_set = datasets.ImageFolder(str(root / "val"), transform=preprocessing.eval_transform())
+    if train_set.classes != val_set.classes:
+        raise ValueError(f"train/ and val/ have different classes: {train_set.classes} vs {val_set.classes}")
+    classes = tuple(val_set.classes)
+    train = FolderSource(_limit(train_set, config.train_count, config.seed), workers)
+    val = FolderSource(_limit(val_set, config.val_count, config.seed), workers)
+    return Data(train, val, classes, preprocessing, config)
+
+
+def _limit(dataset: datasets.ImageFolder, count: int | None, seed: int) -> datasets.ImageFolder | Subset:
+    if not count or count >= len(dataset):
+        return dataset
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return Subset(dataset, index.tolist())

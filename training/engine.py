@@ -1,0 +1,256 @@
+"""The training loop: a baseline stage (the classifier, or the whole network), then the CA stream.
+
+During the stream stage the backbone and classifier are frozen for real: in eval mode (BatchNorm
+statistics never move), ``requires_grad`` off, and their forward pass under ``no_grad``. Only the
+stream's parameters are handed to the optimiser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training import checkpoint
+from training.data import Data
+from training.model import CAStreamNet
+
+log = logging.getLogger(__name__)
+
+STAGES = ("probe", "full", "stream")  # probe: classifier only; full: backbone + classifier end to end
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class Runtime:
+    """Where and how the loop runs: device, precision and the DDP group (rank 0 writes files)."""
+
+    device: torch.device
+    amp: bool = True
+    rank: int = 0
+    world: int = 1
+    progress: bool = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+class Objective(nn.Module):
+    """The trainable part of each stage as one module, so that DDP wraps exactly what learns."""
+
+    def __init__(self, model: CAStreamNet, stage: str, runtime: Runtime) -> None:
+        super().__init__()
+        self.model, self.stage, self.runtime = model, stage, runtime
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.stage == "full":
+            with self.runtime.autocast():
+                return self.model(images, pooling="gap").logits
+        with torch.no_grad(), self.runtime.autocast():
+            taps = self.model.forward_features(images)
+        return self.model.forward_head(taps, "ca" if self.stage == "stream" else "gap").logits
+
+
+def trainable_parameters(model: CAStreamNet, stage: str) -> list[nn.Parameter]:
+    """Sets ``requires_grad`` and module modes for ``stage``; returns the parameters that learn."""
+    model.requires_grad_(False)
+    model.eval()
+    if stage == "stream":
+        learn: nn.Module = model.stream
+    elif stage == "probe":
+        learn = model.backbone.classifier
+    elif stage == "full":
+        learn = model.backbone
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    learn.requires_grad_(True)
+    learn.train()
+    return list(learn.parameters())
+
+
+def make_optimizer(params: list[nn.Parameter], settings: StageSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; expected 'sgd' or 'adamw'")
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, settings: StageSettings, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero, stepped every iteration."""
+    total = max(1, settings.epochs * steps_per_epoch)
+    warmup = int(settings.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def evaluate(model: CAStreamNet, batches: Any, runtime: Runtime, poolings: tuple[str, ...]) -> dict[str, float]:
+    """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks)."""
+    model.eval()
+    correct = torch.zeros(len(poolings), dtype=torch.float64)
+    seen = torch.zeros((), dtype=torch.float64)
+    for images, labels in _progress(batches, runtime, "validate"):
+        images, labels = images.to(runtime.device), labels.to(runtime.device)
+        with runtime.autocast():
+            taps = model.forward_features(images)
+        for index, pooling in enumerate(poolings):
+            logits = model.forward_head(taps, pooling).logits
+            correct[index] += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    if runtime.world > 1:
+        dist.all_reduce(correct)
+        dist.all_reduce(seen)
+    return {
+        f"val_top1_{p}": round(100.0 * c.item() / max(1.0, seen.item()), 3)
+        for p, c in zip(poolings, correct, strict=True)
+    }
+
+
+def _progress(iterable: Any, runtime: Runtime, desc: str) -> Iterator:
+    return tqdm(iterable, desc=desc, leave=False, disable=not (runtime.progress and runtime.main), dynamic_ncols=True)
+
+
+@dataclass
+class StageResult:
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def train_stage(
+    model: CAStreamNet,
+    stage: str,
+    data: Data,
+    settings: StageSettings,
+    runtime: Runtime,
+    save: Callable[[dict[str, Any]], None],
+    resume: dict[str, Any] | None = None,
+) -> StageResult:
+    """Runs ``settings.epochs`` epochs of ``stage``, saving a checkpoint after each one.
+
+    Args:
+        save: called on every rank with the stage's training state after each epoch (rank 0 writes it).
+        resume: the state saved by ``save`` for this stage, to continue after its last finished epoch.
+    """
+    params = trainable_parameters(model, stage)
+    optimizer = make_optimizer(params, settings)
+    schedule = make_schedule(optimizer, settings, len(data.train))
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        history, start_epoch = list(resume["history"]), resume["epoch"]
+        torch.set_rng_state(resume["rng"])
+        log.info("%s: resuming after epoch %d of %d", stage, start_epoch, settings.epochs)
+    objective: nn.Module = Objective(model, stage, runtime)
+    if runtime.world > 1:
+        objective = DistributedDataParallel(objective, broadcast_buffers=stage == "full")
+    poolings = ("gap", "ca") if stage == "stream" else ("gap",)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        data.train.set_epoch(epoch)
+        trainable_parameters(model, stage)  # evaluation switched modules to eval mode
+        epoch_started, total_loss, images_seen = time.perf_counter(), 0.0, 0
+        bar = _progress(data.train, runtime, f"{stage} {epoch + 1}/{settings.epochs}")
+        for images, labels in bar:
+            images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device)
+            loss = nn.functional.cross_entropy(objective(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(labels)
+            images_seen += len(labels)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
+        record = {
+            "stage": stage,
+            "epoch": epoch + 1,
+            "train_loss": round(total_loss / max(1, images_seen), 5),
+            "train_images_per_second": round(images_seen * runtime.world / (time.perf_counter() - epoch_started), 1),
+            **evaluate(model, data.val, runtime, poolings),
+        }
+        history.append(record)
+        if runtime.main:
+            log.info("%s", " ".join(f"{k}={v}" for k, v in record.items()))
+        save(
+            {
+                "epoch": epoch + 1,
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "history": history,
+                "rng": torch.get_rng_state(),
+                "settings": asdict(settings),
+            }
+        )
+    model.requires_grad_(False)
+    model.eval()
+    return StageResult(history, time.perf_counter() - started)
+
+
+def setup_distributed(device_request: str) -> Runtime:
+    """Joins the process group when started by ``torchrun``; picks the device."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_request == "auto":
+        device_request = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_request)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world=world)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def save_checkpoint(path: Path, runtime: Runtime, state: dict[str, Any]) -> None:
+    """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint it may resume from."""
+    if runtime.main:
+        checkpoint.save(state, path)
+    if runtime.world > 1:
+        dist.barrier()

@@ -1,0 +1,80 @@
+"""Train a CA stream on a frozen torchvision backbone.
+
+python -m training.fit                          # the embedded synthetic default -> runs/default/
+python -m training.fit --backbone resnet50 --weights IMAGENET1K_V2 --data /data/birds --out runs/birds
+torchrun --nproc-per-node 2 -m training.fit ... # DDP
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from training.backbones import BACKBONES
+from training.pipeline import FitOptions, fit
+
+
+def parse_args(argv: list[str] | None = None) -> FitOptions:
+    defaults = FitOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m training.fit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--backbone", default=defaults.backbone, choices=BACKBONES, help="torchvision backbone")
+    add(
+        "--weights",
+        default=defaults.weights,
+        help="torchvision weights name (IMAGENET1K_V2...), a state-dict file or a castream checkpoint; "
+        "default: random initialisation",
+    )
+    add("--data", default=defaults.data, help="ImageFolder root with train/ and val/; default: synthetic data")
+    add("--image-size", type=int, default=None, help="crop size (default 224, or 112 for the synthetic data)")
+    add("--limit", type=int, default=None, help="at most this many images per split (quick runs)")
+    add("--epochs", type=int, default=defaults.epochs, help="epochs of stream training")
+    add("--lr", type=float, default=defaults.lr, help="stream learning rate")
+    add("--optimizer", default=defaults.optimizer, choices=("sgd", "adamw"), help="stream optimiser")
+    add(
+        "--baseline",
+        default=defaults.baseline,
+        choices=("auto", "probe", "full", "none"),
+        help="baseline stage before the stream: a linear probe, end-to-end training, or none "
+        "(auto: none when the classifier fits the data, a probe for pretrained weights, else full)",
+    )
+    add("--baseline-epochs", type=int, default=defaults.baseline_epochs, help="epochs of the baseline stage")
+    add("--baseline-lr", type=float, default=None, help="baseline learning rate (default 0.1 full, 0.5 probe)")
+    add(
+        "--baseline-optimizer", default=defaults.baseline_optimizer, choices=("sgd", "adamw"), help="baseline optimiser"
+    )
+    add("--batch-size", type=int, default=defaults.batch_size, help="images per step on each process")
+    add("--out", default=defaults.out, help="run folder (checkpoint, config.json, metrics.json)")
+    add("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
+    add("--seed", type=int, default=defaults.seed)
+    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    add("--no-amp", dest="amp", action="store_false", help="train in float32 (default: bf16/fp16 autocast)")
+    add("--workers", type=int, default=defaults.workers, help="data-loading processes for ImageFolder data")
+    add("--cache-dir", default=defaults.cache_dir, help="folder to cache generated synthetic images in")
+    add("--synthetic-train", type=int, default=defaults.synthetic_train, help="synthetic training images")
+    add("--synthetic-val", type=int, default=defaults.synthetic_val, help="synthetic validation images")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "baseline_epochs", "batch_size", "limit", "image_size", "synthetic_train", "synthetic_val"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name.endswith("epochs") else 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return FitOptions(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = parse_args(argv)
+    try:
+        fit(options)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        logging.getLogger("training.fit").error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

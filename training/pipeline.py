@@ -1,0 +1,256 @@
+"""One training run, start to finish: resolve weights and data, plan the stages, train, record.
+
+The run folder gets ``config.json`` (the resolved configuration and git revision) at the start,
+``castream.pt`` after every epoch (atomically), and ``metrics.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training import __version__, checkpoint, weights
+from training.data import Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
+from training.engine import (
+    Runtime,
+    StageSettings,
+    evaluate,
+    save_checkpoint,
+    setup_distributed,
+    teardown_distributed,
+    train_stage,
+)
+from training.model import CAStreamNet, ModelConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "castream.pt"
+
+
+@dataclass
+class FitOptions:
+    """The training command's options (see ``python -m training.fit --help``)."""
+
+    backbone: str = "resnet18"
+    weights: str | None = None
+    data: str | None = None
+    image_size: int | None = None
+    limit: int | None = None
+    epochs: int = 4
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    baseline_epochs: int = 6
+    baseline_lr: float | None = None
+    baseline_optimizer: str = "sgd"
+    baseline: str = "auto"  # auto, probe, full or none
+    batch_size: int = 64
+    out: str = "runs/default"
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 2
+    cache_dir: str | None = None
+    progress: bool = True
+    synthetic_train: int = 6000
+    synthetic_val: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def git_revision() -> str:
+    """The source tree's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def _data_config(options: FitOptions) -> DataConfig:
+    if options.data:
+        return DataConfig(
+            kind="imagefolder",
+            root=str(Path(options.data).resolve()),
+            image_size=options.image_size or 224,
+            train_count=options.limit or 0,
+            val_count=options.limit or 0,
+            seed=options.seed,
+        )
+    limit = options.limit or max(options.synthetic_train, options.synthetic_val)
+    return DataConfig(
+        kind="synthetic",
+        image_size=options.image_size or 112,
+        train_count=min(options.synthetic_train, limit),
+        val_count=min(options.synthetic_val, limit),
+        seed=options.seed,
+    )
+
+
+def _initial_model(options: FitOptions, data_classes: int, initial: weights.InitialWeights) -> tuple[CAStreamNet, str]:
+    """Builds the model for ``data_classes`` from the initial weights; returns it and the baseline stage."""
+    model = CAStreamNet(ModelConfig(options.backbone, data_classes))
+    fits = initial.num_classes == data_classes
+    classifier = "backbone.net." + model.backbone.classifier_prefix
+    if initial.kind == "checkpoint":
+        state = {k: v for k, v in initial.checkpoint["state_dict"].items() if fits or not k.startswith(classifier)}
+        model.load_state_dict(state, strict=fits)
+    elif initial.state_dict is not None:
+        missing, unexpected = model.backbone.net.load_state_dict(
+            {k: v for k, v in initial.state_dict.items() if fits or not ("backbone.net." + k).startswith(classifier)},
+            strict=False,
+        )
+        missing = [k for k in missing if fits or not ("backbone.net." + k).startswith(classifier)]
+        if missing or unexpected:
+            raise ValueError(
+                f"weights {initial.name!r} do not fit {options.backbone}: missing {missing[:4]}, "
+                f"unexpected {list(unexpected)[:4]}"
+            )
+    if options.baseline != "auto":
+        return model, options.baseline
+    if not initial.pretrained:
+        return model, "full"
+    return model, "none" if fits else "probe"
+
+
+def _plan(options: FitOptions, baseline: str) -> list[tuple[str, StageSettings]]:
+    plan = []
+    if baseline != "none" and options.baseline_epochs > 0:
+        adamw = options.baseline_optimizer == "adamw"
+        lr = options.baseline_lr or (0.002 if adamw else 0.05 if baseline == "full" else 0.5)
+        weight_decay = (0.05 if adamw else 5e-4) if baseline == "full" else 0.0
+        plan.append(
+            (baseline, StageSettings(options.baseline_epochs, lr, options.baseline_optimizer, 0.9, weight_decay, 0.3))
+        )
+    plan.append(("stream", StageSettings(options.epochs, options.lr, options.optimizer, 0.9, 1e-4, 0.0)))
+    return plan
+
+
+def _describe(options: FitOptions, model: CAStreamNet, data: Data, runtime: Runtime, plan: list) -> dict[str, Any]:
+    return {
+        "options": asdict(options),
+        "model": model.config.to_dict(),
+        "data": data.config.to_dict(),
+        "classes": list(data.classes),
+        "preprocessing": data.preprocessing.to_dict(),
+        "plan": [[stage, asdict(settings)] for stage, settings in plan],
+        "runtime": {"device": str(runtime.device), "world_size": runtime.world, "amp": runtime.amp},
+        "versions": {"castream": __version__, "torch": torch.__version__},
+        "git_revision": git_revision(),
+    }
+
+
+def fit(options: FitOptions) -> dict[str, Any]:
+    """Trains (or resumes) the run in ``options.out``; returns the final metrics."""
+    runtime = setup_distributed(options.device)
+    runtime.amp, runtime.progress = options.amp, options.progress
+    try:
+        return _fit(options, runtime)
+    finally:
+        teardown_distributed()
+
+
+def _fit(options: FitOptions, runtime: Runtime) -> dict[str, Any]:
+    out = Path(options.out)
+    path = out / CHECKPOINT_NAME
+    saved = None
+    if options.resume and path.exists():
+        saved = checkpoint.load(path)
+        options = FitOptions(**{**saved["config"]["options"], "out": options.out, "resume": True})
+        log.info("resuming %s (stage %s, epoch %s)", path, saved["stage"], saved["stage_state"]["epoch"])
+    elif options.resume:
+        log.warning("--resume: no checkpoint at %s, starting a new run", path)
+    torch.manual_seed(options.seed)
+    cache = Path(options.cache_dir) if options.cache_dir else None
+    data_config = _data_config(options)
+
+    if saved is None:
+        initial = weights.resolve(options.weights, options.backbone)
+        preprocessing = preprocessing_for(initial.transforms, data_config.image_size)
+        if initial.kind == "checkpoint":
+            stored = Preprocessing.from_dict(initial.checkpoint["preprocessing"])
+            preprocessing = Preprocessing(
+                round(data_config.image_size * stored.resize / stored.crop),
+                data_config.image_size,
+                stored.mean,
+                stored.std,
+                stored.interpolation,
+            )
+    else:
+        preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+    data = load_data(data_config, preprocessing, cache, options.workers)
+    if saved is None:
+        model, baseline = _initial_model(options, len(data.classes), initial)
+    else:
+        model = CAStreamNet(ModelConfig(**saved["model"]))
+        model.load_state_dict(saved["state_dict"])
+        baseline = saved["config"]["plan"][0][0] if len(saved["config"]["plan"]) > 1 else "none"
+    model.to(runtime.device)
+    plan = _plan(options, baseline)
+    config = saved["config"] if saved else _describe(options, model, data, runtime, plan)
+    data.train = Batches(data.train, options.batch_size, True, options.seed, runtime.rank, runtime.world)
+    data.val = Batches(data.val, options.batch_size, False, options.seed, runtime.rank, runtime.world)
+    if runtime.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    completed: dict[str, Any] = dict(saved["completed"]) if saved else {}
+    started = time.perf_counter()
+    for stage, settings in plan:
+        if stage in completed:
+            continue
+        resume = saved["stage_state"] if saved and saved["stage"] == stage else None
+
+        def save(stage_state: dict[str, Any], stage: str = stage) -> None:
+            save_checkpoint(path, runtime, _state(model, data, config, stage, stage_state, completed))
+
+        result = train_stage(model, stage, data, settings, runtime, save, resume)
+        completed[stage] = {"history": result.history, "seconds": round(result.seconds, 1)}
+    metrics = {**evaluate(model, data.val, runtime, ("gap", "ca")), "stages": completed}
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+    final = _state(model, data, config, "done", {"epoch": 0}, completed)
+    final["metrics"] = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    save_checkpoint(path, runtime, final)
+    if runtime.main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("val top-1: GAP %.2f %%, CA %.2f %% -> %s", metrics["val_top1_gap"], metrics["val_top1_ca"], path)
+    return metrics
+
+
+def _state(
+    model: CAStreamNet,
+    data: Data,
+    config: dict[str, Any],
+    stage: str,
+    stage_state: dict[str, Any],
+    completed: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "model": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "classes": list(data.classes),
+        "preprocessing": data.preprocessing.to_dict(),
+        "data": data.config.to_dict(),
+        "config": config,
+        "stage": stage,
+        "stage_state": stage_state,
+        "completed": completed,
+        "metrics": {},
+    }
