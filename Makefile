@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint train export serve bench clean
+.PHONY: demo test lint train export serve bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,9 @@ train: runs/default/castream.pt
 export: models/castream.onnx
 
 serve: models/castream.onnx
-	$(BIN)/python -m service
+	@echo "Serving models/castream.onnx on http://localhost:8000 (upload page: http://localhost:8000/)"
+	@echo "Try: curl -s -F file=@path/to/image.png 'http://localhost:8000/classify?top_k=3'"
+	CASTREAM_MODEL_PATH=models/castream.onnx CASTREAM_PORT=8000 $(BIN)/python -m service
 
 demo: serve
 
@@ -31,7 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) lint
+# The browser test of the service's page drives Debian's chromium; install it once where it is missing.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest
 
 clean:

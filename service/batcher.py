@@ -88,19 +88,21 @@ class Batcher:
             self._items.clear()
         self._executor.shutdown(wait=False)
 
-    async def submit(self, inputs: list[np.ndarray]) -> list[Any]:
-        """Queue one request's images and wait for their outputs, in order."""
+    def admit(self, images: int) -> None:
+        """Raise 503 unless ``images`` more fit in the queue now; cheap enough to call before decoding."""
         if self._closing or self._task is None:
-            self.metrics.reject("shutting_down")
             raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
-        if self.depth + len(inputs) > self.max_queue:
-            self.metrics.reject("queue_full")
+        if self.depth + images > self.max_queue:
             raise ServiceError(
                 503,
                 "queue_full",
                 f"the queue holds {self.depth} of {self.max_queue} images (CASTREAM_MAX_QUEUE); retry later",
                 self._retry_headers(),
             )
+
+    async def submit(self, inputs: list[np.ndarray]) -> list[Any]:
+        """Queue one request's images and wait for their outputs, in order."""
+        self.admit(len(inputs))
         now = time.monotonic()
         future = asyncio.get_running_loop().create_future()
         job = _Job(inputs, now, now + self.timeout_s, future, [None] * len(inputs), len(inputs))
@@ -122,8 +124,8 @@ class Batcher:
 
     def _expire(self, job: _Job) -> None:
         waited = time.monotonic() - job.enqueued
-        self.metrics.reject("timeout")
-        self._fail(job, ServiceError(504, "timeout", f"waited {waited:.2f} s in the queue (CASTREAM_REQUEST_TIMEOUT_MS)"))
+        detail = f"waited {waited:.2f} s in the queue, past CASTREAM_REQUEST_TIMEOUT_MS; retry later"
+        self._fail(job, ServiceError(504, "timeout", detail))
 
     @staticmethod
     def _fail(job: _Job, exc: BaseException) -> None:

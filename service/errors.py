@@ -38,11 +38,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        request.app.state.metrics.reject(exc.code)
         return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        request.app.state.metrics.reject("invalid_request")
         return error_response(422, "invalid_request", errors)
 
     @app.exception_handler(HTTPException)

@@ -6,11 +6,13 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from service.errors import ServiceError
 
@@ -20,7 +22,7 @@ MULTIPART, JSON = "multipart/form-data", "application/json"
 class ImagesJSON(BaseModel):
     """JSON body of ``POST /classify``: base64 images, optionally as ``data:`` URLs."""
 
-    images: list[str] = Field(min_length=1, description="base64-encoded image files")
+    images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="base64-encoded image files")
 
 
 async def read_images(request: Request, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
@@ -32,7 +34,7 @@ async def read_images(request: Request, max_bytes: int, max_images: int) -> list
             415,
             "unsupported_content_type",
             f"Content-Type {content_type or '(none)'!r} is not accepted; send {MULTIPART} with files named 'file' "
-            f"or {JSON} like {{\"images\": [\"<base64>\"]}}",
+            f'or {JSON} like {{"images": ["<base64>"]}}',
         )
     body = await read_body(request, max_bytes)
     if not body:
@@ -59,11 +61,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServiceError(400, "incomplete_body", f"the client disconnected after {size} bytes") from None
     return b"".join(chunks)
 
 

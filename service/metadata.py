@@ -76,7 +76,9 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
 
     def need(key: str) -> str:
         if key not in props:
-            raise ModelError(f"{source}: metadata property {key!r} is missing; re-export with `python -m export.to_onnx`")
+            raise ModelError(
+                f"{source}: metadata property {key!r} is missing; re-export with `python -m export.to_onnx`"
+            )
         return props[key]
 
     def parsed(key: str, parse: Any) -> Any:

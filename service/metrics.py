@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -12,6 +12,7 @@ class Metrics:
     """Every ``castream_*`` metric; docs/service.md lists them for dashboards and autoscaling."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series only add noise to dashboards
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -22,7 +23,10 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(
-            "castream_queue_wait_seconds", "Time a request waited in the batch queue", buckets=LATENCY_BUCKETS, registry=r
+            "castream_queue_wait_seconds",
+            "Time a request waited in the batch queue",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_seconds = Histogram(
             "castream_inference_duration_seconds", "Time of one session.run over a batch", buckets=LATENCY_BUCKETS,

@@ -31,7 +31,10 @@ class OnnxModel:
     def __init__(self, session: ort.InferenceSession, info: ModelInfo, buckets: tuple[int, ...] = ()):
         self.session, self.info, self.buckets = session, info, buckets
         self.outputs = [LOGITS, ATTENTION] if info.has_attention else [LOGITS]
-        self.attention_shape: tuple[int, int] | None = None
+        # Known from the graph when its dimensions are static, otherwise from the warm-up's output.
+        dims = next((o.shape[1:] for o in session.get_outputs() if o.name == ATTENTION), None)
+        static = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims)
+        self.attention_shape: tuple[int, int] | None = (dims[0], dims[1]) if static else None
 
     @property
     def providers(self) -> list[str]:
@@ -73,6 +76,9 @@ def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_t
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ONNX Runtime threads would otherwise spin and take CPU from decoding and the event loop.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
@@ -100,4 +106,6 @@ def _check_graph(session: ort.InferenceSession, info: ModelInfo, source: str) ->
     shape = inputs[INPUT].shape
     fixed = zip(shape[1:], (3, crop, crop), strict=False)
     if len(shape) != 4 or any(isinstance(dim, int) and dim != want for dim, want in fixed):
-        raise ModelError(f"{source}: input {INPUT!r} has shape {shape}; the metadata's crop needs [N, 3, {crop}, {crop}]")
+        raise ModelError(
+            f"{source}: input {INPUT!r} has shape {shape}; the metadata's crop needs [N, 3, {crop}, {crop}]"
+        )

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CACHE = Path(".cache/castream")  # generated synthetic splits, relative to the working directory
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def load_synthetic(spec: synthetic.SyntheticSpec, cache_dir: Path | None) -> syn
 
 
 def load_data(
-    config: DataConfig, preprocessing: Preprocessing, cache_dir: Path | None = None, workers: int = 2
+    config: DataConfig, preprocessing: Preprocessing, cache_dir: Path | None = DEFAULT_CACHE, workers: int = 2
 ) -> Data:
     """Builds both splits. For an ImageFolder, ``preprocessing`` is the backbone's own."""
     if config.kind == "synthetic":

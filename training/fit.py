@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--no-amp", dest="amp", action="store_false", help="train in float32 (default: bf16/fp16 autocast)")
     add("--workers", type=int, default=defaults.workers, help="data-loading processes for ImageFolder data")
-    add("--cache-dir", default=defaults.cache_dir, help="folder to cache generated synthetic images in")
+    add("--cache-dir", default=defaults.cache_dir, help="folder to cache generated synthetic images in ('' for none)")
     add("--synthetic-train", type=int, default=defaults.synthetic_train, help="synthetic training images")
     add("--synthetic-val", type=int, default=defaults.synthetic_val, help="synthetic validation images")
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")

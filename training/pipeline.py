@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from training import __version__, checkpoint, weights
-from training.data import Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
+from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
 from training.engine import (
     Runtime,
     StageSettings,
@@ -57,7 +57,7 @@ class FitOptions:
     device: str = "auto"
     amp: bool = True
     workers: int = 2
-    cache_dir: str | None = None
+    cache_dir: str | None = str(DEFAULT_CACHE)
     progress: bool = True
     synthetic_train: int = 6000
     synthetic_val: int = 1000
@@ -151,7 +151,7 @@ def _describe(options: FitOptions, model: CAStreamNet, data: Data, runtime: Runt
         "preprocessing": data.preprocessing.to_dict(),
         "plan": [[stage, asdict(settings)] for stage, settings in plan],
         "runtime": {"device": str(runtime.device), "world_size": runtime.world, "amp": runtime.amp},
-        "versions": {"castream": __version__, "torch": torch.__version__},
+        "versions": {"castream": __version__, "torch": str(torch.__version__)},  # plain str: loads with weights_only
         "git_revision": git_revision(),
     }
 

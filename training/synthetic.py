@@ -89,9 +89,10 @@ class SyntheticSpec:
     size: int = 112
     count: int = 1000
     seed: int = 0
-    min_scale: float = 0.16
-    max_scale: float = 0.3
-    distractors: int = 6
+    min_scale: float = 0.2
+    max_scale: float = 0.34
+    distractors: int = 5
+    texture_contrast: float = 0.5
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,7 +115,7 @@ def _random_colours(rng: np.random.Generator, n: int) -> Array:
     return rng.uniform(0.0, 1.0, size=(n, 3)).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, n: int, grid: Array) -> Array:
+def _background(rng: np.random.Generator, n: int, grid: Array, contrast: float) -> Array:
     """Two-colour texture from a few random sinusoidal gratings; (n, H, W, 3) float in [0, 1]."""
     u, v = grid
     texture = 0.05 * rng.standard_normal((n, v.shape[1], u.shape[2]), dtype=np.float32)
@@ -125,7 +126,7 @@ def _background(rng: np.random.Generator, n: int, grid: Array) -> Array:
         # sin(a + b) = sin a cos b + cos a sin b: a grating from row and column vectors alone.
         a, b = freq * u * np.cos(angle) + phase, freq * v * np.sin(angle)
         texture += (np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b)) / 6.0
-    mix = np.clip(texture + 0.5, 0.0, 1.0)[..., None]
+    mix = np.clip(texture * contrast + 0.5, 0.0, 1.0)[..., None]
     low, high = _random_colours(rng, n), _random_colours(rng, n)
     return low[:, None, None, :] + (high - low)[:, None, None, :] * mix
 
@@ -186,7 +187,7 @@ def generate(spec: SyntheticSpec, chunk: int = 512) -> SyntheticSplit:
     masks = np.empty((spec.count, spec.size, spec.size), dtype=bool)
     for start in range(0, spec.count, chunk):
         part = labels[start : start + chunk]
-        canvas = _background(rng, len(part), grid)
+        canvas = _background(rng, len(part), grid, spec.texture_contrast)
         _add_distractors(rng, canvas, grid, spec.distractors)
         mask = _objects(rng, part, grid, spec)
         _paint(canvas, mask, _object_colours(rng, canvas))

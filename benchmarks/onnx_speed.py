@@ -1,0 +1,184 @@
+"""ONNX Runtime speed of the exported graphs, side by side: CA against GAP, int8 against float32.
+
+python benchmarks/onnx_speed.py                       # ResNet-50 at 224 px, single-threaded, ~1 minute of timing
+python -m benchmarks.onnx_speed --budget-s 20 --json  # shorter, machine-readable
+
+Three graphs of one model (random weights: no model hub here, and speed does not depend on the weights)
+run on the same inputs in alternating order, at batch 1 (latency) and at a larger batch (throughput):
+- ``fp32-gap``: the backbone with global average pooling, as torchvision ships it;
+- ``fp32-ca``: the same backbone with the CA stream, the graph the service runs;
+- ``int8-ca``: that graph quantised (calibrated on random images: enough for timing, not for accuracy).
+Headline figures: the CA/GAP latency ratio at batch 1 (the stream's ~0.25 % of the multiply-adds; aim
+<= 1.03) and the int8/fp32 throughput ratio at the larger batch (aim >= 2.0). Measuring takes about
+``--budget-s`` seconds; exporting and quantising the graphs comes on top (about a minute for ResNet-50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from export.graph import export_graph
+from export.quantize import quantize_int8
+from export.runtime import make_session
+from export.timing import Timings, time_sessions
+from training.backbones import BACKBONES
+from training.model import CAStreamNet, ModelConfig
+
+log = logging.getLogger("benchmarks.onnx_speed")
+
+GAP, CA, INT8 = "fp32-gap", "fp32-ca", "int8-ca"
+AIM_CA_OVER_GAP = 1.03
+AIM_INT8_OVER_FP32 = 2.0
+
+
+@dataclass(frozen=True)
+class SpeedReport:
+    """Timings at batch 1 and at ``throughput.batch_size``, with the two headline ratios."""
+
+    backbone: str
+    image_size: int
+    threads: int
+    latency: Timings
+    throughput: Timings
+
+    @property
+    def ca_over_gap(self) -> float:
+        """CA latency / GAP latency at batch 1 (median of paired rounds)."""
+        return self.latency.ratio(CA, GAP)
+
+    @property
+    def int8_over_fp32(self) -> float:
+        """int8 throughput / float32 throughput of the CA graph at the larger batch."""
+        return self.throughput.ratio(CA, INT8)
+
+    def to_dict(self) -> dict:
+        table = {
+            f"batch{t.batch_size}": {
+                name: {"median_ms": round(t.median_ms(name), 2), "images_per_s": round(t.images_per_second(name), 2)}
+                for name in t.seconds
+            }
+            | {"rounds": t.rounds}
+            for t in (self.latency, self.throughput)
+        }
+        return {
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "threads": self.threads,
+            "ca_over_gap_latency": round(self.ca_over_gap, 4),
+            "ca_over_gap_batch_throughput": round(self.throughput.ratio(CA, GAP), 4),
+            "int8_over_fp32_throughput": round(self.int8_over_fp32, 3),
+            "int8_over_fp32_latency": round(self.latency.ratio(CA, INT8), 3),
+            "best_run_ratios": {
+                "ca_over_gap_latency": round(self.latency.best_ratio(CA, GAP), 4),
+                "int8_over_fp32_throughput": round(self.throughput.best_ratio(CA, INT8), 3),
+            },
+            "timings": table,
+        }
+
+
+def build_graphs(
+    backbone: str = "resnet50", image_size: int = 224, num_classes: int = 1000, seed: int = 0
+) -> dict[str, onnx.ModelProto]:
+    """The three graphs of one randomly initialised model, as ``export.to_onnx`` builds them."""
+    torch.manual_seed(seed)
+    model = CAStreamNet(ModelConfig(backbone, num_classes)).eval()
+    ca = export_graph(model, "ca", image_size)
+    calibration = random_images(8, image_size, seed)
+    return {GAP: export_graph(model, "gap", image_size), CA: ca, INT8: quantize_int8(ca, calibration)}
+
+
+def random_images(count: int, image_size: int, seed: int = 0) -> np.ndarray:
+    """Normalised-looking inputs (N, 3, S, S): standard normal, the statistics of normalised pixels."""
+    return np.random.default_rng(seed).standard_normal((count, 3, image_size, image_size), dtype=np.float32)
+
+
+def measure(
+    graphs: dict[str, onnx.ModelProto],
+    image_size: int,
+    batch_size: int = 8,
+    threads: int = 1,
+    budget_s: float = 60.0,
+    backbone: str = "resnet50",
+) -> SpeedReport:
+    """Times every graph at batch 1 (a third of ``budget_s``) and at ``batch_size`` (the rest)."""
+    if budget_s <= 0:
+        raise ValueError(f"budget_s must be positive, got {budget_s!r}")
+    sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
+    images = random_images(batch_size, image_size, seed=1)
+    latency = time_sessions(sessions, images[:1], budget_s=budget_s / 3)
+    throughput = time_sessions(sessions, images, budget_s=budget_s * 2 / 3)
+    return SpeedReport(backbone, image_size, threads, latency, throughput)
+
+
+def run(
+    backbone: str = "resnet50", image_size: int = 224, batch_size: int = 8, threads: int = 1, budget_s: float = 60.0
+) -> SpeedReport:
+    """Builds the graphs and measures them."""
+    started = time.perf_counter()
+    graphs = build_graphs(backbone, image_size)
+    log.info("built %s in %.0f s; timing for about %.0f s", ", ".join(graphs), time.perf_counter() - started, budget_s)
+    return measure(graphs, image_size, batch_size, threads, budget_s, backbone)
+
+
+def format_report(report: SpeedReport) -> str:
+    lines = [
+        f"{report.backbone} at {report.image_size}x{report.image_size}, ONNX Runtime CPU, {report.threads} thread(s)"
+    ]
+    lines.append(
+        f"{'graph':<10}" + "".join(f"{f'batch {t.batch_size}':>24}" for t in (report.latency, report.throughput))
+    )
+    for name in report.latency.seconds:
+        cells = "".join(
+            f"{t.median_ms(name):>10.1f} ms {t.images_per_second(name):>7.1f}/s"
+            for t in (report.latency, report.throughput)
+        )
+        lines.append(f"{name:<10}{cells}")
+    latency, throughput, batch = report.latency, report.throughput, report.throughput.batch_size
+    lines.append(f"rounds: {latency.rounds} at batch 1, {throughput.rounds} at batch {batch}")
+    lines.append("ratios: median over rounds of the paired ratio [ratio of the fastest runs]")
+    lines.append(
+        f"CA/GAP latency ratio (batch 1): {report.ca_over_gap:.3f} [{latency.best_ratio(CA, GAP):.3f}]"
+        f"  (aim <= {AIM_CA_OVER_GAP})"
+    )
+    lines.append(
+        f"CA/GAP time ratio (batch {batch}): {throughput.ratio(CA, GAP):.3f} [{throughput.best_ratio(CA, GAP):.3f}]"
+    )
+    lines.append(
+        f"int8/fp32 throughput ratio (batch {batch}): {report.int8_over_fp32:.2f} "
+        f"[{throughput.best_ratio(CA, INT8):.2f}]  (aim >= {AIM_INT8_OVER_FP32})"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/onnx_speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=8, help="batch for the throughput figures")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (0: all cores; 1 is steadiest)")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="seconds of timing (graph building comes on top)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if args.image_size < 32 or args.batch_size < 2 or args.threads < 0 or args.budget_s <= 0:
+        parser.error("need --image-size >= 32, --batch-size >= 2, --threads >= 0 and --budget-s > 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    report = run(args.backbone, args.image_size, args.batch_size, args.threads, args.budget_s)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

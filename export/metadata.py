@@ -1,0 +1,70 @@
+"""The model file's metadata properties: everything the service needs besides the graph.
+
+Keys and formats are the contract in docs/onnx-model.md. All values are strings; structured values
+are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from training import __version__
+
+FORMAT = "1"
+PRECISIONS = ("fp32", "int8", "fp16")
+JSON_KEYS = ("classes", "preprocessing", "dataset", "verification")
+# The graph's input: normalised float32 NCHW; ``scale`` maps uint8 pixels to [0, 1] before normalising.
+INPUT_LAYOUT = {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255}
+
+
+def default_name(backbone: str, pooling: str, precision: str) -> str:
+    name = f"castream-{backbone}-{pooling}"
+    return name if precision == "fp32" else f"{name}-{precision}"
+
+
+def describe(
+    state: dict[str, Any],
+    pooling: str,
+    precision: str,
+    name: str | None = None,
+    verification: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """The metadata properties of a model exported from checkpoint ``state``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    backbone = state["model"]["backbone"]
+    props = {
+        "castream_format": FORMAT,
+        "castream_version": __version__,
+        "model_name": name or default_name(backbone, pooling, precision),
+        "backbone": backbone,
+        "pooling": pooling,
+        "precision": precision,
+        "classes": json.dumps(list(state["classes"])),
+        "preprocessing": json.dumps({**state["preprocessing"], **INPUT_LAYOUT}),
+        "dataset": json.dumps(state["data"]),
+    }
+    top1 = (state.get("metrics") or {}).get(f"val_top1_{pooling}")
+    if top1 is not None:
+        props["val_top1"] = str(float(top1))
+    if verification is not None:
+        props["verification"] = json.dumps(verification)
+    return props
+
+
+def attach(proto: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replaces the model's metadata properties with ``props``."""
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+
+
+def read(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
+    """The metadata of a model file (or proto), JSON values decoded."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    return {key: json.loads(value) if key in JSON_KEYS else value for key, value in props.items()}

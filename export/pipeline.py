@@ -1,0 +1,202 @@
+"""One export, start to finish: checkpoint -> graph -> checks -> (int8 | fp16) -> metadata -> file.
+
+Nothing is written until every check has passed; the file then appears atomically (temporary file in
+the same folder, renamed), so a failed or interrupted export never leaves a model behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+from export import agreement, metadata
+from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
+from export.graph import ATTENTION, LOGITS, export_graph
+from export.quantize import is_quantized, quantize_int8
+from export.runtime import make_session, run_batches
+from export.samples import Samples, load_samples
+from export.timing import time_sessions
+from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
+from export.verify import reference_outputs as torch_outputs
+from training import checkpoint
+from training.data import DEFAULT_CACHE
+from training.model import POOLINGS
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = metadata.PRECISIONS
+
+
+@dataclass
+class ExportOptions:
+    """The export command's options (see ``python -m export.to_onnx --help``)."""
+
+    checkpoint: str = "runs/default/castream.pt"
+    out: str = "models/castream.onnx"
+    pooling: str = "ca"
+    precision: str = "fp32"
+    name: str | None = None
+    verify_images: int = 64
+    calibration_images: int = 256
+    agreement_images: int = 1000
+    thresholds: agreement.Thresholds = field(default_factory=agreement.Thresholds)
+    threads: int = 1
+    speed_budget_s: float = 10.0
+    cache_dir: str | None = str(DEFAULT_CACHE)
+    allow_unfinished: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        for name in ("verify_images", "calibration_images", "agreement_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+
+@dataclass
+class ExportReport:
+    """What was written and what was measured on the way."""
+
+    path: Path
+    properties: dict[str, str]
+    parity: list[Parity]
+    agreement: agreement.Agreement | None = None
+    speedup: float | None = None
+    fp16_checked_on: str | None = None
+    fp16_parity: list[Parity] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def export_checkpoint(options: ExportOptions) -> ExportReport:
+    """Exports, checks and writes the model of ``options.checkpoint``; raises :class:`VerificationError`."""
+    started = time.perf_counter()
+    state = checkpoint.load(options.checkpoint)
+    if state.get("stage") != "done" and not options.allow_unfinished:
+        raise ValueError(
+            f"checkpoint {options.checkpoint!r} is from an unfinished run (stage {state.get('stage')!r}); finish "
+            f"it with `python -m training.fit --resume --out {Path(options.checkpoint).parent}`, "
+            "or pass --allow-unfinished"
+        )
+    model = checkpoint.build_model(state)
+    size, classes = int(state["preprocessing"]["crop"]), len(state["classes"])
+    cache = Path(options.cache_dir) if options.cache_dir else None
+    wanted = max(options.verify_images, options.agreement_images if options.precision == "int8" else 0)
+    val = load_samples(state, "val", wanted, cache)
+    images = val.images[: options.verify_images]
+
+    log.info("exporting %s with %s pooling at %d px", state["model"]["backbone"], options.pooling, size)
+    proto = export_graph(model, options.pooling, size)
+    check_structure(proto, options.pooling, classes, size)
+    reference = torch_outputs(model, images, options.pooling)
+    parity = check_parity(make_session(proto), reference, images, FP32)
+    report = ExportReport(Path(options.out), {}, parity)
+    verification: dict[str, Any] = {
+        "reference": "pytorch float32",
+        "tolerance": asdict(FP32),
+        "parity": [p.to_dict() for p in parity],
+    }
+
+    if options.precision == "int8":
+        calibration = load_samples(state, "train", options.calibration_images, cache)
+        proto, verification["int8"] = _int8(proto, calibration, val, options, report)
+        check_structure(proto, options.pooling, classes, size)
+    elif options.precision == "fp16":
+        proto, verification["fp16"] = _fp16(proto, reference, images, report)
+        check_structure(proto, options.pooling, classes, size)
+
+    report.properties = metadata.describe(state, options.pooling, options.precision, options.name, verification)
+    metadata.attach(proto, report.properties)
+    write_model(proto, report.path)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _int8(
+    fp32: onnx.ModelProto, calibration: Samples, val: Samples, options: ExportOptions, report: ExportReport
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    int8 = quantize_int8(fp32, calibration.images)
+    if not is_quantized(int8):
+        raise VerificationError("quantisation left no int8 operator in the graph; the int8 model would be float32")
+    fp32_session, int8_session = make_session(fp32), make_session(int8)
+    images = val.images[: options.agreement_images]
+    reference, candidate = run_batches(fp32_session, images, 8), run_batches(int8_session, images, 8)
+    if ATTENTION in candidate:
+        check_attention_maps(candidate[ATTENTION])
+    _check_batch_invariance(int8_session, images, candidate)
+    report.agreement = agreement.measure(reference, candidate, val.labels[: len(images)])
+    log.info("int8 agreement with fp32: %s", report.agreement)
+    agreement.check(report.agreement, options.thresholds)
+
+    timed = {"fp32": make_session(fp32, options.threads), "int8": make_session(int8, options.threads)}
+    timings = time_sessions(timed, images[:8], budget_s=options.speed_budget_s)
+    report.speedup = timings.ratio("fp32", "int8")
+    log.info("int8 is %.2fx as fast as fp32 (batch %d, %d rounds)", report.speedup, len(images[:8]), timings.rounds)
+    if report.speedup < options.thresholds.speedup:
+        raise VerificationError(
+            f"int8 runs only {report.speedup:.2f}x as fast as fp32 on this CPU, below the "
+            f"{options.thresholds.speedup:g}x required; not worth its accuracy cost "
+            "(pass --min-speedup 0 to write it anyway)"
+        )
+    summary = {
+        **report.agreement.to_dict(),
+        "speedup": round(report.speedup, 3),
+        "speed_batch": len(images[:8]),
+        "thresholds": asdict(options.thresholds),
+        "calibration_images": len(calibration),
+    }
+    return int8, summary
+
+
+def _check_batch_invariance(session: Any, images: np.ndarray, batched: dict[str, np.ndarray]) -> None:
+    """An image's int8 outputs do not depend on the other images in its batch (static quantisation)."""
+    single = run_batches(session, images[:8], 1)
+    scale = max(1.0, float(np.abs(batched[LOGITS][:8]).max()))
+    error = float(np.abs(single[LOGITS] - batched[LOGITS][:8]).max())
+    if not error <= FP32.logits * scale:
+        raise VerificationError(f"int8 logits at batch 1 differ from batch 8 by {error:.3g} (scale {scale:.3g})")
+
+
+def _fp16(
+    fp32: onnx.ModelProto, reference: dict[str, np.ndarray], images: np.ndarray, report: ExportReport
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    half = convert_fp16(fp32)
+    check_fp16_structure(half)
+    for providers in numeric_providers():
+        try:
+            session = make_session(half, providers=providers)
+            parity = check_parity(session, reference, images, FP16)
+        except OrtNotImplemented as error:  # a provider without float16 kernels for some operator
+            log.warning("%s cannot run the fp16 graph (%s); trying the next provider", providers[0], error)
+            continue
+        report.fp16_checked_on, report.fp16_parity = session.get_providers()[0], parity
+        return half, {
+            "checked_on": report.fp16_checked_on,
+            "tolerance": asdict(FP16),
+            "parity": [p.to_dict() for p in parity],
+        }
+    log.warning("no execution provider here runs the fp16 graph; only its structure was checked")
+    report.fp16_checked_on = "structure only"
+    return half, {"checked_on": report.fp16_checked_on}
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> Path:
+    """Writes ``proto`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        onnx.save(proto, str(partial))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,176 @@
+"""Checks an exported graph before it is written: structure, then ONNX Runtime against PyTorch.
+
+Tolerances (``FP32``): logits within 1e-4 of PyTorch's, relative to the logits' scale (the largest
+absolute logit, at least 1), and attention within 1e-5 absolute. Both are checked at batch 1 and at
+batch 8 on real images of the data set, so a graph whose batch axis is wrongly wired fails too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.graph import ATTENTION, INPUT, LOGITS, output_names
+from export.runtime import run_batches
+from training.model import CAStreamNet
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 8)
+SINGLE_IMAGES = 8  # images checked one at a time (batch 1); batch 8 covers all of them
+SUM_TOLERANCE = 1e-4  # |sum of an attention map - 1|
+
+
+class VerificationError(RuntimeError):
+    """An exported graph failed a check; the message says which and by how much."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed differences to PyTorch: ``logits`` relative to the logit scale, ``attention`` absolute."""
+
+    logits: float
+    attention: float
+
+
+FP32 = Tolerance(logits=1e-4, attention=1e-5)
+# Half-precision convolutions keep ~3 significant digits; the stream itself stays float32.
+FP16 = Tolerance(logits=2e-2, attention=2e-3)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Largest differences to PyTorch over ``images`` images run ``batch_size`` at a time."""
+
+    batch_size: int
+    images: int
+    logits_error: float
+    logits_scale: float
+    attention_error: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[str | int]:
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in value.type.tensor_type.shape.dim]
+
+
+def check_structure(proto: onnx.ModelProto, pooling: str, num_classes: int, image_size: int) -> None:
+    """onnx.checker (full), names and float32 types, shapes, and one symbolic batch axis shared by all."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise VerificationError(f"onnx.checker rejects the graph: {error}") from error
+    inputs = [value for value in proto.graph.input if value.name not in {i.name for i in proto.graph.initializer}]
+    if [value.name for value in inputs] != [INPUT]:
+        raise VerificationError(f"graph inputs are {[v.name for v in inputs]}; expected [{INPUT!r}]")
+    expected = list(output_names(pooling))
+    if [value.name for value in proto.graph.output] != expected:
+        raise VerificationError(
+            f"graph outputs are {[v.name for v in proto.graph.output]}; expected {expected} for {pooling}"
+        )
+    shapes = {value.name: _dims(value) for value in (*inputs, *proto.graph.output)}
+    for value in (*inputs, *proto.graph.output):
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise VerificationError(
+                f"{value.name!r} has element type {value.type.tensor_type.elem_type}; expected float32 (1)"
+            )
+    batch = shapes[INPUT][0] if shapes[INPUT] else None
+    if not isinstance(batch, str) or batch == "?":
+        raise VerificationError(f"the batch axis of {INPUT!r} is not symbolic: shape {shapes[INPUT]}")
+    wanted = {INPUT: [batch, 3, image_size, image_size], LOGITS: [batch, num_classes]}
+    for name, shape in shapes.items():
+        if name in wanted and shape != wanted[name]:
+            raise VerificationError(f"{name!r} has shape {shape}; expected {wanted[name]}")
+    if ATTENTION in shapes and (len(shapes[ATTENTION]) != 3 or shapes[ATTENTION][0] != batch):
+        raise VerificationError(f"{ATTENTION!r} has shape {shapes[ATTENTION]}; expected [{batch}, h, w]")
+
+
+def check_attention_maps(attention: np.ndarray) -> None:
+    """Attention maps (N, h, w) are non-negative and each sums to 1."""
+    if not np.isfinite(attention).all():
+        raise VerificationError("attention maps hold NaN or infinite values")
+    if attention.min() < 0:
+        raise VerificationError(f"attention maps hold negative weights (minimum {attention.min():.3g})")
+    deviation = float(np.abs(attention.reshape(len(attention), -1).sum(axis=1) - 1).max())
+    if deviation > SUM_TOLERANCE:
+        raise VerificationError(f"attention maps sum to 1 +- {deviation:.3g}; allowed {SUM_TOLERANCE:g}")
+
+
+@torch.no_grad()
+def reference_outputs(
+    model: CAStreamNet, images: np.ndarray, pooling: str, batch_size: int = 8
+) -> dict[str, np.ndarray]:
+    """PyTorch's float32 outputs for ``images``, by output name."""
+    model = model.float().cpu().eval()
+    logits, attention = [], []
+    for start in range(0, len(images), batch_size):
+        output = model(torch.from_numpy(images[start : start + batch_size]), pooling)
+        logits.append(output.logits.numpy())
+        if output.attention is not None:
+            attention.append(output.attention.numpy())
+    outputs = {LOGITS: np.concatenate(logits)}
+    if attention:
+        outputs[ATTENTION] = np.concatenate(attention)
+    return outputs
+
+
+def check_parity(
+    session: ort.InferenceSession,
+    reference: dict[str, np.ndarray],
+    images: np.ndarray,
+    tolerance: Tolerance = FP32,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+) -> list[Parity]:
+    """ONNX Runtime against ``reference`` at each batch size; raises :class:`VerificationError` beyond ``tolerance``."""
+    results = []
+    for batch_size in batch_sizes:
+        count = len(images) if batch_size > 1 else min(len(images), SINGLE_IMAGES)
+        outputs = run_batches(session, images[:count], batch_size)
+        if set(outputs) != set(reference):
+            raise VerificationError(
+                f"ONNX Runtime returned outputs {sorted(outputs)}; PyTorch returned {sorted(reference)}"
+            )
+        expected = reference[LOGITS][:count]
+        if outputs[LOGITS].shape != expected.shape:
+            raise VerificationError(
+                f"logits have shape {outputs[LOGITS].shape} at batch {batch_size}; expected {expected.shape}"
+            )
+        scale = max(1.0, float(np.abs(expected).max()))
+        error = float(np.abs(outputs[LOGITS] - expected).max())
+        if not error <= tolerance.logits * scale:  # also catches NaN
+            raise VerificationError(
+                f"ONNX Runtime logits differ from PyTorch's by {error:.3g} at batch {batch_size} "
+                f"({error / scale:.3g} of their scale {scale:.3g}); allowed {tolerance.logits:g} of the scale"
+            )
+        attention_error = None
+        if ATTENTION in reference:
+            maps, wanted = outputs[ATTENTION], reference[ATTENTION][:count]
+            if maps.shape != wanted.shape:
+                raise VerificationError(
+                    f"attention has shape {maps.shape} at batch {batch_size}; expected {wanted.shape}"
+                )
+            check_attention_maps(maps)
+            attention_error = float(np.abs(maps - wanted).max())
+            if not attention_error <= tolerance.attention:
+                raise VerificationError(
+                    f"ONNX Runtime attention differs from PyTorch's by {attention_error:.3g} at batch {batch_size}; "
+                    f"allowed {tolerance.attention:g}"
+                )
+        results.append(Parity(batch_size, count, error, scale, attention_error))
+        log.info(
+            "batch %d, %d images: logits within %.2g (scale %.3g), attention within %s",
+            batch_size,
+            count,
+            error,
+            scale,
+            "-" if attention_error is None else f"{attention_error:.2g}",
+        )
+    return results

@@ -1,0 +1,50 @@
+"""The FastAPI application factory: ``uvicorn service.app:create_app --factory``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from service import __version__
+from service.auth import require_api_key
+from service.errors import install_handlers
+from service.metrics import Metrics
+from service.middleware import MetricsMiddleware
+from service.routes import GUARDED, OPEN
+from service.runtime import Runtime
+from service.settings import Settings, load_settings
+
+DESCRIPTION = (
+    "Interpretable image classification: each prediction comes with the CA-Stream attention map. "
+    "Images from concurrent requests are batched through ONNX Runtime."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model is loaded when its lifespan starts. Settings default to the environment."""
+    settings = settings or load_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, metrics)
+        try:
+            await runtime.start()
+            app.state.runtime = runtime
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="castream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, None
+    install_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # The token check joins the routes (and so the OpenAPI schema) only when a key is configured.
+    guard = [Depends(require_api_key)] if settings.api_key is not None else []
+    for router in GUARDED:
+        app.include_router(router, dependencies=guard)
+    for router in OPEN:
+        app.include_router(router)
+    return app

@@ -1,0 +1,52 @@
+"""``POST /classify``: images in, top-k labels and attention maps out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from service.deps import RuntimeDep
+from service.errors import ErrorBody
+from service.inputs import ImagesJSON, read_images
+from service.schemas import AttentionMode, ClassifyResponse
+
+router = APIRouter(tags=["inference"])
+
+_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": _FILES}, "required": ["file"]},
+            },
+            "application/json": {"schema": ImagesJSON.model_json_schema()},
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "empty body, undecodable image, bad multipart or JSON"},
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token (only with CASTREAM_API_KEY)"},
+    413: {"model": ErrorBody, "description": "too many bytes, images or pixels"},
+    415: {"model": ErrorBody, "description": "wrong Content-Type or not a supported image format"},
+    422: {"model": ErrorBody, "description": "invalid options or JSON fields"},
+    503: {"model": ErrorBody, "description": "queue full or not ready; see Retry-After"},
+    504: {"model": ErrorBody, "description": "waited in the queue past CASTREAM_REQUEST_TIMEOUT_MS"},
+}
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=BODY)
+async def classify(
+    request: Request,
+    runtime: RuntimeDep,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="labels per image (at most the class count)")] = 5,
+    attention: Annotated[AttentionMode, Query(description="none, grid, or overlay (grid + PNG)")] = AttentionMode.grid,
+) -> Response:
+    """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
+    s = runtime.settings
+    runtime.admit(1)  # under overload, refuse before reading the body
+    images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
+    result = await runtime.classify(images, top_k, attention)
+    # Already a validated model: serialise it directly instead of having FastAPI validate it again.
+    return Response(result.model_dump_json(), media_type="application/json")

@@ -1,0 +1,51 @@
+"""``GET /v1/model`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import RuntimeDep
+from service.errors import ErrorBody, ServiceError
+from service.model import INPUT
+from service.schemas import GridSize, InputSpec, ModelDescription
+
+router = APIRouter(prefix="/v1", tags=["model"])
+metrics_router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/model", response_model=ModelDescription, responses={503: {"model": ErrorBody}})
+async def model(runtime: RuntimeDep) -> ModelDescription:
+    """The model being served: labels, input size, attention grid, providers in use."""
+    if runtime.model is None:
+        raise ServiceError(503, "starting", "the model is loading; retry shortly", {"Retry-After": "1"})
+    info, s = runtime.model.info, runtime.settings
+    crop = info.preprocessing.crop
+    grid = runtime.model.attention_shape
+    return ModelDescription(
+        name=info.name,
+        version=info.version,
+        backbone=info.backbone,
+        pooling=info.pooling,
+        precision=info.precision,
+        classes=list(info.classes),
+        input=InputSpec(name=INPUT, shape=[None, 3, crop, crop], dtype="float32"),
+        attention=GridSize(height=grid[0], width=grid[1]) if grid else None,
+        preprocessing=asdict(info.preprocessing),
+        providers=runtime.model.providers,
+        val_top1=info.val_top1,
+        dataset=info.dataset,
+        max_batch_size=s.max_batch_size,
+        max_images_per_request=s.max_images_per_request,
+        auth_required=s.api_key is not None,
+    )
+
+
+@metrics_router.get(
+    "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}}
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of every ``castream_*`` metric."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,109 @@
+"""``GET /``: a page to upload an image and see the prediction with its attention overlay."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+router = APIRouter(tags=["page"])
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>castream</title>
+<style>
+  body { font: 16px/1.4 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+  form { display: flex; flex-wrap: wrap; gap: .75rem; align-items: center; margin: 1rem 0; }
+  figure { margin: 0; text-align: center; }
+  img { width: 224px; height: 224px; object-fit: contain; background: #eee; border-radius: 4px; }
+  .pair { display: flex; gap: 1rem; flex-wrap: wrap; }
+  #error { color: #b00020; }
+  td { padding: .15rem .75rem .15rem 0; }
+  .muted { color: #666; }
+</style>
+</head>
+<body>
+<h1>castream</h1>
+<p id="model" class="muted">loading model information...</p>
+<form id="form">
+  <input type="file" id="file" accept="image/*" required>
+  <label>top-k <input type="number" id="topk" value="5" min="1" max="1000" style="width: 4rem"></label>
+  <label id="key-row" hidden>API key <input type="password" id="key" autocomplete="off"></label>
+  <button type="submit" id="submit">Classify</button>
+</form>
+<p id="error" role="alert"></p>
+<section id="result" hidden>
+  <h2 id="top-label"></h2>
+  <div class="pair">
+    <figure><img id="original" alt="uploaded image"><figcaption>image</figcaption></figure>
+    <figure id="overlay-figure"><img id="overlay" alt="attention overlay"><figcaption>attention</figcaption></figure>
+  </div>
+  <p id="no-attention" class="muted" hidden>This model has no attention map (GAP pooling).</p>
+  <table><tbody id="scores"></tbody></table>
+</section>
+<script>
+const $ = (id) => document.getElementById(id);
+fetch("v1/model").then((r) => r.json()).then((m) => {
+  const about = m.name && `${m.name} (${m.backbone}, ${m.pooling}, ${m.classes.length} classes)`;
+  $("model").textContent = about || "model loading";
+  $("key-row").hidden = !m.auth_required;
+}).catch(() => { $("model").textContent = "model information unavailable"; });
+
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("file").files[0];
+  if (!file) return;
+  $("error").textContent = "";
+  $("submit").disabled = true;
+  const body = new FormData();
+  body.append("file", file);
+  const headers = $("key").value ? { Authorization: `Bearer ${$("key").value}` } : {};
+  const topk = encodeURIComponent($("topk").value || "5");
+  try {
+    const response = await fetch(`classify?top_k=${topk}&attention=overlay`, { method: "POST", body, headers });
+    const data = await response.json();
+    if (!response.ok) {
+      const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+      throw new Error(`${response.status} ${data.code}: ${detail}`);
+    }
+    show(file, data.predictions[0]);
+  } catch (error) {
+    $("result").hidden = true;
+    $("error").textContent = error.message;
+  } finally {
+    $("submit").disabled = false;
+  }
+});
+
+function show(file, prediction) {
+  const best = prediction.top_k[0];
+  $("top-label").textContent = `${best.label} (${(best.score * 100).toFixed(1)}%)`;
+  $("original").src = URL.createObjectURL(file);
+  const overlay = prediction.attention && prediction.attention.overlay_png;
+  $("overlay-figure").hidden = !overlay;
+  $("no-attention").hidden = Boolean(overlay);
+  if (overlay) $("overlay").src = `data:image/png;base64,${overlay}`;
+  const rows = prediction.top_k.map((entry) => {
+    const row = document.createElement("tr");
+    for (const text of [entry.label, `${(entry.score * 100).toFixed(2)}%`]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  $("scores").replaceChildren(...rows);
+  $("result").hidden = false;
+}
+</script>
+</body>
+</html>
+"""
+
+
+@router.get("/", response_class=HTMLResponse)
+async def page() -> HTMLResponse:
+    """The upload page."""
+    return HTMLResponse(PAGE)

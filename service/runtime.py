@@ -1,0 +1,140 @@
+"""The running service: model, preprocessing, batcher, thread pools and readiness, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+from functools import partial
+
+from service.batcher import Batcher
+from service.errors import ServiceError
+from service.imaging import decode
+from service.metrics import Metrics
+from service.model import ImageOutput, OnnxModel, load_model
+from service.predict import prediction
+from service.preprocess import Prepared, Preprocessor
+from service.providers import CUDA
+from service.schemas import AttentionMode, ClassifyResponse, ModelRef, Prediction
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    starting = "starting"
+    ready = "ready"
+    draining = "draining"
+    failed = "failed"
+
+
+def batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Bucket sizes a batch is padded up to: powers of two below the maximum, and the maximum."""
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+class Runtime:
+    """Loads the model at start, warms it up in the background, then serves ``classify`` until stopped."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.phase = Phase.starting
+        self.model: OnnxModel | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.batcher: Batcher | None = None
+        self.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="castream-decode")
+        self._warm_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Load the model now (a bad file fails start-up); warm it up in the background."""
+        s = self.settings
+        self.model = await asyncio.to_thread(
+            load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
+        )
+        info = self.model.info
+        self.preprocessor = Preprocessor(info.preprocessing)
+        self.metrics.model_info.labels(
+            info.name, info.version, info.backbone, info.pooling, info.precision, self.model.providers[0]
+        ).set(1)
+        pad = s.pad_batches == "on" or (s.pad_batches == "auto" and self.model.providers[0] == CUDA)
+        self.model.buckets = batch_sizes(s.max_batch_size) if pad else ()
+        self._warm_task = asyncio.create_task(self._warm_up(list(self.model.buckets or {1, s.max_batch_size})))
+
+    async def _warm_up(self, sizes: list[int]) -> None:
+        assert self.model is not None
+        try:
+            await asyncio.to_thread(self.model.warm_up, sorted(sizes))
+        except Exception:
+            log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
+            self.phase = Phase.failed
+            return
+        s = self.settings
+        self.batcher = Batcher(
+            self.model.run,
+            max_batch_size=s.max_batch_size,
+            max_delay_s=s.max_batch_delay_ms / 1000,
+            max_queue=s.max_queue,
+            timeout_s=s.request_timeout_ms / 1000,
+            retry_after_s=s.retry_after_s,
+            metrics=self.metrics,
+        )
+        self.batcher.start()
+        if self.phase is Phase.starting:
+            self.phase = Phase.ready
+            self.metrics.ready.set(1)
+            log.info("ready: %s on %s", self.model.info.name, self.model.providers)
+
+    def drain(self) -> None:
+        """Report unready from now on; accepted and new requests are still served until ``stop``."""
+        if self.phase is not Phase.failed:
+            self.phase = Phase.draining
+        self.metrics.ready.set(0)
+
+    async def stop(self) -> None:
+        self.drain()
+        if self._warm_task is not None and not self._warm_task.done():
+            self._warm_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop(self.settings.shutdown_timeout_s)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def admit(self, images: int) -> None:
+        """Refuse early (503) when not ready or when the queue has no room, before any work is spent."""
+        if self.batcher is None or self.model is None:
+            raise ServiceError(503, "starting", "the model is still warming up; retry shortly", {"Retry-After": "1"})
+        self.batcher.admit(images)
+
+    async def classify(self, images: list[tuple[str, bytes]], top_k: int, mode: AttentionMode) -> ClassifyResponse:
+        self.admit(len(images))
+        assert self.batcher is not None and self.model is not None
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(
+            *(loop.run_in_executor(self.decode_pool, self._prepare, data, name) for name, data in images)
+        )
+        outputs = await self.batcher.submit([p.input for p in prepared])
+        info = self.model.info
+        build = partial(self._predictions, outputs, prepared, top_k, mode)
+        # PNG encoding is worth a thread hop; top-k and the numeric grid are not.
+        predictions = await loop.run_in_executor(self.decode_pool, build) if mode is AttentionMode.overlay else build()
+        return ClassifyResponse(model=ModelRef(name=info.name, version=info.version), predictions=predictions)
+
+    def _predictions(
+        self, outputs: list[ImageOutput], prepared: list[Prepared], top_k: int, mode: AttentionMode
+    ) -> list[Prediction]:
+        assert self.model is not None
+        classes = self.model.info.classes
+        return [prediction(o, p.view, classes, top_k, mode) for o, p in zip(outputs, prepared, strict=True)]
+
+    def _prepare(self, data: bytes, name: str) -> Prepared:
+        assert self.preprocessor is not None
+        start = time.perf_counter()
+        prepared = self.preprocessor(decode(data, self.settings.max_image_pixels, name))
+        self.metrics.decode_seconds.observe(time.perf_counter() - start)
+        return prepared

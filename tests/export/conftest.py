@@ -1,0 +1,41 @@
+"""Exports of the tiny run, made once per session and shared by the export tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from export.agreement import Thresholds
+from export.pipeline import ExportOptions, ExportReport, export_checkpoint
+from training import checkpoint
+
+
+def export_tiny(checkpoint_path: Path, out: Path, **options: Any) -> ExportReport:
+    """Exports with settings sized for the tiny run (64 validation images, short speed check)."""
+    defaults = {"calibration_images": 64, "agreement_images": 64, "speed_budget_s": 0.5}
+    return export_checkpoint(ExportOptions(checkpoint=str(checkpoint_path), out=str(out), **{**defaults, **options}))
+
+
+@pytest.fixture(scope="session")
+def tiny_state(tiny_checkpoint: Path) -> dict[str, Any]:
+    return checkpoint.load(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def ca_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("export") / "ca.onnx")
+
+
+@pytest.fixture(scope="session")
+def gap_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("export") / "gap.onnx", pooling="gap")
+
+
+@pytest.fixture(scope="session")
+def int8_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    # Speed is measured and reported but not required here: tests assert behaviour, not timings.
+    thresholds = Thresholds(speedup=0.0)
+    out = tmp_path_factory.mktemp("export") / "int8.onnx"
+    return export_tiny(tiny_checkpoint, out, precision="int8", thresholds=thresholds)

@@ -1,0 +1,159 @@
+"""The exported CA and GAP graphs of the tiny run: outputs, batch behaviour, metadata, refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from export import metadata, pipeline, to_onnx
+from export.graph import export_graph
+from export.pipeline import ExportOptions, ExportReport, export_checkpoint
+from export.runtime import make_session, run_batches
+from export.samples import load_samples
+from export.verify import VerificationError, check_structure
+from training import checkpoint
+
+
+def _session(report: ExportReport):
+    return make_session(onnx.load(str(report.path)))
+
+
+def test_ca_graph_has_logits_and_attention_for_any_batch(ca_export: ExportReport, tiny_state: dict) -> None:
+    session = _session(ca_export)
+    assert [o.name for o in session.get_outputs()] == ["logits", "attention"]
+    images = load_samples(tiny_state, "val", 5).images
+    for count in (1, 2, 5):
+        logits, attention = session.run(None, {"image": images[:count]})
+        assert logits.shape == (count, len(tiny_state["classes"]))
+        assert attention.shape == (count, 2, 2)  # 64 px / 32
+        assert np.isfinite(logits).all()
+        assert (attention >= 0).all()
+        np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+def test_batch_one_and_batch_eight_give_the_same_per_image_results(ca_export: ExportReport, tiny_state: dict) -> None:
+    session = _session(ca_export)
+    images = load_samples(tiny_state, "val", 16).images
+    single, batched = run_batches(session, images, 1), run_batches(session, images, 8)
+    scale = np.abs(batched["logits"]).max()
+    np.testing.assert_allclose(single["logits"], batched["logits"], rtol=0, atol=1e-5 * max(1.0, scale))
+    np.testing.assert_allclose(single["attention"], batched["attention"], rtol=0, atol=1e-6)
+
+
+def test_export_reports_parity_at_batch_one_and_eight(ca_export: ExportReport) -> None:
+    assert [p.batch_size for p in ca_export.parity] == [1, 8]
+    for parity in ca_export.parity:
+        assert parity.logits_error <= 1e-4 * parity.logits_scale
+        assert parity.attention_error is not None and parity.attention_error <= 1e-5
+
+
+def test_batch_axis_is_symbolic_and_shared_by_input_and_outputs(ca_export: ExportReport) -> None:
+    graph = onnx.load(str(ca_export.path)).graph
+    first_dims = [value.type.tensor_type.shape.dim[0] for value in (*graph.input, *graph.output)]
+    assert all(dim.dim_param == "N" and not dim.HasField("dim_value") for dim in first_dims)
+
+
+def test_a_fixed_batch_axis_is_refused(ca_export: ExportReport, tiny_state: dict) -> None:
+    proto = onnx.load(str(ca_export.path))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
+    with pytest.raises(VerificationError, match="not symbolic"):
+        check_structure(proto, "ca", len(tiny_state["classes"]), 64)
+
+
+def test_attention_products_run_as_matmul(ca_export: ExportReport) -> None:
+    ops = [node.op_type for node in onnx.load(str(ca_export.path)).graph.node]
+    assert "Einsum" not in ops
+    assert ops.count("Softmax") == 5  # one per CA block: stem and four stages
+
+
+def test_metadata_reads_back(ca_export: ExportReport, tiny_state: dict) -> None:
+    props = metadata.read(ca_export.path)
+    assert props["castream_format"] == "1"
+    assert props["model_name"] == "castream-resnet18-ca"
+    assert (props["backbone"], props["pooling"], props["precision"]) == ("resnet18", "ca", "fp32")
+    assert props["classes"] == list(tiny_state["classes"])
+    assert props["preprocessing"] == {
+        **json.loads(json.dumps(tiny_state["preprocessing"])),
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": 1 / 255,
+    }
+    assert props["dataset"] == json.loads(json.dumps(tiny_state["data"]))
+    assert float(props["val_top1"]) == tiny_state["metrics"]["val_top1_ca"]
+    assert props["verification"]["tolerance"] == {"logits": 1e-4, "attention": 1e-5}
+
+
+def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: dict) -> None:
+    from service.metadata import parse_metadata
+
+    raw = {p.key: p.value for p in onnx.load(str(ca_export.path), load_external_data=False).metadata_props}
+    info = parse_metadata(raw, str(ca_export.path))
+    assert info.classes == tuple(tiny_state["classes"])
+    assert info.preprocessing.crop == 64
+    assert info.has_attention
+
+
+def test_gap_graph_has_logits_only(gap_export: ExportReport, tiny_state: dict) -> None:
+    session = _session(gap_export)
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    (logits,) = session.run(None, {"image": load_samples(tiny_state, "val", 3).images})
+    assert logits.shape == (3, len(tiny_state["classes"]))
+    props = metadata.read(gap_export.path)
+    assert props["pooling"] == "gap"
+    assert float(props["val_top1"]) == tiny_state["metrics"]["val_top1_gap"]
+    assert all(p.attention_error is None for p in gap_export.parity)
+
+
+def _perturbed(real: Any):
+    """An exporter whose graph has one convolution's weights scaled by 1 %: a subtly broken export."""
+
+    def broken(*args: Any, **kwargs: Any) -> onnx.ModelProto:
+        proto = real(*args, **kwargs)
+        inits = {init.name: init for init in proto.graph.initializer}
+        conv = next(node for node in proto.graph.node if node.op_type == "Conv")
+        weight = inits[conv.input[1]]
+        weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.01, weight.name))
+        return proto
+
+    return broken
+
+
+def test_a_broken_export_is_refused_and_nothing_is_written(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pipeline, "export_graph", _perturbed(export_graph))
+    out = tmp_path / "broken.onnx"
+    with caplog.at_level(logging.ERROR, logger="export.to_onnx"):
+        status = to_onnx.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--verify-images", "16"])
+    assert status == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    message = caplog.records[-1].getMessage()
+    assert "export refused, nothing written" in message
+    assert "logits differ from PyTorch's by" in message and "allowed 0.0001 of the scale" in message
+
+
+def test_an_unfinished_run_is_refused_unless_asked(tiny_state: dict, tmp_path: Path) -> None:
+    path = checkpoint.save({**tiny_state, "stage": "stream"}, tmp_path / "unfinished.pt")
+    with pytest.raises(ValueError, match="--allow-unfinished"):
+        export_checkpoint(ExportOptions(checkpoint=str(path), out=str(tmp_path / "m.onnx")))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_reports_a_missing_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "nope.pt"
+    with caplog.at_level(logging.ERROR):
+        assert to_onnx.main(["--checkpoint", str(missing), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert str(missing) in caplog.text and "training.fit" in caplog.text
+
+
+def test_cli_rejects_int8_with_fp16(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        to_onnx.parse_args(["--int8", "--fp16"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -1,0 +1,188 @@
+"""The batching loop against a fake model: batch formation, limits, deadlines, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.errors import ServiceError
+
+
+class FakeModel:
+    """Doubles each input; records batch sizes; can block until released or raise."""
+
+    def __init__(self, gate: threading.Event | None = None, error: Exception | None = None):
+        self.batches: list[int] = []
+        self.gate, self.error = gate, error
+
+    def __call__(self, batch: np.ndarray) -> list[float]:
+        self.batches.append(len(batch))
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.error is not None:
+            raise self.error
+        return [float(x) * 2 for x in batch]
+
+
+def make(model: FakeModel, **limits: float) -> Batcher:
+    options = {"max_batch_size": 4, "max_delay_s": 0.05, "max_queue": 16, "timeout_s": 5.0, **limits}
+    return Batcher(model, **options)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_limits_are_checked_in_the_constructor() -> None:
+    with pytest.raises(ValueError, match="max_batch_size=0"):
+        make(FakeModel(), max_batch_size=0)
+    with pytest.raises(ValueError, match="timeout_s=0"):
+        make(FakeModel(), timeout_s=0)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
+    model = FakeModel()
+
+    async def main() -> list[list[float]]:
+        batcher = make(model)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.float32(i)]) for i in range(10)))
+        await batcher.stop(5)
+        return results
+
+    results = run(main())
+    assert results == [[2.0 * i] for i in range(10)]
+    assert model.batches == [4, 4, 2]
+
+
+def test_a_request_with_more_images_than_a_batch_spans_batches_in_order() -> None:
+    model = FakeModel()
+
+    async def main() -> list[float]:
+        batcher = make(model, max_delay_s=0)
+        batcher.start()
+        out = await batcher.submit([np.float32(i) for i in range(6)])
+        await batcher.stop(5)
+        return out
+
+    assert run(main()) == [2.0 * i for i in range(6)]
+    assert model.batches == [4, 2]
+
+
+def test_full_queue_refuses_at_once_with_retry_after() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> tuple[list, ServiceError]:
+        batcher = make(model, max_batch_size=1, max_delay_s=0, max_queue=2, retry_after_s=3)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit([np.float32(0)]))
+        while not model.batches:  # the first image is inside the model, blocked
+            await asyncio.sleep(0.005)
+        queued = [asyncio.create_task(batcher.submit([np.float32(i)])) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError) as refused:
+            await batcher.submit([np.float32(3)])
+        gate.set()
+        results = await asyncio.gather(running, *queued)
+        await batcher.stop(5)
+        return results, refused.value
+
+    results, error = run(main())
+    assert results == [[0.0], [2.0], [4.0]]
+    assert (error.status, error.code, error.headers) == (503, "queue_full", {"Retry-After": "3"})
+
+
+def test_requests_past_their_deadline_get_504_and_never_run() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> tuple[list, BaseException]:
+        batcher = make(model, max_batch_size=1, max_delay_s=0, timeout_s=0.2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([np.float32(1)]))
+        while not model.batches:
+            await asyncio.sleep(0.005)
+        late = asyncio.create_task(batcher.submit([np.float32(7)]))
+        done = await asyncio.gather(late, return_exceptions=True)
+        gate.set()  # the first request started before its deadline, so it still completes
+        results = [await first]
+        await batcher.stop(5)
+        return results, done[0]
+
+    results, error = run(main())
+    assert results == [[2.0]]
+    assert isinstance(error, ServiceError) and (error.status, error.code) == (504, "timeout")
+    assert model.batches == [1]  # the late image was never run
+
+
+def test_an_error_in_a_batch_reaches_every_request_in_it() -> None:
+    model = FakeModel(error=RuntimeError("device lost"))
+
+    async def main() -> list:
+        batcher = make(model)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.float32(i)]) for i in range(3)), return_exceptions=True)
+        await batcher.stop(5)
+        return results
+
+    results = run(main())
+    assert len(results) == 3 and all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
+
+
+def test_wrong_number_of_outputs_is_an_error_for_the_batch() -> None:
+    async def main() -> BaseException:
+        batcher = Batcher(lambda batch: [1.0], max_batch_size=4, max_delay_s=0.05, max_queue=8, timeout_s=5)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.float32(i)]) for i in range(2)), return_exceptions=True)
+        await batcher.stop(5)
+        return results[0]
+
+    error = run(main())
+    assert isinstance(error, RuntimeError) and "1 outputs for 2 images" in str(error)
+
+
+def test_stop_finishes_accepted_work_then_refuses_new_work() -> None:
+    model = FakeModel()
+
+    async def main() -> tuple[list, ServiceError]:
+        batcher = make(model, max_delay_s=1.0)  # a long delay: stop must not wait for it
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit([np.float32(i)])) for i in range(3)]
+        await asyncio.sleep(0.01)
+        await batcher.stop(5)
+        results = await asyncio.gather(*pending)
+        with pytest.raises(ServiceError) as refused:
+            await batcher.submit([np.float32(9)])
+        return results, refused.value
+
+    results, error = run(main())
+    assert results == [[0.0], [2.0], [4.0]] and error.code == "shutting_down"
+
+
+def test_a_cancelled_request_is_skipped() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> list:
+        batcher = make(model, max_batch_size=1, max_delay_s=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([np.float32(1)]))
+        while not model.batches:
+            await asyncio.sleep(0.005)
+        gone = asyncio.create_task(batcher.submit([np.float32(2)]))
+        kept = asyncio.create_task(batcher.submit([np.float32(3)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)  # the cancellation has reached the batcher
+        gate.set()
+        results = [await first, await kept]
+        await batcher.stop(5)
+        return results
+
+    assert run(main()) == [[2.0], [6.0]]
+    assert model.batches == [1, 1]

@@ -1,0 +1,72 @@
+"""Settings are validated at start-up; messages name the environment variable. The docs list them all."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from service.metrics import Metrics
+from service.settings import PREFIX, Settings, SettingsError, load_settings
+from tests.service.servicetools import REPO
+
+DOCS = (REPO / "docs" / "service.md").read_text()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, model_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CASTREAM_MODEL_PATH", str(model_path))
+
+
+def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASTREAM_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("CASTREAM_PROVIDERS", " cuda , cpu ")
+    monkeypatch.setenv("CASTREAM_API_KEY", "token")
+    settings = load_settings()
+    assert settings.max_batch_size == 16 and settings.provider_list == ["cuda", "cpu"]
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "token"
+    assert "token" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CASTREAM_MODEL_PATH", "/nowhere/model.onnx", "CASTREAM_MODEL_PATH='/nowhere/model.onnx': no model file"),
+        ("CASTREAM_MAX_BATCH_SIZE", "0", "CASTREAM_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1"),
+        ("CASTREAM_MAX_BATCH_DELAY_MS", "soon", "CASTREAM_MAX_BATCH_DELAY_MS='soon'"),
+        ("CASTREAM_PORT", "70000", "CASTREAM_PORT='70000': Input should be less than or equal to 65535"),
+        ("CASTREAM_PAD_BATCHES", "maybe", "CASTREAM_PAD_BATCHES='maybe'"),
+        ("CASTREAM_PROVIDERS", "cuda,,cpu", "CASTREAM_PROVIDERS='cuda,,cpu'"),
+        ("CASTREAM_API_KEY", "  ", "CASTREAM_API_KEY=<hidden>: is set but empty"),
+        ("CASTREAM_MAX_QUEUE", "4", "CASTREAM_MAX_QUEUE=4 is smaller than CASTREAM_MAX_IMAGES_PER_REQUEST=16"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert message in str(error.value)
+
+
+def test_docs_list_every_setting_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `(CASTREAM_[A-Z_]+)` \| `?([^|`]*)`? \|", DOCS, flags=re.MULTILINE))
+    names = {PREFIX + field.upper() for field in Settings.model_fields}
+    assert set(rows) == names
+    for field, info in Settings.model_fields.items():
+        default = info.default
+        shown = rows[PREFIX + field.upper()].strip()
+        if default is None:
+            assert shown == "unset", field
+        else:
+            assert shown == (str(default).lower() if isinstance(default, bool) else str(default)), field
+
+
+def test_docs_list_every_metric() -> None:
+    documented = set(re.findall(r"^\| `(castream_[a-z_]+)` \|", DOCS, flags=re.MULTILINE))
+    exposed = {m.name + ("_total" if m.type == "counter" else "") for m in Metrics().registry.collect()}
+    assert documented == exposed

@@ -1,0 +1,179 @@
+"""The evaluation's outputs: a table in the paper's layout (Markdown, CSV), findings, a picture grid, JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.saliency import LABELS
+from training.xai_eval import FAITHFULNESS, GRID, LOCALISATION, LOWER_IS_BETTER, POOLINGS, Results, Samples
+
+log = logging.getLogger(__name__)
+
+STEM = "interpretability"
+HEADERS = {
+    "ad": "AD ↓",
+    "ag": "AG ↑",
+    "ai": "AI ↑",
+    "insertion": "Insertion ↑",
+    "deletion": "Deletion ↓",
+    "pointing": "Pointing game ↑",
+    "energy": "Energy in mask ↑",
+}
+NAMES = {
+    "ad": "AD",
+    "ag": "AG",
+    "ai": "AI",
+    "insertion": "insertion",
+    "deletion": "deletion",
+    "pointing": "pointing game",
+    "energy": "energy in mask",
+}
+
+
+def metrics_of(results: Results) -> list[str]:
+    present = next(iter(results.scores.values()))
+    return [m for m in (*FAITHFULNESS, *LOCALISATION) if m in present]
+
+
+def markdown(
+    results: Results, checkpoint_metrics: dict[str, Any] | None = None, title: str = "Interpretability: GAP vs CA"
+) -> str:
+    """The table (rows: method x pooling; all values in %), the settings, and the CA-vs-GAP comparison.
+
+    Args:
+        checkpoint_metrics: the checkpoint's own ``val_top1_gap`` / ``val_top1_ca`` (whole validation split).
+    """
+    metrics = metrics_of(results)
+    s = results.settings
+    whole = checkpoint_metrics or {}
+    whole_split = (
+        f" (whole validation split: GAP {whole['val_top1_gap']:.2f} %, CA {whole['val_top1_ca']:.2f} %)"
+        if "val_top1_gap" in whole and "val_top1_ca" in whole
+        else ""
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Checkpoint `{s.get('checkpoint', '?')}`, {s['images']} validation images at {s['image_size'][0]} x "
+        f"{s['image_size'][1]} px, explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
+        f"Top-1 on these images: GAP {results.accuracy('gap'):.2f} %, CA {results.accuracy('ca'):.2f} %{whole_split}.",
+        f"Insertion/deletion: {s['pixels_per_step']} pixels per step ({s['steps']} steps), insertion substrate "
+        f"blurred with a {s['blur_kernel']}-pixel Gaussian (sigma {s['blur_sigma']:g}). All values in %.",
+        "",
+        "| Method | Pooling | " + " | ".join(HEADERS[m] for m in metrics) + " |",
+        "|---|---|" + "---:|" * len(metrics),
+    ]
+    for method, pooling in results.rows:
+        values = " | ".join(f"{results.mean((method, pooling), m):.2f}" for m in metrics)
+        lines.append(f"| {LABELS[method]} | {pooling.upper()} | {values} |")
+    findings = comparison(results)
+    if findings:
+        lines += ["", "## CA vs GAP, metric by metric", "", *[f"- {line}" for line in findings]]
+    return "\n".join(lines) + "\n"
+
+
+def comparison(results: Results) -> list[str]:
+    """For each method run on both poolings: which pooling wins each metric, by how much (paired, same images)."""
+    lines = []
+    for method in dict.fromkeys(m for m, _ in results.rows):
+        if not all((method, p) in results.scores for p in POOLINGS):
+            continue
+        parts = []
+        for metric in metrics_of(results):
+            diff, error = results.paired_difference(method, metric)
+            diff = round(diff, 2) + 0.0  # no "-0.00"
+            better = round(-diff if metric in LOWER_IS_BETTER else diff, 2)  # judged at the precision shown
+            verdict = "CA beats GAP" if better > 0 else "GAP beats CA" if better < 0 else "tie"
+            parts.append(f"{NAMES[metric]}: {verdict} ({diff:+.2f} ± {error:.2f})")
+        lines.append(f"{LABELS[method]}: " + "; ".join(parts) + ".")
+    if lines:
+        lines.append(
+            "Differences are CA minus GAP in percentage points on the same images, ± one paired standard error."
+        )
+    return lines
+
+
+def table_csv(results: Results) -> str:
+    """One row per method and pooling: the means in % and their standard errors."""
+    metrics = metrics_of(results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "pooling", "images", *metrics, *[f"{m}_se" for m in metrics]])
+    for key in results.rows:
+        means = [f"{results.mean(key, m):.4f}" for m in metrics]
+        errors = []
+        for m in metrics:
+            values = 100.0 * results.scores[key][m].double()
+            errors.append(f"{values.std().item() / np.sqrt(len(values)):.4f}" if len(values) > 1 else "")
+        writer.writerow([LABELS[key[0]], key[1], len(next(iter(results.scores[key].values()))), *means, *errors])
+    return buffer.getvalue()
+
+
+def summary(results: Results, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything in the table plus the settings, as plain JSON types."""
+    return {
+        "settings": results.settings,
+        "top1": {p: round(results.accuracy(p), 3) for p in POOLINGS},
+        "rows": [
+            {"method": m, "pooling": p, **{k: round(results.mean((m, p), k), 4) for k in metrics_of(results)}}
+            for m, p in results.rows
+        ],
+        "comparison": comparison(results),
+        **(extra or {}),
+    }
+
+
+def picture_grid(results: Results, samples: Samples, path: Path) -> Path | None:
+    """Rows of images; columns: the image, GAP Grad-CAM, CA Grad-CAM, CA raw attention (those computed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [key for key in GRID if key in results.grid]
+    if not columns:
+        log.warning("no picture: none of %s was computed", ", ".join(f"{m}/{p}" for m, p in GRID))
+        return None
+    rows = len(results.grid[columns[0]])
+    figure, axes = plt.subplots(rows, 1 + len(columns), figsize=(2.2 * (1 + len(columns)), 2.3 * rows), squeeze=False)
+    for row in range(rows):
+        image = samples.pixels[row]
+        label = samples.classes[int(samples.labels[row])]
+        guesses = ", ".join(f"{p.upper()}: {samples.classes[int(results.predictions[p][row])]}" for p in POOLINGS)
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_ylabel(f"{label}\n({guesses})", fontsize=7)
+        for col, key in enumerate(columns, start=1):
+            axes[row, col].imshow(image)
+            axes[row, col].imshow(results.grid[key][row].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        for col in range(1 + len(columns)):
+            if samples.masks is not None:
+                axes[row, col].contour(samples.masks[row].numpy(), levels=[0.5], colors="white", linewidths=0.6)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    titles = ["image"] + [f"{p.upper()} {LABELS[m] if m != 'attention' else 'raw attention'}" for m, p in columns]
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write(results: Results, samples: Samples, out: Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Writes interpretability.md, .csv, .json and .png into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / f"{STEM}.{kind}" for kind in ("md", "csv", "json")}
+    paths["md"].write_text(markdown(results, (extra or {}).get("checkpoint_metrics")))
+    paths["csv"].write_text(table_csv(results))
+    paths["json"].write_text(json.dumps(summary(results, extra), indent=2) + "\n")
+    picture = picture_grid(results, samples, out / f"{STEM}.png")
+    if picture is not None:
+        paths["png"] = picture
+    return paths
