@@ -37,8 +37,9 @@ lint: $(STAMP)
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# Slow suites (long end-to-end runs) join the default run in CI, or with `make test SLOW=1`.
 test: $(STAMP) lint chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(or $(CI),$(SLOW)),,-m "not slow")
 
 clean:
 	rm -rf runs models .pytest_cache

@@ -1,8 +1,8 @@
 """Trace a CAStreamNet into one ONNX graph: input ``image`` with a symbolic batch axis, outputs by name.
 
-The graph comes from the ``torch.export`` based exporter, which keeps the batch axis symbolic through
-the stream (the TorchScript exporter folds it into the token's ``expand``). Debug information that the
-exporter attaches to every node (stack traces with local file paths) is dropped.
+The graph comes from the ``torch.export`` based exporter (the TorchScript one is deprecated and leaves
+the attention map's height and width symbolic too). Debug information that the exporter attaches to
+every node (stack traces with local file paths) is dropped, and the rewrites in ``export.rewrite`` run.
 """
 
 from __future__ import annotations

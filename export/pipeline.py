@@ -97,8 +97,8 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     log.info("exporting %s with %s pooling at %d px", state["model"]["backbone"], options.pooling, size)
     proto = export_graph(model, options.pooling, size)
     check_structure(proto, options.pooling, classes, size)
-    reference = torch_outputs(model, images, options.pooling)
-    parity = check_parity(make_session(proto), reference, images, FP32)
+    reference = torch_outputs(model, images, options.pooling, threads=options.threads)
+    parity = check_parity(make_session(proto, options.threads), reference, images, FP32)
     report = ExportReport(Path(options.out), {}, parity)
     verification: dict[str, Any] = {
         "reference": "pytorch float32",
@@ -111,7 +111,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         proto, verification["int8"] = _int8(proto, calibration, val, options, report)
         check_structure(proto, options.pooling, classes, size)
     elif options.precision == "fp16":
-        proto, verification["fp16"] = _fp16(proto, reference, images, report)
+        proto, verification["fp16"] = _fp16(proto, reference, images, options.threads, report)
         check_structure(proto, options.pooling, classes, size)
 
     report.properties = metadata.describe(state, options.pooling, options.precision, options.name, verification)
@@ -127,7 +127,7 @@ def _int8(
     int8 = quantize_int8(fp32, calibration.images)
     if not is_quantized(int8):
         raise VerificationError("quantisation left no int8 operator in the graph; the int8 model would be float32")
-    fp32_session, int8_session = make_session(fp32), make_session(int8)
+    fp32_session, int8_session = make_session(fp32, options.threads), make_session(int8, options.threads)
     images = val.images[: options.agreement_images]
     reference, candidate = run_batches(fp32_session, images, 8), run_batches(int8_session, images, 8)
     if ATTENTION in candidate:
@@ -137,8 +137,7 @@ def _int8(
     log.info("int8 agreement with fp32: %s", report.agreement)
     agreement.check(report.agreement, options.thresholds)
 
-    timed = {"fp32": make_session(fp32, options.threads), "int8": make_session(int8, options.threads)}
-    timings = time_sessions(timed, images[:8], budget_s=options.speed_budget_s)
+    timings = time_sessions({"fp32": fp32_session, "int8": int8_session}, images[:8], budget_s=options.speed_budget_s)
     report.speedup = timings.ratio("fp32", "int8")
     log.info("int8 is %.2fx as fast as fp32 (batch %d, %d rounds)", report.speedup, len(images[:8]), timings.rounds)
     if report.speedup < options.thresholds.speedup:
@@ -167,13 +166,13 @@ def _check_batch_invariance(session: Any, images: np.ndarray, batched: dict[str,
 
 
 def _fp16(
-    fp32: onnx.ModelProto, reference: dict[str, np.ndarray], images: np.ndarray, report: ExportReport
+    fp32: onnx.ModelProto, reference: dict[str, np.ndarray], images: np.ndarray, threads: int, report: ExportReport
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     half = convert_fp16(fp32)
     check_fp16_structure(half)
     for providers in numeric_providers():
         try:
-            session = make_session(half, providers=providers)
+            session = make_session(half, threads, providers=providers)
             parity = check_parity(session, reference, images, FP16)
         except OrtNotImplemented as error:  # a provider without float16 kernels for some operator
             log.warning("%s cannot run the fp16 graph (%s); trying the next provider", providers[0], error)

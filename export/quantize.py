@@ -66,7 +66,17 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, batch_size: i
             nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
         )
-        return onnx.load(str(target))
+        quantized = onnx.load(str(target))
+    _drop_unused_opsets(quantized)
+    return quantized
+
+
+def _drop_unused_opsets(proto: onnx.ModelProto) -> None:
+    """Keeps only the operator sets the nodes use (the pre-processing step declares all of ONNX Runtime's)."""
+    used = {node.domain for node in proto.graph.node} | {""}
+    kept = [opset for opset in proto.opset_import if opset.domain in used or opset.domain == "ai.onnx"]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
 
 
 def is_quantized(proto: onnx.ModelProto) -> bool:

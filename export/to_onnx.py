@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
         "--min-correlation", type=float, default=thresholds.correlation, help="int8: minimum mean attention correlation"
     )
     add("--min-speedup", type=float, default=thresholds.speedup, help="int8: minimum speed-up over fp32 (0: no check)")
-    add("--threads", type=int, default=defaults.threads, help="int8: ONNX Runtime threads for the speed check (0: all)")
+    add("--threads", type=int, default=defaults.threads, help="CPU threads for the checks and timings (0: all cores)")
     add("--cache-dir", default=defaults.cache_dir, help="synthetic-image cache shared with training ('' for none)")
     add("--allow-unfinished", action="store_true", help="export a checkpoint whose training has not finished")
     add("-v", "--verbose", action="store_true", help="log the exporter's and quantiser's own messages too")

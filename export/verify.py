@@ -8,6 +8,8 @@ batch 8 on real images of the data set, so a graph whose batch axis is wrongly w
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -104,18 +106,35 @@ def check_attention_maps(attention: np.ndarray) -> None:
         raise VerificationError(f"attention maps sum to 1 +- {deviation:.3g}; allowed {SUM_TOLERANCE:g}")
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Runs the block with ``count`` PyTorch CPU threads (0: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @torch.no_grad()
 def reference_outputs(
-    model: CAStreamNet, images: np.ndarray, pooling: str, batch_size: int = 8
+    model: CAStreamNet, images: np.ndarray, pooling: str, batch_size: int = 8, threads: int = 1
 ) -> dict[str, np.ndarray]:
-    """PyTorch's float32 outputs for ``images``, by output name."""
+    """PyTorch's float32 outputs for ``images``, by output name.
+
+    One thread by default: the reference is a few dozen images, and OpenMP threads that compete with
+    other processes for the cores can be many times slower than one.
+    """
     model = model.float().cpu().eval()
     logits, attention = [], []
-    for start in range(0, len(images), batch_size):
-        output = model(torch.from_numpy(images[start : start + batch_size]), pooling)
-        logits.append(output.logits.numpy())
-        if output.attention is not None:
-            attention.append(output.attention.numpy())
+    with torch_threads(threads):
+        for start in range(0, len(images), batch_size):
+            output = model(torch.from_numpy(images[start : start + batch_size]), pooling)
+            logits.append(output.logits.numpy())
+            if output.attention is not None:
+                attention.append(output.attention.numpy())
     outputs = {LOGITS: np.concatenate(logits)}
     if attention:
         outputs[ATTENTION] = np.concatenate(attention)

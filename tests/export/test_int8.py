@@ -18,6 +18,7 @@ from export.verify import VerificationError
 def test_int8_graph_is_quantised_and_keeps_float_io(int8_export: ExportReport) -> None:
     proto = onnx.load(str(int8_export.path))
     assert is_quantized(proto)
+    assert [opset.domain for opset in proto.opset_import] == [""]  # standard operators only
     assert sum(node.op_type == "QuantizeLinear" for node in proto.graph.node) > 10
     types = {value.name: value.type.tensor_type.elem_type for value in (*proto.graph.input, *proto.graph.output)}
     assert types == {
