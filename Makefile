@@ -18,6 +18,10 @@ runs/default/castream.pt: | $(STAMP)
 models/castream.onnx: runs/default/castream.pt
 	$(BIN)/python -m export.to_onnx
 
+# The bench times int8 itself, side by side with fp32; the export's own speed check would refuse the file on a busy CPU.
+models/castream-int8.onnx: runs/default/castream.pt
+	$(BIN)/python -m export.to_onnx --int8 --min-speedup 0 --out models/castream-int8.onnx
+
 train: runs/default/castream.pt
 
 export: models/castream.onnx
@@ -28,6 +32,11 @@ serve: models/castream.onnx
 	CASTREAM_MODEL_PATH=models/castream.onnx CASTREAM_PORT=8000 $(BIN)/python -m service
 
 demo: serve
+
+# Every speed figure in one run (under 15 minutes on 2 cores, loopback only): rewrites BENCHMARKS.md, its plot and
+# benchmarks/results.json. Run it on an otherwise idle machine.
+bench: models/castream.onnx models/castream-int8.onnx | $(STAMP)
+	$(BIN)/python -m benchmarks.report --model models/castream.onnx --int8-model models/castream-int8.onnx
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -91,7 +91,8 @@ def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
 
 
 def raw_throughput(config: LoadConfig, images: list[bytes]) -> dict[str, float]:
-    """Images per second of ``session.run`` alone, and of decode + preprocess + run, at the batch size.
+    """Images per second of ``session.run`` alone, and of decode + preprocess + run, at the batch size; and the
+    p50/p99 latency in milliseconds of ``session.run`` on one image (the model's own latency).
 
     The session is opened as the service opens it (same options and threads), so the ratio measures what
     serving adds, not a difference in ONNX Runtime tuning.
@@ -115,6 +116,12 @@ def raw_throughput(config: LoadConfig, images: list[bytes]) -> dict[str, float]:
             session.run(None, {"image": batch})
             done += config.batch_size
         result[name] = done / (time.perf_counter() - start)
+    latencies, start = [], time.perf_counter()
+    while len(latencies) < config.requests and time.perf_counter() - start < config.seconds:
+        begin = time.perf_counter()
+        session.run(None, {"image": inputs[len(latencies) % len(inputs)][None]})
+        latencies.append(time.perf_counter() - begin)
+    result["batch1_p50_ms"], result["batch1_p99_ms"] = _percentile(latencies, 50), _percentile(latencies, 99)
     return result
 
 
@@ -155,8 +162,8 @@ def service(config: LoadConfig, **env: str) -> Iterator[int]:
             process.wait()
 
 
-def multipart_request(port: int, image: bytes) -> bytes:
-    """The raw bytes of one ``POST /classify`` with one file, built once and replayed."""
+def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
+    """The raw bytes of one ``POST /classify[?query]`` with one file, built once and replayed."""
     boundary = "castreamloadboundary"
     body = (
         (
@@ -166,8 +173,9 @@ def multipart_request(port: int, image: bytes) -> bytes:
         + image
         + f"\r\n--{boundary}--\r\n".encode()
     )
+    target = f"/classify?{query}" if query else "/classify"
     head = (
-        f"POST /classify HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -194,9 +202,14 @@ async def _get_status(port: int, path: str) -> int:
         writer.close()
 
 
-async def closed_loop(port: int, images: list[bytes], concurrency: int, requests: int, seconds: float) -> Phase:
-    """``concurrency`` clients on keep-alive connections, each sending its next request when answered."""
-    prepared = [multipart_request(port, image) for image in images]
+async def closed_loop(
+    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = ""
+) -> Phase:
+    """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
+
+    ``query`` is added to every request's URL (``attention=overlay``, ...).
+    """
+    prepared = [multipart_request(port, image, query) for image in images]
     records: list[tuple[int, float, str | None]] = []
     sent = 0
     deadline = time.perf_counter() + seconds
@@ -259,6 +272,7 @@ def run(config: LoadConfig) -> dict[str, Any]:
     loaded = report[f"service_c{config.concurrency}"]["throughput"]
     report["ratio_run_only"] = loaded / raw["run_only"]
     report["ratio_with_preprocessing"] = loaded / raw["with_preprocessing"]
+    report["overhead_c1_p50_ms"] = report["service_c1"]["p50_ms"] - raw["batch1_p50_ms"]
     queue = {"CASTREAM_MAX_QUEUE": str(config.overload_queue), "CASTREAM_MAX_IMAGES_PER_REQUEST": "1"}
     with service(config, **queue) as port:
         log.info("overload: %d clients, queue of %d images", config.overload_concurrency, config.overload_queue)
@@ -281,6 +295,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"model {report['model']} ({config['model']}), batch size {config['batch_size']}, {os.cpu_count()} CPUs",
         f"raw ONNX Runtime:      {raw['run_only']:8.1f} images/s (session.run only)",
         f"                       {raw['with_preprocessing']:8.1f} images/s (with decode + preprocessing)",
+        f"                       p50 {raw['batch1_p50_ms']:7.1f} ms   p99 {raw['batch1_p99_ms']:7.1f} ms "
+        "(session.run on one image)",
     ]
     for concurrency in (1, c):
         phase = report[f"service_c{concurrency}"]
@@ -291,6 +307,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         f"ratio service c={c} / raw: {report['ratio_run_only']:.2f} (session.run only), "
         f"{report['ratio_with_preprocessing']:.2f} (with preprocessing)",
+        f"service p50 at c=1 over the model's own batch-1 p50: {report['overhead_c1_p50_ms']:+.1f} ms",
         f"overload ({config['overload_concurrency']} clients, queue {config['overload_queue']}): {burst['statuses']}, "
         f"503 p50 {burst['rejected_p50_ms'] or float('nan'):.1f} ms p99 {burst['rejected_p99_ms'] or float('nan'):.1f} "
         f"ms (Retry-After {burst['retry_after']}), 200 p50 {burst['p50_ms']:.1f} ms",

@@ -33,9 +33,22 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.decode_seconds = Histogram(
-            "castream_decode_duration_seconds", "Time to decode and preprocess one image", buckets=LATENCY_BUCKETS,
+            "castream_decode_duration_seconds", "Time to decode one image into RGB pixels", buckets=LATENCY_BUCKETS,
             registry=r,
         )  # fmt: skip
+        self.preprocess_seconds = Histogram(
+            "castream_preprocess_duration_seconds",
+            "Time to resize, crop and normalise one decoded image",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "castream_encode_duration_seconds",
+            "Time to build one response body: top-k labels, attention grid, PNG overlays and JSON",
+            ["attention"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_images = Histogram(
             "castream_batch_size_images", "Images per session.run", buckets=BATCH_BUCKETS, registry=r
         )

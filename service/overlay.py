@@ -17,11 +17,19 @@ _LUT = np.stack(
 ).astype(np.uint8)
 
 
-def heat_overlay(view: np.ndarray, attention: np.ndarray, alpha: float = 0.55, min_side: int = 224) -> bytes:
+# zlib level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
+# noisy blended crop compresses little better at 6 (files about a tenth smaller; BENCHMARKS.md has the numbers).
+PNG_LEVEL = 1
+
+
+def heat_overlay(
+    view: np.ndarray, attention: np.ndarray, alpha: float = 0.55, min_side: int = 224, png_level: int = PNG_LEVEL
+) -> bytes:
     """PNG bytes: ``view`` [h, w, 3] uint8 blended with ``attention`` [gh, gw] upsampled and coloured.
 
     The map is scaled to its own maximum so that small and large models look alike; the result is
-    upscaled to at least ``min_side`` pixels so that a few-pixel crop stays visible.
+    upscaled to at least ``min_side`` pixels so that a few-pixel crop stays visible. ``png_level`` (0-9)
+    trades encoding time for size; the pixels are the same at every level.
     """
     height, width = view.shape[:2]
     grid = Image.fromarray(np.asarray(attention, np.float32))
@@ -36,9 +44,9 @@ def heat_overlay(view: np.ndarray, attention: np.ndarray, alpha: float = 0.55, m
     if factor > 1:
         image = image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    image.save(out, format="PNG", compress_level=png_level)
     return out.getvalue()
 
 
-def heat_overlay_b64(view: np.ndarray, attention: np.ndarray) -> str:
-    return base64.b64encode(heat_overlay(view, attention)).decode("ascii")
+def heat_overlay_b64(view: np.ndarray, attention: np.ndarray, png_level: int = PNG_LEVEL) -> str:
+    return base64.b64encode(heat_overlay(view, attention, png_level=png_level)).decode("ascii")

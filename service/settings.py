@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.overlay import PNG_LEVEL
+
 PREFIX = "CASTREAM_"
 
 
@@ -38,6 +40,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, le=1024)
     inter_op_threads: int = Field(0, ge=0, le=1024)
     decode_threads: int = Field(0, ge=0, le=256)
+    overlay_png_level: int = Field(PNG_LEVEL, ge=0, le=9)
 
     max_images_per_request: int = Field(16, ge=1, le=1024)
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)

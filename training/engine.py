@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -144,7 +145,16 @@ def evaluate(model: CAStreamNet, batches: Any, runtime: Runtime, poolings: tuple
 
 
 def _progress(iterable: Any, runtime: Runtime, desc: str) -> Iterator:
-    return tqdm(iterable, desc=desc, leave=False, disable=not (runtime.progress and runtime.main), dynamic_ncols=True)
+    # Redrawn often on a terminal; in a log file, a line every half minute is enough.
+    interval = 0.5 if sys.stderr.isatty() else 30.0
+    return tqdm(
+        iterable,
+        desc=desc,
+        leave=False,
+        disable=not (runtime.progress and runtime.main),
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
 
 
 @dataclass

@@ -42,7 +42,12 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
         "(auto: none when the classifier fits the data, a probe for pretrained weights, else full)",
     )
     add("--baseline-epochs", type=int, default=defaults.baseline_epochs, help="epochs of the baseline stage")
-    add("--baseline-lr", type=float, default=None, help="baseline learning rate (default 0.1 full, 0.5 probe)")
+    add(
+        "--baseline-lr",
+        type=float,
+        default=None,
+        help="baseline learning rate (default 0.002 with adamw; with sgd 0.05 full, 0.5 probe)",
+    )
     add(
         "--baseline-optimizer", default=defaults.baseline_optimizer, choices=("sgd", "adamw"), help="baseline optimiser"
     )

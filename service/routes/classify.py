@@ -47,6 +47,5 @@ async def classify(
     s = runtime.settings
     runtime.admit(1)  # under overload, refuse before reading the body
     images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
-    result = await runtime.classify(images, top_k, attention)
-    # Already a validated model: serialise it directly instead of having FastAPI validate it again.
-    return Response(result.model_dump_json(), media_type="application/json")
+    body = await runtime.classify(images, top_k, attention)
+    return Response(body, media_type="application/json")

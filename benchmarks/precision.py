@@ -1,0 +1,100 @@
+"""int8 against fp32 on the served model: agreement from the int8 file's own export checks, speed timed here.
+
+``python -m export.to_onnx --int8`` measures, before it writes the file, how often the int8 graph agrees
+with the fp32 graph on the validation split (top-1, attention peak, attention correlation) and records it
+in the file's ``verification`` metadata; this reads it back. The speed ratio is timed now, with
+``export.timing.time_sessions`` (the sessions alternate round by round on the same preprocessed images),
+at batch 1 and at ``batch_size``.
+
+python -m benchmarks.precision --model models/castream.onnx --int8-model models/castream-int8.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scaling import model_inputs
+from export.runtime import make_session
+from export.timing import time_sessions
+from service.model import load_model
+
+log = logging.getLogger("benchmarks.precision")
+
+
+def int8_verification(path: Path) -> dict[str, Any]:
+    """The ``int8`` entry of a model's ``verification`` metadata (agreement, speed-up, thresholds).
+
+    Raises:
+        ValueError: the file is not an int8 export, or carries no int8 checks.
+    """
+    model = load_model(path, ["cpu"])
+    if model.info.precision != "int8":
+        raise ValueError(
+            f"{str(path)!r} is a {model.info.precision} model; expected an int8 export (export.to_onnx --int8)"
+        )
+    checks = json.loads(model.session.get_modelmeta().custom_metadata_map.get("verification", "{}")).get("int8")
+    if not checks:
+        raise ValueError(f"{str(path)!r} records no int8 checks in its verification metadata; re-export it")
+    return checks
+
+
+def compare(
+    model: Path, int8_model: Path, batch_size: int = 8, threads: int = 1, budget_s: float = 20.0
+) -> dict[str, Any]:
+    """Agreement recorded at export, and fp32/int8 latency and throughput timed side by side."""
+    checks = int8_verification(int8_model)
+    sessions = {
+        name: make_session(path.read_bytes(), threads) for name, path in (("fp32", model), ("int8", int8_model))
+    }
+    images = model_inputs(model, batch_size)
+    timings = [time_sessions(sessions, images[:1], budget_s / 3), time_sessions(sessions, images, budget_s * 2 / 3)]
+    return {
+        "threads": threads,
+        "agreement": {key: checks.get(key) for key in ("images", "top1", "peak", "correlation")},
+        "accuracy": {"fp32": checks.get("reference_accuracy"), "int8": checks.get("candidate_accuracy")},
+        "thresholds": checks.get("thresholds"),
+        "speedup_at_export": checks.get("speedup"),
+        "timings": [
+            {
+                "batch_size": t.batch_size,
+                "rounds": t.rounds,
+                "fp32_ms": t.median_ms("fp32"),
+                "int8_ms": t.median_ms("int8"),
+                "fp32_images_per_second": t.images_per_second("fp32"),
+                "int8_images_per_second": t.images_per_second("int8"),
+                "int8_over_fp32": t.ratio("fp32", "int8"),
+            }
+            for t in timings
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
+    parser.add_argument("--int8-model", type=Path, default=Path("models/castream-int8.onnx"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1 is steadiest; 0: all cores)")
+    parser.add_argument("--budget-s", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    for path in (args.model, args.int8_model):
+        if not path.is_file():
+            parser.error(
+                f"{str(path)!r} does not exist; build it with `make export` or `make models/castream-int8.onnx`"
+            )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        report = compare(args.model, args.int8_model, args.batch_size, args.threads, args.budget_s)
+    except ValueError as error:
+        parser.error(str(error))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

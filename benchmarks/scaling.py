@@ -1,0 +1,197 @@
+"""How cost grows with work: batch size (raw ONNX Runtime and the service) and image size (decode + resize).
+
+- ``batch_sweep``: ``session.run`` on batches of 1 to 32 preprocessed images, sizes interleaved round by
+  round (a round runs every size once, forwards then backwards), so a change in background load shifts all
+  sizes alike. The session is opened as the service opens it.
+- ``service_batch_sweep``: the service with ``CASTREAM_MAX_BATCH_SIZE`` = b under 2b closed-loop clients
+  sending one image each: what a deployment gets from a larger batch, with the latency it pays.
+- ``image_size_sweep``: decoding and preprocessing JPEGs of 0.3, 1, 4 and 12 megapixels with the service's
+  own functions (``service.imaging.decode``, ``service.preprocess.Preprocessor``).
+
+python -m benchmarks.scaling --model models/castream.onnx [--budget-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.load import LoadConfig, closed_loop, make_images, service
+from service.imaging import decode
+from service.model import load_model
+from service.preprocess import Preprocessor
+
+log = logging.getLogger("benchmarks.scaling")
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+MEGAPIXELS = (0.3, 1.0, 4.0, 12.0)
+
+
+def interleaved(
+    steps: dict[Any, Callable[[], object]], budget_s: float, min_rounds: int = 3, max_rounds: int = 1000
+) -> dict[Any, np.ndarray]:
+    """Seconds of each step per round; every round runs every step once, in alternating order.
+
+    Stops after ``budget_s`` seconds (at least ``min_rounds`` rounds, at most ``max_rounds``).
+    """
+    if not steps:
+        raise ValueError("no steps to time")
+    if min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
+    keys = list(steps)
+    seconds: dict[Any, list[float]] = {key: [] for key in keys}
+    started = time.perf_counter()
+    for round_ in range(max_rounds):
+        for key in keys if round_ % 2 == 0 else reversed(keys):
+            begin = time.perf_counter()
+            steps[key]()
+            seconds[key].append(time.perf_counter() - begin)
+        if round_ + 1 >= min_rounds and time.perf_counter() - started >= budget_s:
+            break
+    return {key: np.array(values) for key, values in seconds.items()}
+
+
+def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
+    """Median and p99 in milliseconds, and images per second at the median, of one step's timings."""
+    median = float(np.median(seconds))
+    return {
+        "rounds": len(seconds),
+        "p50_ms": median * 1000,
+        "p99_ms": float(np.percentile(seconds, 99)) * 1000,
+        "images_per_second": images / median,
+    }
+
+
+def model_inputs(model_path: Path, count: int) -> np.ndarray:
+    """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
+    info = load_model(model_path, ["cpu"]).info
+    prepare = Preprocessor(info.preprocessing)
+    return np.stack([prepare(decode(data, 10**8)).input for data in make_images(count, info.preprocessing.resize)])
+
+
+def batch_sweep(
+    model_path: Path,
+    sizes: Sequence[int] = BATCH_SIZES,
+    providers: Sequence[str] = ("cpu",),
+    threads: int = 0,
+    budget_s: float = 20.0,
+    min_rounds: int = 3,
+) -> list[dict[str, float]]:
+    """Latency and throughput of ``session.run`` per batch size, on the named ONNX Runtime providers."""
+    model = load_model(model_path, list(providers), threads)
+    inputs = model_inputs(model_path, max(sizes))
+    feeds = {size: {"image": np.ascontiguousarray(inputs[:size])} for size in sizes}
+    for size in sizes:  # the first run of each shape allocates and picks kernels
+        model.session.run(None, feeds[size])
+    seconds = interleaved(
+        {size: (lambda feed=feeds[size]: model.session.run(None, feed)) for size in sizes}, budget_s, min_rounds
+    )
+    return [{"batch_size": size} | summarise(seconds[size], size) for size in sizes]
+
+
+def service_batch_sweep(
+    config: LoadConfig, sizes: Sequence[int] = BATCH_SIZES, requests_per_image: int = 8, seconds: float = 10.0
+) -> list[dict[str, Any]]:
+    """Service throughput and client latency with ``CASTREAM_MAX_BATCH_SIZE`` = b and 2b clients, per size b."""
+    info = load_model(config.model, ["cpu"]).info
+    images = make_images(config.images, info.preprocessing.resize)
+    points = []
+    for size in sizes:
+        clients = 2 * size
+        sized = replace(config, batch_size=size)
+        with service(sized, CASTREAM_MAX_QUEUE=str(max(64, 2 * clients))) as port:
+            asyncio.run(closed_loop(port, images, clients, clients, seconds))  # warm-up
+            log.info("service with batches of up to %d images, %d clients", size, clients)
+            phase = asyncio.run(closed_loop(port, images, clients, requests_per_image * clients, seconds))
+        points.append(
+            {
+                "batch_size": size,
+                "clients": clients,
+                "requests": phase.requests,
+                "statuses": phase.statuses,
+                "images_per_second": phase.throughput,
+                "p50_ms": phase.p50_ms,
+                "p99_ms": phase.p99_ms,
+            }
+        )
+    return points
+
+
+def photo_jpeg(megapixels: float, seed: int = 0, quality: int = 90) -> tuple[bytes, int, int]:
+    """A 4:3 JPEG of about ``megapixels`` with smooth colour waves and sensor-like noise; (bytes, width, height)."""
+    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = round(height * 4 / 3)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    waves = [127 + 90 * np.sin(x / (40 + 13 * c) + y / (57 + 7 * c) + c) for c in range(3)]
+    pixels = np.stack(waves, axis=-1) + rng.normal(0, 6, (height, width, 3)).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue(), width, height
+
+
+def image_size_sweep(
+    model_path: Path, megapixels: Sequence[float] = MEGAPIXELS, budget_s: float = 10.0, min_rounds: int = 3
+) -> list[dict[str, Any]]:
+    """Decode and preprocess time per image size, with the service's functions and the model's preprocessing."""
+    prepare = Preprocessor(load_model(model_path, ["cpu"]).info.preprocessing)
+    files = {mp: photo_jpeg(mp, seed=i) for i, mp in enumerate(megapixels)}
+    decoded = {mp: decode(data, 10**9) for mp, (data, _, _) in files.items()}
+    steps: dict[tuple[str, float], Callable[[], object]] = {}
+    for mp, (data, _, _) in files.items():
+        steps[("decode", mp)] = lambda data=data: decode(data, 10**9)
+        steps[("preprocess", mp)] = lambda image=decoded[mp]: prepare(image)
+    seconds = interleaved(steps, budget_s, min_rounds)
+    points = []
+    for mp, (data, width, height) in files.items():
+        decode_ms = float(np.median(seconds[("decode", mp)])) * 1000
+        preprocess_ms = float(np.median(seconds[("preprocess", mp)])) * 1000
+        points.append(
+            {
+                "megapixels": mp,
+                "width": width,
+                "height": height,
+                "jpeg_bytes": len(data),
+                "rounds": len(seconds[("decode", mp)]),
+                "decode_ms": decode_ms,
+                "preprocess_ms": preprocess_ms,
+                "total_ms": decode_ms + preprocess_ms,
+                "images_per_second_per_core": 1000 / (decode_ms + preprocess_ms),
+            }
+        )
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
+    parser.add_argument("--budget-s", type=float, default=20.0, help="seconds of timing for each sweep")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = LoadConfig(model=args.model, threads=args.threads)
+    report = {
+        "batch": batch_sweep(args.model, threads=args.threads, budget_s=args.budget_s),
+        "service_batch": service_batch_sweep(config, seconds=args.budget_s / 2),
+        "image_size": image_size_sweep(args.model, budget_s=args.budget_s / 2),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Where the time of one request goes, read from the service's own metrics; and the overlay PNG's cost.
+
+The service is started on a loopback port (``benchmarks.load.service``) and one client sends requests one
+at a time, so every batch holds one image and no request waits behind another. ``GET /metrics`` before and
+after a phase gives each stage's mean time per request: decode, preprocess, queue wait, inference, response
+encoding (labels, attention grid, PNG overlay, JSON). What the stages leave of the request's own duration
+(``castream_request_duration_seconds``) is the rest: reading and parsing the body, thread hand-offs, the
+framework. The client's latency adds HTTP on loopback on top.
+
+``overlay_png_levels`` runs the same requests with ``attention=overlay`` on services that differ only in
+``CASTREAM_OVERLAY_PNG_LEVEL``, in ABBA order, to show what the PNG's zlib level costs.
+
+python -m benchmarks.stages --model models/castream.onnx [--requests 100] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+import urllib.request
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.load import HOST, LoadConfig, closed_loop, make_images, multipart_request, service
+from service.model import load_model
+
+log = logging.getLogger("benchmarks.stages")
+
+MODES = ("none", "grid", "overlay")
+REQUEST = "castream_request_duration_seconds"
+STAGES = {  # stage name -> histogram; each is observed once per image or batch, one image per request here
+    "decode": "castream_decode_duration_seconds",
+    "preprocess": "castream_preprocess_duration_seconds",
+    "queue wait": "castream_queue_wait_seconds",
+    "inference": "castream_inference_duration_seconds",
+    "encode": "castream_encode_duration_seconds",
+}
+Totals = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def histogram_totals(text: str) -> Totals:
+    """``{(sample name, sorted labels): value}`` for every ``_sum`` and ``_count`` in a Prometheus exposition."""
+    totals: Totals = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                totals[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return totals
+
+
+def stage_means(before: Totals, after: Totals, mode: str) -> dict[str, float]:
+    """Mean milliseconds per ``/classify`` request of each stage between two scrapes, and ``rest``.
+
+    Raises:
+        ValueError: no request was answered between the scrapes.
+    """
+
+    def delta(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    route = (("route", "/classify"),)
+    requests = delta(f"{REQUEST}_count", route)
+    if requests <= 0:
+        raise ValueError(f"no /classify request was answered between the two scrapes (count delta {requests})")
+    means = {}
+    for stage, histogram in STAGES.items():
+        labels = (("attention", mode),) if stage == "encode" else ()
+        means[stage] = delta(f"{histogram}_sum", labels) / requests * 1000
+    means["rest"] = delta(f"{REQUEST}_sum", route) / requests * 1000 - sum(means.values())
+    means["request"] = delta(f"{REQUEST}_sum", route) / requests * 1000
+    return means
+
+
+def scrape(port: int) -> Totals:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as response:
+        return histogram_totals(response.read().decode())
+
+
+def classify_body(port: int, image: bytes, query: str) -> dict[str, Any]:
+    """One ``POST /classify`` answered 200, as JSON (to look at what the client receives)."""
+    raw = multipart_request(port, image, query)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}/classify?{query}", data=body, headers={"Content-Type": headers["Content-Type"]}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def request_stages(
+    config: LoadConfig, modes: tuple[str, ...] = MODES, requests: int = 100, seconds: float = 20.0
+) -> dict[str, Any]:
+    """Per ``attention`` mode: client p50/p99 at concurrency 1 and the mean time of each stage (ms)."""
+    info = load_model(config.model, ["cpu"]).info
+    images = make_images(config.images, info.preprocessing.resize)
+    result: dict[str, Any] = {}
+    with service(config) as port:
+        asyncio.run(closed_loop(port, images, 1, 10, seconds))  # first requests pay one-off costs
+        for mode in modes:
+            log.info("stages: %d requests with attention=%s", requests, mode)
+            before = scrape(port)
+            phase = asyncio.run(closed_loop(port, images, 1, requests, seconds, f"attention={mode}"))
+            result[mode] = {
+                "requests": phase.requests,
+                "statuses": phase.statuses,
+                "client_p50_ms": phase.p50_ms,
+                "client_p99_ms": phase.p99_ms,
+                "stages_ms": stage_means(before, scrape(port), mode),
+            }
+    return result
+
+
+def overlay_png_levels(
+    config: LoadConfig, levels: dict[str, int], requests: int = 100, seconds: float = 20.0, rounds: int = 2
+) -> dict[str, Any]:
+    """``attention=overlay`` at concurrency 1 and ``config.concurrency`` for each named PNG level.
+
+    Services alternate in ABBA order over ``rounds`` rounds; figures are averaged over a level's runs.
+    """
+    info = load_model(config.model, ["cpu"]).info
+    images = make_images(config.images, info.preprocessing.resize)
+    names = list(levels)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            env = {"CASTREAM_OVERLAY_PNG_LEVEL": str(levels[name])}
+            with service(config, **env) as port:
+                asyncio.run(closed_loop(port, images, 1, 10, seconds, "attention=overlay"))
+                log.info("overlay PNG level %d (%s), round %d", levels[name], name, round_ + 1)
+                before = scrape(port)
+                single = asyncio.run(closed_loop(port, images, 1, requests, seconds, "attention=overlay"))
+                stages = stage_means(before, scrape(port), "overlay")
+                loaded = asyncio.run(
+                    closed_loop(port, images, config.concurrency, requests * 2, seconds, "attention=overlay")
+                )
+                overlay = classify_body(port, images[0], "attention=overlay")["predictions"][0]["attention"]
+            runs[name].append(
+                {
+                    "encode_ms": stages["encode"],
+                    "request_ms": stages["request"],
+                    "c1_p50_ms": single.p50_ms,
+                    "c1_p99_ms": single.p99_ms,
+                    f"c{config.concurrency}_images_per_second": loaded.throughput,
+                    f"c{config.concurrency}_p50_ms": loaded.p50_ms,
+                    "png_bytes": len(base64.b64decode(overlay["overlay_png"])) if overlay else 0,
+                }
+            )
+    result: dict[str, Any] = {"concurrency": config.concurrency, "rounds": rounds}
+    for name in names:
+        figures = runs[name]
+        result[name] = {"png_level": levels[name]} | {
+            key: sum(run[key] for run in figures) / len(figures) for key in figures[0]
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
+    parser.add_argument("--requests", type=int, default=100, help="requests per phase")
+    parser.add_argument("--seconds", type=float, default=20.0, help="longest time of a phase")
+    parser.add_argument("--before-level", type=int, default=6, help="PNG level to compare against (Pillow's default)")
+    parser.add_argument("--after-level", type=int, default=1, help="the service's PNG level")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = replace(LoadConfig(model=args.model), seconds=args.seconds)
+    report = {
+        "config": {**asdict(config), "model": str(config.model)},
+        "stages": request_stages(config, MODES, args.requests, args.seconds),
+        "overlay_png": overlay_png_levels(
+            config, {"before": args.before_level, "after": args.after_level}, args.requests, args.seconds
+        ),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Stream training throughput against the frozen model's forward-only throughput, on the same batches.
+
+The stream stage of ``training.fit`` runs the frozen backbone under ``no_grad`` and back-propagates through
+the CA stream alone (~0.25 % of ResNet-50's multiply-adds), so a training step should cost little more than
+the forward pass the frozen model needs anyway. Both are timed round by round in alternating order, with
+the training code's own pieces (``Objective``, ``trainable_parameters``, ``make_optimizer``, its autocast):
+- forward: the frozen model with its GAP head under ``no_grad`` (what the baseline costs to run);
+- training step: the stream stage's forward, cross-entropy, backward and optimiser step.
+The headline is training images/s over forward images/s (aim >= 0.8). Weights are random: the cost of a
+step does not depend on them.
+
+python -m benchmarks.train_speed                  # ResNet-50 at 224 px, batch 16, ~30 s of timing
+python -m benchmarks.train_speed --backbone resnet18 --image-size 112 --budget-s 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.scaling import interleaved
+from training.backbones import BACKBONES
+from training.engine import Objective, Runtime, StageSettings, make_optimizer, trainable_parameters
+from training.model import CAStreamNet, ModelConfig
+
+log = logging.getLogger("benchmarks.train_speed")
+
+AIM = 0.8
+
+
+@dataclass(frozen=True)
+class TrainSpeed:
+    backbone: str
+    image_size: int
+    batch_size: int
+    threads: int
+    amp: bool
+    rounds: int
+    forward_ms: float  # median per batch
+    train_step_ms: float  # median per batch
+    forward_images_per_second: float
+    train_images_per_second: float
+    ratio: float  # median over rounds of forward time / training-step time: training over forward throughput
+    aim: float = AIM
+
+
+def steps(
+    model: CAStreamNet, runtime: Runtime, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(forward, train_step)`` on one batch, set up as ``training.engine.train_stage`` sets up the stream stage."""
+    optimizer = make_optimizer(trainable_parameters(model, "stream"), StageSettings(epochs=1, lr=0.01))
+    objective = Objective(model, "stream", runtime)
+
+    def forward() -> None:
+        with torch.no_grad(), runtime.autocast():
+            model(images, pooling="gap")
+
+    def train_step() -> None:  # the body of train_stage's loop
+        loss = nn.functional.cross_entropy(objective(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return forward, train_step
+
+
+def run(
+    backbone: str = "resnet50",
+    image_size: int = 224,
+    batch_size: int = 16,
+    budget_s: float = 30.0,
+    amp: bool = True,
+    num_classes: int = 1000,
+    min_rounds: int = 3,
+    seed: int = 0,
+) -> TrainSpeed:
+    """Times both on one random batch; ``amp`` is the training command's default autocast (bf16 on CPU)."""
+    if budget_s < 0 or batch_size < 1:
+        raise ValueError(f"need budget_s >= 0 and batch_size >= 1, got {budget_s!r} and {batch_size!r}")
+    torch.manual_seed(seed)
+    model = CAStreamNet(ModelConfig(backbone, num_classes))
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    labels = torch.randint(0, num_classes, (batch_size,))
+    forward, train_step = steps(model, Runtime(device=torch.device("cpu"), amp=amp, progress=False), images, labels)
+    forward(), train_step()  # first calls allocate and pick kernels
+    seconds = interleaved({"forward": forward, "train": train_step}, budget_s, min_rounds)
+    forward_s, train_s = float(np.median(seconds["forward"])), float(np.median(seconds["train"]))
+    return TrainSpeed(
+        backbone=backbone,
+        image_size=image_size,
+        batch_size=batch_size,
+        threads=torch.get_num_threads(),
+        amp=amp,
+        rounds=len(seconds["forward"]),
+        forward_ms=forward_s * 1000,
+        train_step_ms=train_s * 1000,
+        forward_images_per_second=batch_size / forward_s,
+        train_images_per_second=batch_size / train_s,
+        ratio=float(np.median(seconds["forward"] / seconds["train"])),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--budget-s", type=float, default=30.0, help="seconds of timing (at least 3 rounds)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 (default: bf16 autocast)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(args.backbone, args.image_size, args.batch_size, args.budget_s, args.amp)
+    except ValueError as error:
+        parser.error(str(error))
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``python -m benchmarks.report``: sections chosen, failures reported and in the exit status, files written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.report import CUDA, QUICK, Options, gpu_plan, main, run
+
+
+def test_gpu_is_measured_only_with_a_device_and_the_cuda_provider() -> None:
+    assert gpu_plan(["CPUExecutionProvider"], 0) == (False, "no CUDA device on this machine")
+    measurable, reason = gpu_plan(["CPUExecutionProvider"], 1)
+    assert not measurable and "onnxruntime-gpu" in reason
+    assert gpu_plan([CUDA, "CPUExecutionProvider"], 1) == (True, "")
+
+
+def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_path) -> None:
+    out, plot, raw = tmp_path / "BENCHMARKS.md", tmp_path / "img" / "plot.png", tmp_path / "results.json"
+    sections = "batch,image_size,precision,gpu"
+    argv = [
+        "--quick",
+        "--model",
+        str(tiny_model),
+        "--int8-model",
+        str(tiny_int8_model),
+        "--sections",
+        sections,
+        "--out",
+        str(out),
+        "--plot",
+        str(plot),
+        "--json",
+        str(raw),
+    ]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "![throughput against batch size](img/plot.png)" in text and plot.read_bytes().startswith(b"\x89PNG")
+    assert "| 12 | 4000 x 3000 |" in text and "top-1 99.5 %" in text
+    assert "--sections batch,image_size,precision,gpu" in text  # the command that produced the file
+    results = json.loads(raw.read_text())
+    assert list(results["sections"]) == sections.split(",")
+    assert results["machine"]["usable_cores"] >= 1 and len(results["load_average"]["start"]) == 3
+    assert "Not run" in text  # the sections left out say so
+
+
+def test_a_failed_section_is_reported_and_fails_the_command(tiny_model, tmp_path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    argv = [
+        "--quick",
+        "--model",
+        str(tiny_model),
+        "--int8-model",
+        str(tiny_model),
+        "--sections",
+        "precision",
+        "--out",
+        str(out),
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    assert main(argv) == 1
+    assert "**Failed:** ValueError:" in out.read_text() and "is a fp32 model" in out.read_text()
+
+
+def test_missing_int8_model_is_a_skip_not_a_failure(tiny_model, tmp_path) -> None:
+    results = run(Options(tiny_model, tmp_path / "absent.onnx", QUICK, ("precision",)))
+    assert results["sections"]["precision"]["skipped"].startswith("no int8 model at")
+
+
+def test_unknown_sections_are_refused(tiny_model) -> None:
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_model), "--sections", "load,speed"])
+
+
+@pytest.mark.slow
+def test_quick_report_of_the_service_sections(tiny_model, tmp_path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    argv = [
+        "--quick",
+        "--model",
+        str(tiny_model),
+        "--sections",
+        "load,stages,overlay_png,service_batch",
+        "--out",
+        str(out),
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "recovered" in text and "`attention=overlay`" in text and "after (level 1)" in text
+    assert "**Failed" not in text

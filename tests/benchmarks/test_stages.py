@@ -1,0 +1,57 @@
+"""Stage means from the service's histograms, and the live measurement against a real service."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+
+from benchmarks.load import LoadConfig
+from benchmarks.stages import histogram_totals, overlay_png_levels, request_stages, stage_means
+from service.metrics import Metrics
+
+
+def exposition(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_stage_means_are_per_request_differences_between_scrapes() -> None:
+    metrics = Metrics()
+    metrics.request_seconds.labels(route="/classify").observe(1.0)  # before the phase: must not count
+    metrics.decode_seconds.observe(1.0)
+    before = histogram_totals(exposition(metrics))
+    for _ in range(2):
+        metrics.request_seconds.labels(route="/classify").observe(0.020)
+        metrics.decode_seconds.observe(0.001)
+        metrics.preprocess_seconds.observe(0.0005)
+        metrics.queue_wait_seconds.observe(0.005)
+        metrics.inference_seconds.observe(0.010)
+        metrics.encode_seconds.labels(attention="grid").observe(0.0002)
+    metrics.request_seconds.labels(route="/metrics").observe(0.5)  # another route
+    after = histogram_totals(exposition(metrics))
+    means = stage_means(before, after, "grid")
+    expected = {"decode": 1.0, "preprocess": 0.5, "queue wait": 5.0, "inference": 10.0, "encode": 0.2, "request": 20.0}
+    for stage, value in expected.items():
+        assert means[stage] == pytest.approx(value), stage
+    assert means["rest"] == pytest.approx(20.0 - 16.7)
+    assert stage_means(before, after, "overlay")["encode"] == 0  # the encode histogram is read for the mode asked
+
+
+def test_stage_means_refuse_a_phase_without_requests() -> None:
+    totals = histogram_totals(exposition(Metrics()))
+    with pytest.raises(ValueError, match="no /classify request"):
+        stage_means(totals, totals, "grid")
+
+
+@pytest.mark.slow
+def test_live_stages_and_png_levels(tiny_model) -> None:
+    config = LoadConfig(model=tiny_model, images=4, concurrency=2)
+    stages = request_stages(config, ("grid", "overlay"), requests=6, seconds=20)
+    for mode in ("grid", "overlay"):
+        assert stages[mode]["statuses"] == {"200": 6}
+        measured = stages[mode]["stages_ms"]
+        assert measured["decode"] > 0 and measured["inference"] > 0 and measured["encode"] > 0
+        assert measured["request"] >= measured["inference"] + measured["decode"]
+    levels = overlay_png_levels(config, {"before": 9, "after": 0}, requests=4, seconds=20, rounds=1)
+    assert levels["before"]["png_level"] == 9 and levels["after"]["png_level"] == 0
+    assert levels["after"]["png_bytes"] > levels["before"]["png_bytes"] > 0  # level 0 stores, 9 compresses
+    assert levels["after"]["c2_images_per_second"] > 0
