@@ -105,7 +105,7 @@ def aims(results: dict[str, Any]) -> list[Aim]:
             True,
             "x",
         ),
-        Aim("`make bench` wall time", results.get("wall_s", math.nan) / 60, 15, False, " min"),
+        Aim("`make bench` wall time (models already built)", results.get("wall_s", math.nan) / 60, 15, False, " min"),
     ]
 
 
@@ -150,7 +150,11 @@ def _machine(results: dict[str, Any]) -> list[str]:
         ["system", m["platform"]],
         ["software", ", ".join(f"{k} {v}" for k, v in m["versions"].items())],
         ["GPU", m["gpu"]],
-        ["load average (1 min)", f"{load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end"],
+        [
+            "load average (1 min)",
+            f"{load['start'][0]:.2f} at the start, at most {max(load.get('section_starts', [0])):.2f} as a section "
+            f"started, {load['end'][0]:.2f} at the end",
+        ],
         ["source", f"git {m['git']}"],
         [
             "served model",

@@ -27,12 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import render
+from benchmarks import gpu, render
 from benchmarks.load import LoadConfig
 
 log = logging.getLogger("benchmarks.report")
-
-CUDA = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -130,52 +128,9 @@ def machine() -> dict[str, Any]:
         "memory_gib": memory,
         "platform": platform.platform(),
         "versions": {"python": platform.python_version()} | {name: metadata.version(name) for name in packages},
-        "gpu": gpu_description(),
+        "gpu": gpu.describe(),
         "git": git_revision(),
     }
-
-
-def gpu_description() -> str:
-    import onnxruntime as ort
-    import torch
-
-    if torch.cuda.is_available():
-        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
-        return ", ".join(names) + f" (ONNX Runtime providers: {', '.join(ort.get_available_providers())})"
-    return (
-        f"none (torch.cuda.is_available() is False; ONNX Runtime providers: {', '.join(ort.get_available_providers())})"
-    )
-
-
-def gpu_plan(available_providers: list[str], cuda_devices: int) -> tuple[bool, str]:
-    """Whether the GPU section can measure anything, and why not when it cannot."""
-    if cuda_devices == 0:
-        return False, "no CUDA device on this machine"
-    if CUDA not in available_providers:
-        return False, (
-            f"a CUDA device is present but ONNX Runtime offers only {available_providers}; install the "
-            "`serve-gpu` extra (onnxruntime-gpu) to measure the CUDA provider"
-        )
-    return True, ""
-
-
-def gpu_section(options: Options, fp16_model: Path | None = None) -> dict[str, Any]:
-    """The served model (and an fp16 export, when given) on the CUDA provider, batch 1 to 32; or why not."""
-    import onnxruntime as ort
-    import torch
-
-    from benchmarks.scaling import batch_sweep
-
-    measurable, reason = gpu_plan(ort.get_available_providers(), torch.cuda.device_count())
-    if not measurable:
-        return {"measured": False, "reason": reason}
-    sweeps = {"fp32 (CUDA)": batch_sweep(options.model, providers=["cuda"], budget_s=options.budget.sweep_s)}
-    notes = []
-    if fp16_model is not None and fp16_model.is_file():
-        sweeps["fp16 (CUDA)"] = batch_sweep(fp16_model, providers=["cuda"], budget_s=options.budget.sweep_s)
-    else:
-        notes.append("fp16: no fp16 export given (`python -m export.to_onnx --fp16`), not measured")
-    return {"measured": True, "sweeps": sweeps, "notes": notes}
 
 
 def section_runners(options: Options) -> dict[str, tuple[str, Callable[[], Any]]]:
@@ -199,7 +154,7 @@ def section_runners(options: Options) -> dict[str, tuple[str, Callable[[], Any]]
         f"--batch-size {b.train_batch} --budget-s {b.train_s:g}",
         "insertion_deletion": f"python -m benchmarks.insertion_deletion --backbone {b.xai_backbone} --size "
         f"{b.xai_size} --images {b.xai_images} --naive-images {b.xai_naive_images} --batch-size {b.xai_batch} --json",
-        "gpu": "python -m benchmarks.report --sections gpu",
+        "gpu": f"python -m benchmarks.gpu --model {model} --budget-s {b.sweep_s:g}",
     }
     return {
         "load": (commands["load"], lambda: load.run(config)),
@@ -240,7 +195,7 @@ def section_runners(options: Options) -> dict[str, tuple[str, Callable[[], Any]]
                 )
             ),
         ),
-        "gpu": (commands["gpu"], lambda: gpu_section(options)),
+        "gpu": (commands["gpu"], lambda: gpu.measure(model, budget_s=b.sweep_s)),
     }
 
 
@@ -253,12 +208,14 @@ def run(options: Options) -> dict[str, Any]:
     info = load_model(options.model, ["cpu"]).info
     runners = section_runners(options)
     sections: dict[str, dict[str, Any]] = {}
+    samples = [load_start[0]]  # the 1-minute load average as each section starts: was the machine quiet?
     for name in options.sections:
         command, call = runners[name]
         if name == "precision" and (options.int8_model is None or not options.int8_model.is_file()):
             sections[name] = {"command": command, "skipped": f"no int8 model at {options.int8_model}"}
             continue
-        log.info("section %s (load average %.2f)", name, os.getloadavg()[0])
+        samples.append(os.getloadavg()[0])
+        log.info("section %s (load average %.2f)", name, samples[-1])
         begin = time.perf_counter()
         try:
             sections[name] = {"command": command, "result": call()}
@@ -281,7 +238,7 @@ def run(options: Options) -> dict[str, Any]:
             "crop": info.preprocessing.crop,
             "classes": len(info.classes),
         },
-        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "load_average": {"start": load_start, "end": os.getloadavg(), "section_starts": samples},
         "sections": sections,
         "wall_s": time.perf_counter() - started,
     }

@@ -13,21 +13,28 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Returns the run folder; its checkpoint is ``castream.pt``.
     """
+    import torch
+
     from training.pipeline import FitOptions, fit
 
     out = tmp_path_factory.mktemp("tiny-run")
-    fit(
-        FitOptions(
-            image_size=64,
-            synthetic_train=256,
-            synthetic_val=64,
-            epochs=1,
-            baseline_epochs=1,
-            batch_size=32,
-            out=str(out),
-            progress=False,
-        )
+    options = FitOptions(
+        image_size=64,
+        synthetic_train=256,
+        synthetic_val=64,
+        epochs=1,
+        baseline_epochs=1,
+        batch_size=32,
+        out=str(out),
+        progress=False,
     )
+    threads = torch.get_num_threads()
+    # One thread: the run is tiny, and a second one only contends with whatever else the machine runs.
+    torch.set_num_threads(1)
+    try:
+        fit(options)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -39,7 +39,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
