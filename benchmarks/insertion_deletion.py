@@ -8,8 +8,13 @@ evaluation runs it. Throughput counts images whose insertion and deletion curves
 python benchmarks/insertion_deletion.py                    # ResNet-50 at 224 px: 3 images batched, 1 looped
 python -m benchmarks.insertion_deletion --images 8 --naive-images 2 --batch-size 64
 
-With the defaults it runs for about 1-2 minutes on two CPU cores. The weights are random (no model hub
-here): the cost of a forward pass does not depend on them, and the equality check holds for any weights.
+With the defaults it runs for about half a minute on two idle CPU cores (several minutes on busy ones).
+The weights are random (no model hub here): the cost of a forward pass does not depend on them, and the
+equality check holds for any weights.
+
+On an idle CPU, oneDNN already keeps both cores busy at one image per pass, so batching gains little
+there; it gains where a pass on one image leaves the device idle (GPUs) or where other processes compete
+for the cores. The load average is printed with the result for that reason.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -50,6 +56,7 @@ class BenchResult:
     speedup: float  # folded / naive
     max_abs_difference: float  # between the curves of either batched run and the loop's, on the looped images
     equal: bool
+    load_average: float  # of the machine over the last minute, at the end: other work skews the ratio
 
 
 def _inputs(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +138,7 @@ def run(
         speedup=round(rates[1] / naive_rate, 2),
         max_abs_difference=difference,
         equal=difference <= tolerance,
+        load_average=round(os.getloadavg()[0], 2),
     )
 
 
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"insertion + deletion, {result.backbone} at {result.size} px, {result.steps} steps of "
-            f"{result.pixels_per_step} px, {result.threads} threads\n"
+            f"{result.pixels_per_step} px, {result.threads} threads, load average {result.load_average}\n"
             f"  one image, one step at a time:      {result.naive_images_per_second:.4f} images/s\n"
             f"  batched ({result.batch_size} per pass):            {result.batched_images_per_second:.4f} images/s "
             f"({result.batching_speedup:.2f}x)\n"
