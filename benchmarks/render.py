@@ -219,7 +219,8 @@ def _stages(results: dict[str, Any]) -> list[str]:
     lines, r = _section(results, "stages", "Where the time goes in one request")
     if r is None:
         return lines
-    modes = list(r)
+    single = r["single"]
+    modes = list(single)
     lines += [
         "One client, one image per request (so every batch holds one image), mean milliseconds per request from the "
         "service's own histograms (`_sum` / `_count` before and after each phase), by `attention` option.",
@@ -229,14 +230,31 @@ def _stages(results: dict[str, Any]) -> list[str]:
     for stage, note in STAGE_NOTES.items():
         cells = []
         for mode in modes:
-            stages = r[mode]["stages_ms"]
+            stages = single[mode]["stages_ms"]
             share = stages[stage] / stages["request"] * 100 if stage != "request" and stages["request"] else None
             cells.append(_f(stages[stage], 2) + (f" ({share:.0f} %)" if share is not None else ""))
         rows.append([f"{stage}: {note}", *cells])
-    client = [f"{_f(r[m]['client_p50_ms'])} / {_f(r[m]['client_p99_ms'])}" for m in modes]
+    client = [f"{_f(single[m]['client_p50_ms'])} / {_f(single[m]['client_p99_ms'])}" for m in modes]
     rows.append(["client p50 / p99 (adds HTTP on loopback)", *client])
     lines += _table(["stage (ms per request)", *(f"`attention={m}`" for m in modes)], rows)
-    return [*lines, ""]
+    return [*lines, "", *_loaded(results, r["loaded"])]
+
+
+def _loaded(results: dict[str, Any], loaded: dict[str, Any]) -> list[str]:
+    """The same stages under load, and how the batches went, against raw ``session.run`` at that batch size."""
+    stages, c = loaded["stages_ms"], loaded["concurrency"]
+    per_image = ", ".join(f"{stage} {stages[stage]:.2f} ms" for stage in ("decode", "preprocess", "encode", "rest"))
+    raw = {p["batch_size"]: p for p in _get(results, "batch") or []}
+    size = round(loaded["mean_batch"])
+    alone = f" (alone, a batch of {size} takes {raw[size]['p50_ms']:.1f} ms: see below)" if size in raw else ""
+    return [
+        f"Under load, {c} clients with `attention=grid`: {_f(loaded['images_per_second'])} images/s, batches of "
+        f"{loaded['mean_batch']:.1f} images on average; one `session.run` took {loaded['run_ms']:.1f} ms{alone} and "
+        f"one was running {loaded['busy'] * 100:.0f} % of the time. Our own work per image: {per_image}; "
+        f"queue wait {stages['queue wait']:.2f} ms. On {results['machine']['usable_cores']} cores this work competes "
+        "with ONNX Runtime's threads for the CPU, and between batches the next one is still being decoded.",
+        "",
+    ]
 
 
 OURS = ("decode", "preprocess", "encode", "rest")  # stages that are our code, not ONNX Runtime or a set delay
@@ -244,7 +262,7 @@ OURS = ("decode", "preprocess", "encode", "rest")  # stages that are our code, n
 
 def _slowest_ours(results: dict[str, Any], before_encode_ms: float) -> list[str]:
     """A sentence naming the largest stage of our own code in an overlay request, with the old PNG level."""
-    overlay = _get(results, "stages", "overlay", "stages_ms")
+    overlay = _get(results, "stages", "single", "overlay", "stages_ms")
     if overlay is None:
         return []
     costs = {stage: overlay[stage] for stage in OURS} | {"encode": before_encode_ms}

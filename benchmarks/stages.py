@@ -5,7 +5,8 @@ at a time, so every batch holds one image and no request waits behind another. `
 after a phase gives each stage's mean time per request: decode, preprocess, queue wait, inference, response
 encoding (labels, attention grid, PNG overlay, JSON). What the stages leave of the request's own duration
 (``castream_request_duration_seconds``) is the rest: reading and parsing the body, thread hand-offs, the
-framework. The client's latency adds HTTP on loopback on top.
+framework. The client's latency adds HTTP on loopback on top. A last phase at the configured concurrency
+shows the same stages per image under load, and how full the batches were and how busy ``session.run``.
 
 ``overlay_png_levels`` runs the same requests with ``attention=overlay`` on services that differ only in
 ``CASTREAM_OVERLAY_PNG_LEVEL``, in ABBA order, to show what the PNG's zlib level costs.
@@ -95,27 +96,60 @@ def classify_body(port: int, image: bytes, query: str) -> dict[str, Any]:
         return json.load(response)
 
 
+def batch_profile(before: Totals, after: Totals, seconds: float) -> dict[str, float]:
+    """How the batches went between two scrapes ``seconds`` apart: their mean size, the time of one
+    ``session.run`` and the share of the time one was running.
+
+    Raises:
+        ValueError: no batch ran between the scrapes.
+    """
+    runs = after.get(("castream_inference_duration_seconds_count", ()), 0.0) - before.get(
+        ("castream_inference_duration_seconds_count", ()), 0.0
+    )
+    if runs <= 0:
+        raise ValueError(f"no batch ran between the two scrapes (count delta {runs})")
+    busy = (
+        after[("castream_inference_duration_seconds_sum", ())] - before[("castream_inference_duration_seconds_sum", ())]
+    )
+    images = after[("castream_batch_size_images_sum", ())] - before[("castream_batch_size_images_sum", ())]
+    return {"batches": runs, "mean_batch": images / runs, "run_ms": busy / runs * 1000, "busy": busy / seconds}
+
+
 def request_stages(
     config: LoadConfig, modes: tuple[str, ...] = MODES, requests: int = 100, seconds: float = 20.0
 ) -> dict[str, Any]:
-    """Per ``attention`` mode: client p50/p99 at concurrency 1 and the mean time of each stage (ms)."""
+    """Per ``attention`` mode at concurrency 1: client p50/p99 and the mean time of each stage (ms); then
+    ``attention=grid`` at ``config.concurrency``: throughput, stages per image and how the batches went."""
     info = load_model(config.model, ["cpu"]).info
     images = make_images(config.images, info.preprocessing.resize)
-    result: dict[str, Any] = {}
+    single: dict[str, Any] = {}
     with service(config) as port:
         asyncio.run(closed_loop(port, images, 1, 10, seconds))  # first requests pay one-off costs
         for mode in modes:
             log.info("stages: %d requests with attention=%s", requests, mode)
             before = scrape(port)
             phase = asyncio.run(closed_loop(port, images, 1, requests, seconds, f"attention={mode}"))
-            result[mode] = {
+            single[mode] = {
                 "requests": phase.requests,
                 "statuses": phase.statuses,
                 "client_p50_ms": phase.p50_ms,
                 "client_p99_ms": phase.p99_ms,
                 "stages_ms": stage_means(before, scrape(port), mode),
             }
-    return result
+        log.info("stages: %d requests from %d clients", requests * 2, config.concurrency)
+        before = scrape(port)
+        phase = asyncio.run(closed_loop(port, images, config.concurrency, requests * 2, seconds, "attention=grid"))
+        after = scrape(port)
+    loaded = {
+        "concurrency": config.concurrency,
+        "requests": phase.requests,
+        "statuses": phase.statuses,
+        "images_per_second": phase.throughput,
+        "client_p50_ms": phase.p50_ms,
+        "stages_ms": stage_means(before, after, "grid"),
+        **batch_profile(before, after, phase.seconds),
+    }
+    return {"single": single, "loaded": loaded}
 
 
 def overlay_png_levels(

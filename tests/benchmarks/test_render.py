@@ -66,7 +66,20 @@ def sample_results() -> dict[str, Any]:
                 "recovered": True,
             },
         ),
-        "stages": ok("python -m benchmarks.stages", {"grid": stage_row(0.2), "overlay": stage_row(3.0)}),
+        "stages": ok(
+            "python -m benchmarks.stages",
+            {
+                "single": {"grid": stage_row(0.2), "overlay": stage_row(3.0)},
+                "loaded": {
+                    "concurrency": 8,
+                    "images_per_second": 150.0,
+                    "mean_batch": 3.8,
+                    "run_ms": 38.0,
+                    "busy": 0.8,
+                    "stages_ms": stage_row(0.1)["stages_ms"],
+                },
+            },
+        ),
         "overlay_png": ok(
             "python -m benchmarks.stages",
             {
@@ -188,6 +201,8 @@ def test_every_section_and_its_command_is_written() -> None:
     assert "0.50 at the start, at most 0.90 as a section started, 1.20 at the end" in text
     assert "| 4000 x 3000 | 2.80 | 70.0 | 30.0 | 100.0 | 10.0 |" in text
     assert "**encode** (15.0 ms" in text  # the slowest stage of ours, at the old PNG level
+    assert "batches of 3.8 images on average; one `session.run` took 38.0 ms (alone, a batch of 4 takes 40.0 ms" in text
+    assert "running 80 % of the time" in text
     assert "| encode ms per request (server) | 15.00 | 3.00 | 0.20x |" in text
 
 

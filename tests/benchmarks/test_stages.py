@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from benchmarks.load import LoadConfig
-from benchmarks.stages import histogram_totals, overlay_png_levels, request_stages, stage_means
+from benchmarks.stages import batch_profile, histogram_totals, overlay_png_levels, request_stages, stage_means
 from service.metrics import Metrics
 
 
@@ -36,6 +36,17 @@ def test_stage_means_are_per_request_differences_between_scrapes() -> None:
     assert stage_means(before, after, "overlay")["encode"] == 0  # the encode histogram is read for the mode asked
 
 
+def test_batch_profile_reads_size_run_time_and_busy_share() -> None:
+    metrics = Metrics()
+    before = histogram_totals(exposition(metrics))
+    metrics.batch(8, 0.030)
+    metrics.batch(4, 0.020)
+    profile = batch_profile(before, histogram_totals(exposition(metrics)), seconds=0.1)
+    assert profile == pytest.approx({"batches": 2, "mean_batch": 6.0, "run_ms": 25.0, "busy": 0.5})
+    with pytest.raises(ValueError, match="no batch ran"):
+        batch_profile(before, before, seconds=1.0)
+
+
 def test_stage_means_refuse_a_phase_without_requests() -> None:
     totals = histogram_totals(exposition(Metrics()))
     with pytest.raises(ValueError, match="no /classify request"):
@@ -47,10 +58,12 @@ def test_live_stages_and_png_levels(tiny_model) -> None:
     config = LoadConfig(model=tiny_model, images=4, concurrency=2)
     stages = request_stages(config, ("grid", "overlay"), requests=6, seconds=20)
     for mode in ("grid", "overlay"):
-        assert stages[mode]["statuses"] == {"200": 6}
-        measured = stages[mode]["stages_ms"]
+        assert stages["single"][mode]["statuses"] == {"200": 6}
+        measured = stages["single"][mode]["stages_ms"]
         assert measured["decode"] > 0 and measured["inference"] > 0 and measured["encode"] > 0
         assert measured["request"] >= measured["inference"] + measured["decode"]
+    loaded = stages["loaded"]
+    assert loaded["statuses"] == {"200": 12} and 1 <= loaded["mean_batch"] <= 2 and 0 < loaded["busy"] < 1
     levels = overlay_png_levels(config, {"before": 9, "after": 0}, requests=4, seconds=20, rounds=1)
     assert levels["before"]["png_level"] == 9 and levels["after"]["png_level"] == 0
     assert levels["after"]["png_bytes"] > levels["before"]["png_bytes"] > 0  # level 0 stores, 9 compresses
