@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
+import resource
 import shlex
 import sys
 import time
@@ -108,6 +110,28 @@ class Options:
     sections: tuple[str, ...] = SECTIONS
     quick: bool = False
     command: str = "python -m benchmarks.report"
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """``(busy CPU seconds of the whole machine since boot, CPU seconds of this process and its finished
+    children)``; the machine's figure is NaN where ``/proc/stat`` does not exist."""
+    own = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return math.nan, own
+    ticks = [int(value) for value in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait; steal counts as taken by others
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), own
+
+
+def others_share(start: tuple[float, float], end: tuple[float, float], wall_s: float, cores: int) -> float:
+    """Share of the machine's CPU capacity that processes other than this run used between two ``cpu_seconds``."""
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    return max(0.0, others) / (wall_s * cores) if wall_s > 0 else math.nan
 
 
 def machine() -> dict[str, Any]:
@@ -203,7 +227,8 @@ def run(options: Options) -> dict[str, Any]:
     """Every requested section, in order; a failed section records its error and the others still run."""
     from service.model import load_model
 
-    started = time.perf_counter()
+    started, cpu_start = time.perf_counter(), cpu_seconds()
+    cores = len(os.sched_getaffinity(0))
     load_start = os.getloadavg()
     info = load_model(options.model, ["cpu"]).info
     runners = section_runners(options)
@@ -216,13 +241,14 @@ def run(options: Options) -> dict[str, Any]:
             continue
         samples.append(os.getloadavg()[0])
         log.info("section %s (load average %.2f)", name, samples[-1])
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), cpu_seconds()
         try:
             sections[name] = {"command": command, "result": call()}
         except Exception as error:  # reported in the file and in the exit status
             log.exception("section %s failed", name)
             sections[name] = {"command": command, "error": f"{type(error).__name__}: {error}"}
-        sections[name]["seconds"] = time.perf_counter() - begin
+        seconds = sections[name]["seconds"] = time.perf_counter() - begin
+        sections[name]["others_share"] = others_share(cpu_begin, cpu_seconds(), seconds, cores)
     return {
         "command": options.command,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -239,6 +265,7 @@ def run(options: Options) -> dict[str, Any]:
             "classes": len(info.classes),
         },
         "load_average": {"start": load_start, "end": os.getloadavg(), "section_starts": samples},
+        "others_share": others_share(cpu_start, cpu_seconds(), time.perf_counter() - started, cores),
         "sections": sections,
         "wall_s": time.perf_counter() - started,
     }

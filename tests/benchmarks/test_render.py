@@ -20,7 +20,7 @@ def stage_row(encode: float) -> dict[str, Any]:
 
 
 def ok(command: str, result: Any) -> dict[str, Any]:
-    return {"command": command, "result": result, "seconds": 12.0}
+    return {"command": command, "result": result, "seconds": 12.0, "others_share": 0.03}
 
 
 def sample_results() -> dict[str, Any]:
@@ -149,6 +149,7 @@ def sample_results() -> dict[str, Any]:
         "generated": "2026-01-01 00:00 UTC",
         "quick": False,
         "wall_s": 600.0,
+        "others_share": 0.015,
         "machine": {
             "cpu": "Test CPU",
             "usable_cores": 2,
@@ -197,6 +198,8 @@ def test_every_section_and_its_command_is_written() -> None:
         "python -m benchmarks.train_speed",
     ):
         assert f"Command: `{command}`" in text
+    assert "`python -m benchmarks.load --model m.onnx` (12 s in this run; other processes used 3% of the CPU" in text
+    assert "| CPU used by other processes | 1.5 % of the machine during the run |" in text
     assert "![throughput against batch size](benchmarks/plot.png)" in text
     assert "0.50 at the start, at most 0.90 as a section started, 1.20 at the end" in text
     assert "| 4000 x 3000 | 2.80 | 70.0 | 30.0 | 100.0 | 10.0 |" in text
