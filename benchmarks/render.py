@@ -125,9 +125,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _command(section: dict[str, Any]) -> list[str]:
-    share = section.get("others_share")
-    others = "" if share is None or math.isnan(share) else f"; other processes used {share:.0%} of the CPU meanwhile"
-    return [f"Command: `{section['command']}` ({section.get('seconds', 0):.0f} s in this run{others}).", ""]
+    share, seconds = section.get("others_share"), section.get("seconds", 0)
+    known = share is not None and seconds >= 1 and not math.isnan(share)  # shorter is below the kernel's accounting
+    others = f"; other processes used {share:.0%} of the CPU meanwhile" if known else ""
+    return [f"Command: `{section['command']}` ({seconds:.0f} s in this run{others}).", ""]
 
 
 def _section(results: dict[str, Any], name: str, title: str) -> tuple[list[str], Any]:

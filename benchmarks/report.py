@@ -128,10 +128,18 @@ def cpu_seconds() -> tuple[float, float]:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), own
 
 
-def others_share(start: tuple[float, float], end: tuple[float, float], wall_s: float, cores: int) -> float:
-    """Share of the machine's CPU capacity that processes other than this run used between two ``cpu_seconds``."""
+def others_share(
+    start: tuple[float, float], end: tuple[float, float], wall_s: float, cores: int, shortest_s: float = 1.0
+) -> float | None:
+    """Share of the machine's CPU capacity that processes other than this run used between two ``cpu_seconds``.
+
+    None when it cannot be told: intervals under ``shortest_s`` (the kernel counts in 10 ms ticks) or no
+    ``/proc/stat``.
+    """
+    if wall_s < shortest_s or math.isnan(end[0] - start[0]):
+        return None
     others = (end[0] - start[0]) - (end[1] - start[1])
-    return max(0.0, others) / (wall_s * cores) if wall_s > 0 else math.nan
+    return min(1.0, max(0.0, others / (wall_s * cores)))
 
 
 def machine() -> dict[str, Any]:

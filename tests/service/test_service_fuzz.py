@@ -54,13 +54,29 @@ def test_no_operation_answers_5xx(api_schema, mode: GenerationMode) -> None:
     if mode is GenerationMode.NEGATIVE:  # only /classify has inputs that can be made invalid
         operations = [op for op in operations if op.path == "/classify"]
     seen: list[int] = []
+    starting = 0
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @BOUNDED
         def fuzz(case) -> None:
-            response = case.call_and_validate(checks=CHECKS)
+            nonlocal starting
+            response = case.call()
+            if response.status_code == 503 and _code(response) == "starting":
+                # The test transport may restart the app between calls: a request that lands while it warms
+                # up is refused by readiness, not because of its input. Count it, do not judge it.
+                starting += 1
+                return
+            case.validate_response(response, checks=CHECKS)
             seen.append(response.status_code)
 
         fuzz()
     assert seen and max(seen) < 500
+    assert starting <= len(seen) // 10, f"{starting} requests met a warming-up app, {len(seen)} were answered"
+
+
+def _code(response) -> str | None:
+    try:
+        return response.json().get("code")
+    except ValueError:
+        return None
