@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -15,6 +24,11 @@ class Metrics:
         disable_created_metrics()  # the *_created series only add noise to dashboards
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard process_* (memory, CPU, open fds) and python_* (GC, version) series, as the default registry
+        # has them: dashboards and alerts written for any Python exporter work here too.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter(
             "castream_requests", "HTTP requests answered, by route and status code", ["route", "status"], registry=r
         )

@@ -221,8 +221,9 @@ def query_problems(expr: str, live: Exposition) -> list[str]:
             elif op == "=" and value not in live.values.get((name, label), set()):
                 problems.append(f"{name}{{{label}={value!r}}} never appeared")
     text = re.sub(r"\{[^}]*\}", "", text)
-    grouped = [label for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", text) for label in group.split(",")]
-    text = re.sub(r"\b(?:by|without)\s*\([^)]*\)", "", text)
+    clauses = r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)"  # aggregation groupings and vector matching
+    grouped = [label for group in re.findall(clauses, text) for label in group.split(",")]
+    text = re.sub(clauses, "", text)
     for word in re.findall(rf"(?<![\w.]){IDENTIFIER}", text):
         if word in FUNCTIONS or word in KEYWORDS:
             continue

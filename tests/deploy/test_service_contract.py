@@ -98,6 +98,15 @@ def test_the_name_check_catches_a_wrong_query(live_metrics: Exposition) -> None:
     assert not query_problems("sum(castream_queue_depth)", live_metrics)
 
 
+def test_process_and_python_series_are_exported(live_metrics: Exposition) -> None:
+    standard = {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+                "python_gc_objects_collected_total", "python_gc_collections_total", "python_info"}  # fmt: skip
+    assert standard - set(live_metrics.labels) == set()
+    assert query_problems("max by (instance) (process_resident_memory_bytes and on (instance) castream_ready)",
+                          live_metrics) == []  # fmt: skip
+    assert query_problems("sum(process_resident_memory_bytes) and on (pod) castream_ready", live_metrics)
+
+
 def test_autoscaling_series_is_exported(live_metrics: Exposition) -> None:
     for rule in load_yaml(ADAPTER_VALUES)["rules"]["custom"]:
         metric = rule["seriesQuery"].split("{")[0]
@@ -118,6 +127,7 @@ def test_dashboard_shows_what_operators_need() -> None:
         "queue depth": r"castream_queue_depth",
         "rejections": r"sum by \(reason\) \(rate\(castream_rejections_total",
         "images per second": r"rate\(castream_images_classified_total",
+        "memory per replica": r"max by \(instance\) \(process_resident_memory_bytes",
     }
     assert [name for name, pattern in needed.items() if not re.search(pattern, exprs)] == []
 
