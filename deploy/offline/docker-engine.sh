@@ -22,7 +22,7 @@ fi
 # docker.io may have started its own engine through the init system; ask again before starting one.
 if ! "$DOCKER" info >/dev/null 2>&1; then
     # No bridge and no iptables rules: the engine needs neither where every container shares the host network.
-    nohup dockerd --bridge=none --iptables=false --ip6tables=false >>"$LOG" 2>&1 &
+    setsid nohup dockerd --bridge=none --iptables=false --ip6tables=false </dev/null >>"$LOG" 2>&1 &
     for _ in $(seq 120); do
         "$DOCKER" info >/dev/null 2>&1 && break
         sleep 0.5

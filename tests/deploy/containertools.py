@@ -1,0 +1,119 @@
+"""A real Docker engine for the container tests: start it, provide base images, build, run and inspect containers.
+
+The engine runs without a bridge network (deploy/offline/docker-engine.sh), so every build step and container uses
+the host's network and the service is reached on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.deploy.deploytools import DEPLOY, REPO
+
+# The engine's own client from Debian's docker.io: it has BuildKit built in, where a newer client on PATH may need
+# the buildx plugin that no reachable registry offers.
+DOCKER = "/usr/bin/docker"
+ENGINE_SCRIPT = DEPLOY / "offline" / "docker-engine.sh"
+STANDIN_SCRIPT = DEPLOY / "offline" / "standin-base.sh"
+STANDIN_CACHE = REPO / ".cache" / "standin"
+# The machine's CA bundle: lent to pip in the build as a secret, so TLS works behind an intercepting proxy.
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def run(command: list[str], timeout: float, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([DOCKER, *args], timeout=timeout, check=check)
+
+
+def start_engine() -> None:
+    """Installs and starts the engine where none answers; fails with the engine's log otherwise."""
+    run(["bash", str(ENGINE_SCRIPT)], timeout=900)
+    assert Path(DOCKER).is_file(), f"{ENGINE_SCRIPT.name} left no {DOCKER}"
+
+
+def provide_base(image: str) -> str:
+    """Makes ``image`` available under its own name: already there, pulled, or a local stand-in. Returns how."""
+    result = run(["bash", str(STANDIN_SCRIPT), image, str(STANDIN_CACHE)], timeout=1800, cwd=REPO)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def build(dockerfile: Path, target: str, tag: str, *extra: str, timeout: float = 1800) -> float:
+    """``docker build`` from the repository root with BuildKit, as users build the image; returns the seconds taken."""
+    secret = f"id=ca-bundle,src={CA_BUNDLE}" if CA_BUNDLE.is_file() else None
+    command = [DOCKER, "build", "--network", "host", "--progress", "plain", "-f", str(dockerfile.relative_to(REPO))]
+    command += ["--target", target, "-t", tag, *(["--secret", secret] if secret else []), *extra, "."]
+    start = time.monotonic()
+    run(command, timeout=timeout, cwd=REPO, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    return time.monotonic() - start
+
+
+def inspect(name: str) -> dict:
+    return json.loads(docker("inspect", name).stdout)[0]
+
+
+@dataclass
+class Container:
+    """A detached container on the host network, serving on ``port``."""
+
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        result = docker("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def health(self) -> str:
+        state = inspect(self.name)["State"]
+        return state.get("Health", {}).get("Status", state["Status"])
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        """Waits for the image's own HEALTHCHECK to report healthy."""
+        deadline = time.monotonic() + timeout
+        while (status := self.health()) != "healthy":
+            assert status in {"starting", "running", "created"}, f"{self.name} is {status}:\n{self.logs()}"
+            assert time.monotonic() < deadline, f"{self.name} not healthy after {timeout} s:\n{self.logs()}"
+            time.sleep(0.5)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert inspect(self.name)["State"]["Running"], f"{self.name} stopped:\n{self.logs()}"
+            assert time.monotonic() < deadline, f"{self.name} not ready after {timeout} s:\n{self.logs()}"
+            time.sleep(0.2)
+
+    def remove(self) -> None:
+        docker("rm", "--force", self.name, check=False)
+
+
+def run_container(image: str, name: str, port: int, models: Path, *options: str, **env: str) -> Container:
+    """Runs ``image`` like the compose file does: model folder mounted read-only at /models, plus ``options``."""
+    # Loopback only: on the host network, the default 0.0.0.0 would listen on every interface of the machine.
+    variables = {**env, "CASTREAM_HOST": "127.0.0.1", "CASTREAM_PORT": str(port)}
+    docker("rm", "--force", name, check=False)
+    command = ["run", "--detach", "--name", name, "--network", "host", "--volume", f"{models}:/models:ro", *options]
+    for key, value in variables.items():
+        command += ["--env", f"{key}={value}"]
+    docker(*command, image)
+    return Container(name, port)
