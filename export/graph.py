@@ -15,21 +15,54 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from export.rewrite import attention_as_matmul, fold_linear_chains
-from training.model import POOLINGS, CAStreamNet
+from service.contract import ATTENTION, BATCH, CLASS_MAPS, INPUT, LOGITS, output_names
+from training.backbones import CONVNEXTS
+from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)
 
-INPUT, LOGITS, ATTENTION = "image", "logits", "attention"
-BATCH = "N"  # name of the symbolic batch dimension in the graph
+__all__ = ["ATTENTION", "BATCH", "CLASS_MAPS", "INPUT", "LOGITS", "output_names"]
+
 OPSET = 20
 # Parameters of the CA stream appear in the graph under this prefix (the wrapper's attribute is ``model``).
 STREAM_PREFIX = "model.stream."
+# The class-map head's folded weights (the wrapper's attribute ``class_head``): float32 like the stream.
+CLASS_HEAD_PREFIX = "class_head."
 
 
-def output_names(pooling: str) -> tuple[str, ...]:
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    return (LOGITS, ATTENTION) if pooling == "ca" else (LOGITS,)
+class ClassMapHead(nn.Module):
+    """Class-specific maps from the last feature map in one product: the head folded into the last CA block.
+
+    The last block pools ``sum_p a_p f_p``, projects it (``W f + b``) and the frozen head turns that into
+    logits. The head is affine up to a per-image factor (1 for a ResNet's ``fc``; for ConvNeXt's LayerNorm
+    the inverse deviation of the final token), so logit c splits exactly over positions as
+    ``a_p * s * (M f_p + m)_c`` plus a constant, with ``M`` and ``m`` folded here once, in float64.
+    The same split as ``CAStreamNet.class_maps``, which verification compares it with.
+    """
+
+    def __init__(self, model: CAStreamNet) -> None:
+        super().__init__()
+        backbone, last = model.backbone, model.stream.blocks[-1]
+        linear = backbone.classifier
+        w_proj, b_proj = last.proj.weight.double(), last.proj.bias.double()  # (D, C), (D,)
+        w_head = linear.weight.double()  # (K, D)
+        self.layer_norm = backbone.name in CONVNEXTS
+        if self.layer_norm:
+            norm = backbone.head[0]
+            width = w_proj.shape[0]
+            centre = torch.eye(width, dtype=torch.float64) - 1.0 / width  # subtracts each vector's own mean
+            w_head = w_head * norm.weight.double() @ centre
+            self.eps = float(norm.eps)
+        self.register_buffer("weight", (w_head @ w_proj).float().detach().clone())  # (K, C)
+        self.register_buffer("bias", (w_head @ b_proj).float().detach().clone()[:, None])  # (K, 1)
+
+    def forward(self, features: Tensor, weights: Tensor, token: Tensor) -> Tensor:
+        """Maps (N, K, P) for the last feature map (N, C, P), its attention (N, P) and the final token (N, D)."""
+        evidence = torch.matmul(self.weight, features) + self.bias  # (N, K, P)
+        if self.layer_norm:
+            scale = torch.rsqrt(token.var(dim=1, unbiased=False) + self.eps)  # (N,)
+            evidence = evidence * scale[:, None, None]
+        return evidence * weights[:, None, :]
 
 
 class Exportable(nn.Module):
@@ -39,12 +72,20 @@ class Exportable(nn.Module):
         super().__init__()
         output_names(pooling)  # validates the name
         self.model, self.pooling = model, pooling
+        if pooling == "ca":
+            self.class_head = ClassMapHead(model)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        output = self.model(image, self.pooling)
         if self.pooling == "gap":
-            return (output.logits,)  # (N, classes)
-        return output.logits, output.attention  # (N, classes), (N, h, w)
+            return (self.model(image, "gap").logits,)  # (N, classes)
+        taps = self.model.forward_features(image)
+        last = taps[-1].float()
+        token, weights = self.model.stream(taps)  # (N, D), (N, P)
+        logits = self.model.backbone.classify(token)  # (N, K)
+        height, width = last.shape[-2:]
+        maps = self.class_head(last.flatten(2), weights, token)  # (N, K, P)
+        # (N, K), (N, h, w), (N, K, h, w)
+        return logits, weights.view(-1, height, width), maps.view(-1, maps.shape[1], height, width)
 
 
 def export_graph(model: CAStreamNet, pooling: str, image_size: int) -> onnx.ModelProto:
@@ -93,12 +134,13 @@ def strip_debug_info(proto: onnx.ModelProto) -> None:
 
 
 def stream_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Names of the nodes that depend on a CA-stream parameter: the stream and the head after it.
+    """Names of the nodes that depend on a CA-stream parameter: the stream, the head and the class maps.
 
     Every block depends on the learnable token, so this covers the whole stream whatever the exporter
     folded; the backbone never depends on it. Empty for a GAP graph.
     """
-    tainted = {init.name for init in graph.initializer if init.name.startswith(STREAM_PREFIX)}
+    prefixes = (STREAM_PREFIX, CLASS_HEAD_PREFIX)
+    tainted = {init.name for init in graph.initializer if init.name.startswith(prefixes)}
     names = []
     for node in graph.node:  # nodes are in topological order
         if any(name in tainted for name in node.input):

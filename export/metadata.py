@@ -12,13 +12,11 @@ from typing import Any
 
 import onnx
 
+from service import contract
+from service.contract import FORMAT, INPUT_LAYOUT, JSON_KEYS, PRECISIONS
 from training import __version__
 
-FORMAT = "1"
-PRECISIONS = ("fp32", "int8", "fp16")
-JSON_KEYS = ("classes", "preprocessing", "dataset", "verification")
-# The graph's input: normalised float32 NCHW; ``scale`` maps uint8 pixels to [0, 1] before normalising.
-INPUT_LAYOUT = {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255}
+__all__ = ["FORMAT", "INPUT_LAYOUT", "JSON_KEYS", "PRECISIONS", "attach", "default_name", "describe", "read"]
 
 
 def default_name(backbone: str, pooling: str, precision: str) -> str:
@@ -38,21 +36,21 @@ def describe(
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     backbone = state["model"]["backbone"]
     props = {
-        "castream_format": FORMAT,
-        "castream_version": __version__,
-        "model_name": name or default_name(backbone, pooling, precision),
-        "backbone": backbone,
-        "pooling": pooling,
-        "precision": precision,
-        "classes": json.dumps(list(state["classes"])),
-        "preprocessing": json.dumps({**state["preprocessing"], **INPUT_LAYOUT}),
-        "dataset": json.dumps(state["data"]),
+        contract.FORMAT_KEY: FORMAT,
+        contract.VERSION_KEY: __version__,
+        contract.NAME_KEY: name or default_name(backbone, pooling, precision),
+        contract.BACKBONE_KEY: backbone,
+        contract.POOLING_KEY: pooling,
+        contract.PRECISION_KEY: precision,
+        contract.CLASSES_KEY: json.dumps(list(state["classes"])),
+        contract.PREPROCESSING_KEY: json.dumps({**state["preprocessing"], **INPUT_LAYOUT}),
+        contract.DATASET_KEY: json.dumps(state["data"]),
     }
     top1 = (state.get("metrics") or {}).get(f"val_top1_{pooling}")
     if top1 is not None:
-        props["val_top1"] = str(float(top1))
+        props[contract.VAL_TOP1_KEY] = str(float(top1))
     if verification is not None:
-        props["verification"] = json.dumps(verification)
+        props[contract.VERIFICATION_KEY] = json.dumps(verification)
     return props
 
 

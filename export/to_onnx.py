@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
     add = parser.add_argument
     add("--checkpoint", default=defaults.checkpoint, help="castream checkpoint to export")
     add("--out", default=defaults.out, help="ONNX file to write")
-    add("--pooling", default=defaults.pooling, choices=POOLINGS, help="ca: logits and attention; gap: logits only")
+    add("--pooling", default=defaults.pooling, choices=POOLINGS, help="ca: logits, attention, class maps; gap: logits")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--int8", dest="precision", action="store_const", const="int8", help="int8 for CPU serving")
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 for GPU serving")
@@ -70,6 +70,8 @@ def summary(report: ExportReport) -> str:
     checks = [("fp32", p) for p in report.parity] + [("fp16", p) for p in report.fp16_parity]
     for precision, parity in checks:
         attention = "" if parity.attention_error is None else f", attention within {parity.attention_error:.2g}"
+        if parity.class_maps_error is not None:
+            attention += f", class maps within {parity.class_maps_error:.2g}"
         lines.append(
             f"  {precision} vs PyTorch at batch {parity.batch_size} ({parity.images} images): "
             f"logits within {parity.logits_error:.2g} (scale {parity.logits_scale:.3g}){attention}"

@@ -3,6 +3,8 @@
 Tolerances (``FP32``): logits within 1e-4 of PyTorch's, relative to the logits' scale (the largest
 absolute logit, at least 1), and attention within 1e-5 absolute. Both are checked at batch 1 and at
 batch 8 on real images of the data set, so a graph whose batch axis is wrongly wired fails too.
+Class maps are held to the logits' tolerance, cell by cell and in their sums (plus the head's constant),
+since each map is one logit spread over the grid.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.graph import ATTENTION, INPUT, LOGITS, output_names
+from export.graph import ATTENTION, CLASS_MAPS, INPUT, LOGITS, output_names
 from export.runtime import run_batches
 from training.model import CAStreamNet
 
@@ -55,6 +57,7 @@ class Parity:
     logits_error: float
     logits_scale: float
     attention_error: float | None
+    class_maps_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +96,9 @@ def check_structure(proto: onnx.ModelProto, pooling: str, num_classes: int, imag
             raise VerificationError(f"{name!r} has shape {shape}; expected {wanted[name]}")
     if ATTENTION in shapes and (len(shapes[ATTENTION]) != 3 or shapes[ATTENTION][0] != batch):
         raise VerificationError(f"{ATTENTION!r} has shape {shapes[ATTENTION]}; expected [{batch}, h, w]")
+    maps = shapes.get(CLASS_MAPS)
+    if maps is not None and (len(maps) != 4 or maps[:2] != [batch, num_classes]):
+        raise VerificationError(f"{CLASS_MAPS!r} has shape {maps}; expected [{batch}, {num_classes}, h, w]")
 
 
 def check_attention_maps(attention: np.ndarray) -> None:
@@ -128,17 +134,60 @@ def reference_outputs(
     other processes for the cores can be many times slower than one.
     """
     model = model.float().cpu().eval()
-    logits, attention = [], []
+    logits, attention, maps = [], [], []
     with torch_threads(threads):
         for start in range(0, len(images), batch_size):
-            output = model(torch.from_numpy(images[start : start + batch_size]), pooling)
+            batch = torch.from_numpy(images[start : start + batch_size])
+            output = model(batch, pooling)
             logits.append(output.logits.numpy())
             if output.attention is not None:
                 attention.append(output.attention.numpy())
+            if CLASS_MAPS in output_names(pooling):
+                maps.append(model.class_maps(batch)[0].numpy())
     outputs = {LOGITS: np.concatenate(logits)}
     if attention:
         outputs[ATTENTION] = np.concatenate(attention)
+    if maps:
+        outputs[CLASS_MAPS] = np.concatenate(maps)
     return outputs
+
+
+def allowed_logit_error(tolerance: Tolerance, expected_logits: np.ndarray) -> tuple[float, float]:
+    """``(allowed, scale)``: the largest difference allowed in logit units for ``expected_logits``, and its scale."""
+    scale = max(1.0, float(np.abs(expected_logits).max()))
+    return tolerance.logits * scale, scale
+
+
+def check_class_maps(
+    maps: np.ndarray,
+    logits: np.ndarray,
+    reference: dict[str, np.ndarray],
+    tolerance: Tolerance,
+    batch_size: int,
+) -> float:
+    """Class maps (N, K, h, w) against PyTorch's, and their sums plus the head's constant against ``logits``.
+
+    Both in logit units, within the logits' tolerance; returns the largest difference to PyTorch.
+    """
+    count = len(maps)
+    wanted, expected_logits = reference[CLASS_MAPS][:count], reference[LOGITS][:count]
+    if maps.shape != wanted.shape:
+        raise VerificationError(f"class maps have shape {maps.shape} at batch {batch_size}; expected {wanted.shape}")
+    allowed, scale = allowed_logit_error(tolerance, expected_logits)
+    error = float(np.abs(maps - wanted).max())
+    if not error <= allowed:
+        raise VerificationError(
+            f"ONNX Runtime class maps differ from PyTorch's by {error:.3g} at batch {batch_size}; "
+            f"allowed {allowed:.3g} ({tolerance.logits:g} of the logit scale {scale:.3g})"
+        )
+    constant = expected_logits - wanted.sum(axis=(2, 3))  # the head's bias term, per class
+    gap = float(np.abs(maps.sum(axis=(2, 3)) + constant - logits).max())
+    if not gap <= allowed:
+        raise VerificationError(
+            f"ONNX Runtime class maps plus the head's constant miss its logits by {gap:.3g} at batch {batch_size}; "
+            f"allowed {allowed:.3g}"
+        )
+    return error
 
 
 def check_parity(
@@ -162,9 +211,9 @@ def check_parity(
             raise VerificationError(
                 f"logits have shape {outputs[LOGITS].shape} at batch {batch_size}; expected {expected.shape}"
             )
-        scale = max(1.0, float(np.abs(expected).max()))
+        allowed, scale = allowed_logit_error(tolerance, expected)
         error = float(np.abs(outputs[LOGITS] - expected).max())
-        if not error <= tolerance.logits * scale:  # also catches NaN
+        if not error <= allowed:  # also catches NaN
             raise VerificationError(
                 f"ONNX Runtime logits differ from PyTorch's by {error:.3g} at batch {batch_size} "
                 f"({error / scale:.3g} of their scale {scale:.3g}); allowed {tolerance.logits:g} of the scale"
@@ -183,7 +232,10 @@ def check_parity(
                     f"ONNX Runtime attention differs from PyTorch's by {attention_error:.3g} at batch {batch_size}; "
                     f"allowed {tolerance.attention:g}"
                 )
-        results.append(Parity(batch_size, count, error, scale, attention_error))
+        maps_error = None
+        if CLASS_MAPS in reference:
+            maps_error = check_class_maps(outputs[CLASS_MAPS], outputs[LOGITS], reference, tolerance, batch_size)
+        results.append(Parity(batch_size, count, error, scale, attention_error, maps_error))
         log.info(
             "batch %d, %d images: logits within %.2g (scale %.3g), attention within %s",
             batch_size,

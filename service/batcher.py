@@ -4,6 +4,9 @@ A batch closes when it holds ``max_batch_size`` images or when its oldest image 
 ``max_delay_s``. Batches run one at a time in a worker thread; while one runs, the next fills up, so
 batches grow with load. The queue is bounded (a full queue refuses at once with 503) and each request
 carries a deadline: one that has not started by then is answered 504 and never run.
+
+A request may ask for extra outputs (``flags``, such as ``class_maps``): the batch it lands in runs with
+``run(batch, flag=True)`` for every flag any of its requests asked for, and plain ``run(batch)`` otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _Job:
     results: list[Any] = field(default_factory=list)
     pending: int = 0
     started: bool = False
+    flags: frozenset[str] = frozenset()
 
 
 class Batcher:
@@ -43,7 +47,7 @@ class Batcher:
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], Sequence[Any]],
+        run: Callable[..., Sequence[Any]],
         *,
         max_batch_size: int,
         max_delay_s: float,
@@ -100,12 +104,12 @@ class Batcher:
                 self._retry_headers(),
             )
 
-    async def submit(self, inputs: list[np.ndarray]) -> list[Any]:
-        """Queue one request's images and wait for their outputs, in order."""
+    async def submit(self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset()) -> list[Any]:
+        """Queue one request's images and wait for their outputs, in order; ``flags`` ask for extra outputs."""
         self.admit(len(inputs))
         now = time.monotonic()
         future = asyncio.get_running_loop().create_future()
-        job = _Job(inputs, now, now + self.timeout_s, future, [None] * len(inputs), len(inputs))
+        job = _Job(inputs, now, now + self.timeout_s, future, [None] * len(inputs), len(inputs), flags=flags)
         self._items.extend((job, index) for index in range(len(inputs)))
         self.metrics.queue_depth.set(self.depth)
         self._wakeup.set()
@@ -173,9 +177,10 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[_Job, int]]) -> None:
         inputs = [job.inputs[index] for job, index in batch]
+        flags = frozenset().union(*(job.flags for job, _ in batch))
         start = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, inputs)
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, inputs, flags)
             if len(outputs) != len(batch):
                 raise RuntimeError(f"run returned {len(outputs)} outputs for {len(batch)} images")
         except Exception as exc:
@@ -193,5 +198,5 @@ class Batcher:
             if job.pending == 0:
                 job.future.set_result(job.results)
 
-    def _run_sync(self, inputs: list[np.ndarray]) -> Sequence[Any]:
-        return self._run_fn(np.stack(inputs))
+    def _run_sync(self, inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
+        return self._run_fn(np.stack(inputs), **dict.fromkeys(sorted(flags), True))

@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED_FORMAT = "1"
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+from service import contract
+from service.contract import INTERPOLATIONS
+
+SUPPORTED_FORMAT = contract.FORMAT
 
 
 class ModelError(RuntimeError):
@@ -89,24 +91,24 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source}: metadata property {key!r} is invalid: {exc}") from None
 
-    fmt = need("castream_format")
+    fmt = need(contract.FORMAT_KEY)
     if fmt != SUPPORTED_FORMAT:
         raise ModelError(f"{source}: castream_format {fmt!r} is not supported; this service reads {SUPPORTED_FORMAT!r}")
-    classes = parsed("classes", json.loads)
+    classes = parsed(contract.CLASSES_KEY, json.loads)
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ModelError(f"{source}: metadata 'classes' must be a non-empty JSON list of strings, got {classes!r}")
-    pooling = need("pooling")
-    if pooling not in ("ca", "gap"):
-        raise ModelError(f"{source}: metadata 'pooling' is {pooling!r}; expected 'ca' or 'gap'")
-    dataset = parsed("dataset", json.loads) if "dataset" in props else None
+    pooling = need(contract.POOLING_KEY)
+    if pooling not in contract.POOLINGS:
+        raise ModelError(f"{source}: metadata 'pooling' is {pooling!r}; expected one of {contract.POOLINGS}")
+    dataset = parsed(contract.DATASET_KEY, json.loads) if contract.DATASET_KEY in props else None
     return ModelInfo(
-        name=need("model_name"),
-        version=props.get("castream_version", "unknown"),
-        backbone=props.get("backbone", "unknown"),
+        name=need(contract.NAME_KEY),
+        version=props.get(contract.VERSION_KEY, "unknown"),
+        backbone=props.get(contract.BACKBONE_KEY, "unknown"),
         pooling=pooling,
-        precision=props.get("precision", "fp32"),
+        precision=props.get(contract.PRECISION_KEY, "fp32"),
         classes=tuple(classes),
-        preprocessing=parsed("preprocessing", lambda text: Preprocessing.from_dict(json.loads(text))),
-        val_top1=parsed("val_top1", float) if "val_top1" in props else None,
+        preprocessing=parsed(contract.PREPROCESSING_KEY, lambda text: Preprocessing.from_dict(json.loads(text))),
+        val_top1=parsed(contract.VAL_TOP1_KEY, float) if contract.VAL_TOP1_KEY in props else None,
         dataset=dataset if isinstance(dataset, dict) else None,
     )

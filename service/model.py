@@ -9,20 +9,25 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, required_outputs
 from service.metadata import ModelError, ModelInfo, parse_metadata
 from service.providers import CUDA, check_loaded, requested_providers
 
 log = logging.getLogger(__name__)
 
-INPUT, LOGITS, ATTENTION = "image", "logits", "attention"
+__all__ = ["ATTENTION", "CLASS_MAPS", "INPUT", "LOGITS", "ImageOutput", "OnnxModel", "load_model"]
 
 
 @dataclass(frozen=True)
 class ImageOutput:
-    """One image's share of a batch: its logits [classes] and attention map [h, w] (or None)."""
+    """One image's share of a batch: logits [classes], attention [h, w] and class maps [classes, h, w].
+
+    ``attention`` is None for GAP models; ``class_maps`` is None unless the batch fetched them.
+    """
 
     logits: np.ndarray
     attention: np.ndarray | None
+    class_maps: np.ndarray | None = None
 
 
 class OnnxModel:
@@ -31,6 +36,8 @@ class OnnxModel:
     def __init__(self, session: ort.InferenceSession, info: ModelInfo, buckets: tuple[int, ...] = ()):
         self.session, self.info, self.buckets = session, info, buckets
         self.outputs = [LOGITS, ATTENTION] if info.has_attention else [LOGITS]
+        # Files exported before class maps existed lack the output; they serve everything else.
+        self.has_class_maps = info.has_attention and any(o.name == CLASS_MAPS for o in session.get_outputs())
         # Known from the graph when its dimensions are static, otherwise from the warm-up's output.
         dims = next((o.shape[1:] for o in session.get_outputs() if o.name == ATTENTION), None)
         static = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims)
@@ -40,18 +47,21 @@ class OnnxModel:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, batch: np.ndarray) -> list[ImageOutput]:
-        """``batch`` is [n, 3, crop, crop] float32; returns n outputs in order."""
+    def run(self, batch: np.ndarray, class_maps: bool = False) -> list[ImageOutput]:
+        """``batch`` is [n, 3, crop, crop] float32; returns n outputs in order, with class maps if asked."""
+        if class_maps and not self.has_class_maps:
+            raise ModelError(f"{self.info.name} has no {CLASS_MAPS!r} output")
         n = len(batch)
         size = next((b for b in self.buckets if b >= n), n)
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        results = self.session.run(self.outputs, {INPUT: batch})
+        results = self.session.run(self.outputs + [CLASS_MAPS] * class_maps, {INPUT: batch})
         logits = results[0][:n]
-        attention = results[1][:n] if len(results) > 1 else [None] * n
-        if len(logits) != n or len(attention) != n:
+        attention = results[1][:n] if self.info.has_attention else [None] * n
+        maps = results[-1][:n] if class_maps else [None] * n
+        if not len(logits) == len(attention) == len(maps) == n:
             raise RuntimeError(f"the model returned {len(logits)} outputs for a batch of {n} images")
-        return [ImageOutput(row, grid) for row, grid in zip(logits, attention, strict=True)]
+        return [ImageOutput(*parts) for parts in zip(logits, attention, maps, strict=True)]
 
     def warm_up(self, sizes: list[int]) -> None:
         """Run every batch size that will be used once, and check the outputs against the metadata."""
@@ -96,7 +106,7 @@ def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_t
 def _check_graph(session: ort.InferenceSession, info: ModelInfo, source: str) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    expected = {LOGITS, ATTENTION} if info.has_attention else {LOGITS}
+    expected = set(required_outputs(info.pooling))
     if INPUT not in inputs or not expected <= outputs:
         raise ModelError(
             f"{source}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; a {info.pooling!r} model "

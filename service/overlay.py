@@ -1,4 +1,4 @@
-"""Attention heat-map drawn over the crop the model saw, encoded as PNG."""
+"""Heat maps drawn over the crop the model saw, or over the whole original image, encoded as PNG."""
 
 from __future__ import annotations
 
@@ -6,20 +6,51 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-# Anchor colours of a perceptually ordered map (dark blue -> teal -> green -> yellow), interpolated to 256.
-_ANCHORS = np.array(
-    [[48, 18, 59], [40, 110, 200], [30, 180, 160], [120, 220, 80], [250, 230, 40], [250, 250, 200]], np.float32
-)
-_LUT = np.stack(
-    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
-).astype(np.uint8)
-
+# Viridis (perceptually uniform, readable in grey and by colour-blind readers), 17 evenly spaced samples of
+# the published table; linear interpolation between them stays within 6 levels of the full 256-entry table.
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84], [72, 24, 106], [71, 45, 123], [66, 64, 134], [59, 82, 139], [51, 99, 141],
+        [44, 114, 142], [38, 130, 142], [33, 145, 140], [31, 160, 136], [40, 174, 128], [63, 188, 115],
+        [94, 201, 98], [132, 212, 75], [173, 220, 48], [216, 226, 25], [253, 231, 37],
+    ],
+    np.float32,
+)  # fmt: skip
+LUT = (
+    np.stack(
+        [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_VIRIDIS)), _VIRIDIS[:, c]) for c in range(3)], axis=1
+    )
+    .round()
+    .astype(np.uint8)
+)  # (256, 3): colour of each heat level
 
 # zlib level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
 # noisy blended crop compresses little better at 6 (files about a tenth smaller; BENCHMARKS.md has the numbers).
 PNG_LEVEL = 1
+OUTSIDE_DIM = 0.45  # brightness kept outside the crop on whole-image overlays
+BOX_COLOUR = (255, 255, 255)
+
+
+def _heat(grid: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``grid`` [gh, gw] bilinearly resized to [height, width], negatives cut, scaled to its maximum (0..1)."""
+    image = Image.fromarray(np.asarray(grid, np.float32))
+    heat = np.maximum(np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float32), 0)
+    peak = float(heat.max())
+    return heat / peak if peak > 0 else np.zeros_like(heat)
+
+
+def _blend(pixels: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+    colours = LUT[np.clip(heat * 255, 0, 255).astype(np.uint8)].astype(np.float32)
+    weight = alpha * (0.35 + 0.65 * heat[..., None])  # stronger colour where the map is high
+    return pixels.astype(np.float32) * (1 - weight) + colours * weight
+
+
+def _png(image: Image.Image, png_level: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=png_level)
+    return out.getvalue()
 
 
 def heat_overlay(
@@ -27,26 +58,49 @@ def heat_overlay(
 ) -> bytes:
     """PNG bytes: ``view`` [h, w, 3] uint8 blended with ``attention`` [gh, gw] upsampled and coloured.
 
-    The map is scaled to its own maximum so that small and large models look alike; the result is
-    upscaled to at least ``min_side`` pixels so that a few-pixel crop stays visible. ``png_level`` (0-9)
-    trades encoding time for size; the pixels are the same at every level.
+    The map is scaled to its own maximum so that small and large models look alike (negative values, which
+    class maps can hold, show as none); the result is upscaled to at least ``min_side`` pixels so that a
+    few-pixel crop stays visible. ``png_level`` (0-9) trades encoding time for size; the pixels are the same
+    at every level.
     """
     height, width = view.shape[:2]
-    grid = Image.fromarray(np.asarray(attention, np.float32))
-    heat = np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR), np.float32)
-    peak = float(heat.max())
-    heat = heat / peak if peak > 0 else np.zeros_like(heat)
-    colours = _LUT[np.clip(heat * 255, 0, 255).astype(np.uint8)].astype(np.float32)
-    weight = alpha * (0.35 + 0.65 * heat[..., None])  # stronger colour where attention is high
-    blended = view.astype(np.float32) * (1 - weight) + colours * weight
+    blended = _blend(view, _heat(attention, width, height), alpha)
     image = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
     factor = max(1, -(-min_side // max(1, min(width, height))))
     if factor > 1:
         image = image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=png_level)
-    return out.getvalue()
+    return _png(image, png_level)
+
+
+def image_overlay(
+    original: np.ndarray,
+    grid: np.ndarray,
+    box: tuple[float, float, float, float],
+    alpha: float = 0.55,
+    png_level: int = PNG_LEVEL,
+) -> bytes:
+    """PNG bytes of the whole ``original`` [H, W, 3] uint8, at its own size, with ``grid`` drawn where it lies.
+
+    ``box`` is the crop the model saw, ``(left, top, right, bottom)`` in the original's pixels (it may reach
+    past the edges when the crop was padded). Outside it the image is dimmed; its outline is drawn.
+    """
+    height, width = original.shape[:2]
+    left, top, right, bottom = (round(v) for v in box)
+    out = original.astype(np.float32) * OUTSIDE_DIM
+    heat = _heat(grid, max(1, right - left), max(1, bottom - top))
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
+    if x1 > x0 and y1 > y0:
+        inside = heat[y0 - top : y1 - top, x0 - left : x1 - left]
+        out[y0:y1, x0:x1] = _blend(original[y0:y1, x0:x1], inside, alpha)
+    image = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    line = max(1, round(min(width, height) / 150))
+    ImageDraw.Draw(image).rectangle((left, top, right - 1, bottom - 1), outline=BOX_COLOUR, width=line)
+    return _png(image, png_level)
+
+
+def b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
 def heat_overlay_b64(view: np.ndarray, attention: np.ndarray, png_level: int = PNG_LEVEL) -> str:
-    return base64.b64encode(heat_overlay(view, attention, png_level=png_level)).decode("ascii")
+    return b64(heat_overlay(view, attention, png_level=png_level))

@@ -1,12 +1,35 @@
-"""From one image's model output to its response entry: top-k labels and the attention map."""
+"""From one image's model output to its response entry: top-k labels, attention and class maps."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.model import ImageOutput
-from service.overlay import PNG_LEVEL, heat_overlay_b64
-from service.schemas import AttentionMap, AttentionMode, Label, Prediction
+from service.overlay import PNG_LEVEL, b64, heat_overlay, image_overlay
+from service.preprocess import Prepared
+from service.schemas import AttentionMap, AttentionMode, ClassMap, Label, OverlayArea, Prediction
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a classify request asks for beyond the top-k labels."""
+
+    top_k: int = 5
+    attention: AttentionMode = AttentionMode.grid
+    class_maps: bool = False  # a map for each top-k entry
+    explain: tuple[int, ...] = ()  # class indices to add, each with its map
+    overlay_on: OverlayArea = OverlayArea.crop
+    png_level: int = PNG_LEVEL
+
+    @property
+    def needs_class_maps(self) -> bool:
+        return self.class_maps or bool(self.explain)
+
+    @property
+    def needs_original(self) -> bool:
+        return self.attention is AttentionMode.overlay and self.overlay_on is OverlayArea.image
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -14,24 +37,39 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def prediction(
-    output: ImageOutput,
-    view: np.ndarray,
-    classes: tuple[str, ...],
-    top_k: int,
-    mode: AttentionMode,
-    png_level: int = PNG_LEVEL,
-) -> Prediction:
-    """Top ``top_k`` classes by probability, and the attention as ``mode`` asks (None for GAP models).
+def _overlay(grid: np.ndarray, prepared: Prepared, options: Options) -> str:
+    if options.overlay_on is OverlayArea.image and prepared.original is not None:
+        return b64(image_overlay(prepared.original, grid, prepared.box, png_level=options.png_level))
+    return b64(heat_overlay(prepared.view, grid, png_level=options.png_level))
 
-    ``png_level`` is the zlib level of the overlay PNG.
+
+def _class_map(output: ImageOutput, index: int, prepared: Prepared, options: Options) -> ClassMap:
+    assert output.class_maps is not None
+    grid = np.asarray(output.class_maps[index], np.float32)
+    constant = float(output.logits[index]) - float(grid.sum(dtype=np.float64))
+    overlay = _overlay(grid, prepared, options) if options.attention is AttentionMode.overlay else None
+    return ClassMap(
+        height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), constant=constant, overlay_png=overlay
+    )
+
+
+def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...], options: Options) -> Prediction:
+    """Top ``options.top_k`` classes by probability, the attention and class maps as ``options`` ask.
+
+    Attention is None for GAP models; class maps need a model that has them (checked before running).
     """
     scores = softmax(output.logits)
-    order = np.argsort(-scores, kind="stable")[: min(top_k, len(classes))]
-    labels = [Label(label=classes[i], index=int(i), score=float(scores[i])) for i in order]
+
+    def label(index: int, with_map: bool) -> Label:
+        class_map = _class_map(output, index, prepared, options) if with_map else None
+        return Label(label=classes[index], index=index, score=float(scores[index]), map=class_map)
+
+    order = np.argsort(-scores, kind="stable")[: min(options.top_k, len(classes))]
+    labels = [label(int(i), options.class_maps) for i in order]
+    explained = [label(i, True) for i in options.explain]
     attention = None
-    if mode is not AttentionMode.none and output.attention is not None:
+    if options.attention is not AttentionMode.none and output.attention is not None:
         grid = np.asarray(output.attention, np.float32)
-        overlay = heat_overlay_b64(view, grid, png_level) if mode is AttentionMode.overlay else None
+        overlay = _overlay(grid, prepared, options) if options.attention is AttentionMode.overlay else None
         attention = AttentionMap(height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), overlay_png=overlay)
-    return Prediction(top_k=labels, attention=attention)
+    return Prediction(top_k=labels, attention=attention, explained=explained)

@@ -21,10 +21,16 @@ RESAMPLE = {
 
 @dataclass(frozen=True)
 class Prepared:
-    """One image ready for the model: ``input`` [3, crop, crop] float32 and ``view``, the RGB crop it sees."""
+    """One image ready for the model: ``input`` [3, crop, crop] float32 and ``view``, the RGB crop it sees.
+
+    ``box`` is that crop in the original image's pixels ``(left, top, right, bottom)``; ``original`` the
+    decoded RGB image [H, W, 3], kept only when asked for (whole-image overlays).
+    """
 
     input: np.ndarray
     view: np.ndarray
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    original: np.ndarray | None = None
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -51,11 +57,13 @@ class Preprocessor:
         self.std = np.asarray(prep.std, np.float32).reshape(3, 1, 1)
         self.scale = np.float32(prep.scale)
 
-    def __call__(self, image: Image.Image) -> Prepared:
+    def __call__(self, image: Image.Image, keep_original: bool = False) -> Prepared:
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode!r}; decode with service.imaging.decode")
         crop = self.prep.crop
-        size = resized_size(*image.size, self.prep.resize)
+        original = np.asarray(image, dtype=np.uint8) if keep_original else None
+        width, height = image.size
+        size = resized_size(width, height, self.prep.resize)
         if size != image.size:
             # Pillow always antialiases when downscaling, like torchvision's Resize(antialias=True).
             image = image.resize(size, self.resample)
@@ -65,4 +73,6 @@ class Preprocessor:
         x *= self.scale
         x -= self.mean
         x /= self.std
-        return Prepared(np.ascontiguousarray(x), view)
+        sx, sy = width / image.width, height / image.height  # resized -> original pixels
+        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+        return Prepared(np.ascontiguousarray(x), view, box, original)

@@ -9,12 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from functools import partial
 
+import numpy as np
+
 from service.batcher import Batcher
+from service.contract import CLASS_MAPS
 from service.errors import ServiceError
 from service.imaging import decode
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel, load_model
-from service.predict import prediction
+from service.predict import Options, prediction
 from service.preprocess import Prepared, Preprocessor
 from service.providers import CUDA
 from service.schemas import AttentionMode, ClassifyResponse, ModelRef
@@ -111,38 +114,73 @@ class Runtime:
             raise ServiceError(503, "starting", "the model is still warming up; retry shortly", {"Retry-After": "1"})
         self.batcher.admit(images)
 
-    async def classify(self, images: list[tuple[str, bytes]], top_k: int, mode: AttentionMode) -> str:
-        """The JSON body answering ``images``: top-k labels and attention per image, in order."""
-        self.admit(len(images))
-        assert self.batcher is not None and self.model is not None
-        loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, self._prepare, data, name) for name, data in images)
-        )
-        outputs = await self.batcher.submit([p.input for p in prepared])
-        encode = partial(self._encode, outputs, prepared, top_k, mode)
-        # PNG encoding is worth a thread hop; top-k and the numeric grid are not.
-        return await loop.run_in_executor(self.decode_pool, encode) if mode is AttentionMode.overlay else encode()
+    def require_class_maps(self) -> None:
+        """Raise 422 ``no_class_maps`` unless the model can give class maps."""
+        assert self.model is not None
+        if not self.model.has_class_maps:
+            info = self.model.info
+            why = (
+                "it pools with GAP, which has no attention to decompose the logits over"
+                if not info.has_attention
+                else f"its file has no {CLASS_MAPS!r} output (exported before class maps existed; re-export it)"
+            )
+            raise ServiceError(422, "no_class_maps", f"model {info.name!r} has no class maps: {why}")
 
-    def _encode(self, outputs: list[ImageOutput], prepared: list[Prepared], top_k: int, mode: AttentionMode) -> str:
+    def class_indices(self, labels: list[str]) -> tuple[int, ...]:
+        """Indices of ``labels`` in the model's classes; 422 ``unknown_label`` names any that is not one."""
+        assert self.model is not None
+        classes = self.model.info.classes
+        unknown = [label for label in labels if label not in classes]
+        if unknown:
+            shown = ", ".join(repr(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
+            raise ServiceError(
+                422, "unknown_label", f"explain={unknown[0]!r} is not a class of this model; its classes are {shown}"
+            )
+        return tuple(dict.fromkeys(classes.index(label) for label in labels))
+
+    async def prepare(self, images: list[tuple[str, bytes]], keep_original: bool = False) -> list[Prepared]:
+        """Decode and preprocess ``images`` in the decode pool; a bad image raises its own ServiceError."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(
+            *(loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original) for name, data in images)
+        )
+
+    async def infer(self, inputs: list[np.ndarray], class_maps: bool = False) -> list[ImageOutput]:
+        """Run model inputs [3, crop, crop] through the shared batcher; class maps are fetched only if asked."""
+        self.admit(len(inputs))
+        assert self.batcher is not None
+        return await self.batcher.submit(inputs, frozenset({CLASS_MAPS}) if class_maps else frozenset())
+
+    async def classify(self, images: list[tuple[str, bytes]], options: Options) -> str:
+        """The JSON body answering ``images``: top-k labels, attention and class maps per image, in order."""
+        self.admit(len(images))
+        if options.needs_class_maps:
+            self.require_class_maps()
+        prepared = await self.prepare(images, options.needs_original)
+        outputs = await self.infer([p.input for p in prepared], options.needs_class_maps)
+        encode = partial(self._encode, outputs, prepared, options)
+        # PNG encoding is worth a thread hop; top-k and the numeric grids are not.
+        if options.attention is AttentionMode.overlay:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, encode)
+        return encode()
+
+    def _encode(self, outputs: list[ImageOutput], prepared: list[Prepared], options: Options) -> str:
         assert self.model is not None
         start = time.perf_counter()
-        info, level = self.model.info, self.settings.overlay_png_level
-        predictions = [
-            prediction(o, p.view, info.classes, top_k, mode, level) for o, p in zip(outputs, prepared, strict=True)
-        ]
+        info = self.model.info
+        predictions = [prediction(o, p, info.classes, options) for o, p in zip(outputs, prepared, strict=True)]
         response = ClassifyResponse(model=ModelRef(name=info.name, version=info.version), predictions=predictions)
         # Already a validated model: serialised directly rather than validated again by FastAPI.
         body = response.model_dump_json()
-        self.metrics.encode_seconds.labels(attention=mode.value).observe(time.perf_counter() - start)
+        self.metrics.encode_seconds.labels(attention=options.attention.value).observe(time.perf_counter() - start)
         return body
 
-    def _prepare(self, data: bytes, name: str) -> Prepared:
+    def _prepare(self, data: bytes, name: str, keep_original: bool = False) -> Prepared:
         assert self.preprocessor is not None
         start = time.perf_counter()
         image = decode(data, self.settings.max_image_pixels, name)
         decoded = time.perf_counter()
-        prepared = self.preprocessor(image)
+        prepared = self.preprocessor(image, keep_original)
         self.metrics.decode_seconds.observe(decoded - start)
         self.metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
         return prepared

@@ -16,22 +16,48 @@ class AttentionMode(StrEnum):
     overlay = "overlay"
 
 
+class OverlayArea(StrEnum):
+    """What overlays cover: the centre crop the model saw, or the whole original image with the crop drawn."""
+
+    crop = "crop"
+    image = "image"
+
+
+class ClassMap(BaseModel):
+    height: int
+    width: int
+    values: list[list[float]] = Field(
+        description="[height][width] the class's evidence per cell, in logit units: their sum plus `constant` is "
+        "the class's logit"
+    )
+    constant: float = Field(description="the head's constant term for this class (the logit minus the map's sum)")
+    overlay_png: str | None = Field(
+        None, description="base64 PNG heat-map of the positive evidence (attention=overlay)"
+    )
+
+
 class Label(BaseModel):
     label: str
     index: int = Field(description="position in the model's class list")
     score: float = Field(description="softmax probability")
+    map: ClassMap | None = Field(None, description="the class map, with class_maps=true or for explain= classes")
 
 
 class AttentionMap(BaseModel):
     height: int
     width: int
     values: list[list[float]] = Field(description="[height][width] non-negative weights that sum to 1")
-    overlay_png: str | None = Field(None, description="base64 PNG: the heat-map over the crop the model saw")
+    overlay_png: str | None = Field(
+        None, description="base64 PNG heat-map over the crop the model saw, or over the whole image (overlay_on=image)"
+    )
 
 
 class Prediction(BaseModel):
     top_k: list[Label]
     attention: AttentionMap | None = Field(description="null when not asked for or when the model has none")
+    explained: list[Label] = Field(
+        default_factory=list, description="the classes named by explain=, in request order, each with its map"
+    )
 
 
 class ModelRef(BaseModel):
@@ -64,6 +90,7 @@ class ModelDescription(BaseModel):
     classes: list[str]
     input: InputSpec
     attention: GridSize | None
+    class_maps: bool = Field(description="whether the model file has class maps (class_maps=true, explain=)")
     preprocessing: dict[str, Any]
     providers: list[str] = Field(description="execution providers in use, preferred first")
     val_top1: float | None

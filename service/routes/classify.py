@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from service.deps import RuntimeDep
 from service.errors import ErrorBody
 from service.inputs import ImagesJSON, read_images
-from service.schemas import AttentionMode, ClassifyResponse
+from service.predict import Options
+from service.schemas import AttentionMode, ClassifyResponse, OverlayArea
 
 router = APIRouter(tags=["inference"])
 
@@ -30,7 +31,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token (only with CASTREAM_API_KEY)"},
     413: {"model": ErrorBody, "description": "too many bytes, images or pixels"},
     415: {"model": ErrorBody, "description": "wrong Content-Type or not a supported image format"},
-    422: {"model": ErrorBody, "description": "invalid options or JSON fields"},
+    422: {
+        "model": ErrorBody,
+        "description": "invalid options or JSON fields; no_class_maps: the model has none; unknown_label: explain=",
+    },
     503: {"model": ErrorBody, "description": "queue full or not ready; see Retry-After"},
     504: {"model": ErrorBody, "description": "waited in the queue past CASTREAM_REQUEST_TIMEOUT_MS"},
 }
@@ -42,10 +46,22 @@ async def classify(
     runtime: RuntimeDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels per image (at most the class count)")] = 5,
     attention: Annotated[AttentionMode, Query(description="none, grid, or overlay (grid + PNG)")] = AttentionMode.grid,
+    class_maps: Annotated[bool, Query(description="add each top-k class's map (logit units) as `map`")] = False,
+    explain: Annotated[
+        list[str] | None, Query(description="class labels to explain even outside the top k (repeatable)")
+    ] = None,
+    overlay_on: Annotated[
+        OverlayArea, Query(description="overlays over the crop the model saw, or over the whole image")
+    ] = OverlayArea.crop,
 ) -> Response:
     """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
     s = runtime.settings
     runtime.admit(1)  # under overload, refuse before reading the body
+    explained: tuple[int, ...] = ()
+    if class_maps or explain:
+        runtime.require_class_maps()  # before the body is read: the answer cannot depend on it
+        explained = runtime.class_indices(explain or [])
+    options = Options(top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level)
     images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
-    body = await runtime.classify(images, top_k, attention)
+    body = await runtime.classify(images, options)
     return Response(body, media_type="application/json")

@@ -33,6 +33,7 @@ async def model(runtime: RuntimeDep) -> ModelDescription:
         classes=list(info.classes),
         input=InputSpec(name=INPUT, shape=[None, 3, crop, crop], dtype="float32"),
         attention=GridSize(height=grid[0], width=grid[1]) if grid else None,
+        class_maps=runtime.model.has_class_maps,
         preprocessing=asdict(info.preprocessing),
         providers=runtime.model.providers,
         val_top1=info.val_top1,

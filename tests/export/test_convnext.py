@@ -37,15 +37,23 @@ def convnext_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow  # ~40 s: tracing ConvNeXt's 18 blocks dominates
-def test_convnext_exports_logits_and_attention(convnext_checkpoint: Path, tmp_path: Path) -> None:
+def test_convnext_exports_logits_attention_and_class_maps(convnext_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "convnext.onnx"
     report = export_checkpoint(ExportOptions(checkpoint=str(convnext_checkpoint), out=str(out), verify_images=16))
     assert [p.batch_size for p in report.parity] == [1, 8]
     state = checkpoint.load(convnext_checkpoint)
     session = make_session(onnx.load(str(out)))
     images = load_samples(state, "val", 3, cache_dir=None).images
-    logits, attention = session.run(None, {"image": images})
+    logits, attention, maps = session.run(None, {"image": images})
     assert logits.shape == (3, len(synthetic.CLASSES)) and np.isfinite(logits).all()
+    # LayerNorm head: the maps plus its constant (classifier of the norm's bias) still add up to the logits.
+    net = checkpoint.build_model(state)
+    norm, linear = net.backbone.head[0], net.backbone.classifier
+    constant = (linear.weight @ norm.bias + linear.bias).detach().numpy()
+    assert maps.shape == (3, len(synthetic.CLASSES), 2, 2)
+    allowed = 1e-4 * max(1.0, float(np.abs(logits).max()))
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)) + constant, logits, rtol=0, atol=allowed)
+    assert all(p.class_maps_error is not None for p in report.parity)
     assert attention.shape == (3, 2, 2) and (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
     props = metadata.read(out)

@@ -25,6 +25,7 @@ def test_int8_graph_is_quantised_and_keeps_float_io(int8_export: ExportReport) -
         "image": onnx.TensorProto.FLOAT,
         "logits": onnx.TensorProto.FLOAT,
         "attention": onnx.TensorProto.FLOAT,
+        "class_maps": onnx.TensorProto.FLOAT,
     }
 
 
@@ -41,7 +42,7 @@ def test_int8_attention_softmax_reads_float_scores(int8_export: ExportReport) ->
 
 def test_int8_outputs_are_valid_attention_maps(int8_export: ExportReport, tiny_state: dict) -> None:
     session = make_session(onnx.load(str(int8_export.path)))
-    logits, attention = session.run(None, {"image": load_samples(tiny_state, "val", 8).images})
+    logits, attention = session.run(["logits", "attention"], {"image": load_samples(tiny_state, "val", 8).images})
     assert logits.shape == (8, len(tiny_state["classes"])) and np.isfinite(logits).all()
     assert attention.dtype == np.float32 and (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)

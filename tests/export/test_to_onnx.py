@@ -24,12 +24,13 @@ def _session(report: ExportReport):
     return make_session(onnx.load(str(report.path)))
 
 
-def test_ca_graph_has_logits_and_attention_for_any_batch(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_ca_graph_has_logits_attention_and_class_maps_for_any_batch(ca_export: ExportReport, tiny_state: dict) -> None:
     session = _session(ca_export)
-    assert [o.name for o in session.get_outputs()] == ["logits", "attention"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "attention", "class_maps"]
     images = load_samples(tiny_state, "val", 5).images
     for count in (1, 2, 5):
-        logits, attention = session.run(None, {"image": images[:count]})
+        logits, attention, maps = session.run(None, {"image": images[:count]})
+        assert maps.shape == (count, len(tiny_state["classes"]), 2, 2)
         assert logits.shape == (count, len(tiny_state["classes"]))
         assert attention.shape == (count, 2, 2)  # 64 px / 32
         assert np.isfinite(logits).all()

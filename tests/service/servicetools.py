@@ -35,13 +35,14 @@ PREPROCESSING = {
 }
 
 
-def build_model(kind: str = "ca", **metadata: str | None) -> onnx.ModelProto:
+def build_model(kind: str = "ca", class_maps: bool = True, **metadata: str | None) -> onnx.ModelProto:
     """image [N,3,32,32] -> 8x8 average pool -> 4x4 positions of 3 channels.
 
     CA: attention = softmax over the 16 positions of (2 * channel sum), so bright regions draw it; the
     attended features feed ``logits = features @ W`` with W picking red, green, blue, and "dark" (minus
-    their mean). GAP: the same head on the mean over positions, and no attention output.
-    ``metadata`` overrides properties; None removes one.
+    their mean). With ``class_maps``, the third output splits each logit over the positions:
+    ``weight_p * (features_p @ W)`` (the head has no constant). GAP: the same head on the mean over
+    positions, and no attention output. ``metadata`` overrides properties; None removes one.
     """
     weight = np.array([[1, 0, 0, -1 / 3], [0, 1, 0, -1 / 3], [0, 0, 1, -1 / 3]], np.float32)
     inits = [numpy_helper.from_array(weight, "W")]
@@ -63,6 +64,15 @@ def build_model(kind: str = "ca", **metadata: str | None) -> onnx.ModelProto:
             helper.make_node("Reshape", ["mixed", "shape_p"], ["vector"]),  # [N, 3]
         ]
         outputs.append(helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 4, 4]))
+        if class_maps:
+            inits.append(numpy_helper.from_array(np.array([0, 4, 4, 4], np.int64), "shape_m"))
+            nodes += [
+                helper.make_node("MatMul", ["feats_t", "W"], ["evidence"]),  # [N, 16, 4]
+                helper.make_node("Mul", ["evidence", "weights3"], ["weighted"]),  # [N, 16, 4]
+                helper.make_node("Transpose", ["weighted"], ["per_class"], perm=[0, 2, 1]),  # [N, 4, 16]
+                helper.make_node("Reshape", ["per_class", "shape_m"], ["class_maps"]),  # [N, 4, 4, 4]
+            ]
+            outputs.append(helper.make_tensor_value_info("class_maps", TensorProto.FLOAT, ["N", 4, 4, 4]))
     else:
         nodes.append(helper.make_node("ReduceMean", ["pooled"], ["vector"], axes=[2, 3], keepdims=0))
     nodes.append(helper.make_node("MatMul", ["vector", "W"], ["logits"]))
@@ -97,8 +107,8 @@ def build_model(kind: str = "ca", **metadata: str | None) -> onnx.ModelProto:
     return model
 
 
-def save_model(path: Path, kind: str = "ca", **metadata: str | None) -> Path:
-    onnx.save(build_model(kind, **metadata), str(path))
+def save_model(path: Path, kind: str = "ca", class_maps: bool = True, **metadata: str | None) -> Path:
+    onnx.save(build_model(kind, class_maps, **metadata), str(path))
     return path
 
 
