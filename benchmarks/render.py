@@ -428,13 +428,18 @@ def _onnx_speed(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _precision_name(r: dict[str, Any]) -> str:
+    name = r.get("precision") or ("bf16" if r.get("amp") else "fp32")  # older results recorded a flag
+    return "float32" if name == "fp32" else f"{name} autocast"
+
+
 def _train(results: dict[str, Any]) -> list[str]:
     lines, r = _section(results, "train_speed", "Stream training against the frozen forward pass")
     if r is None:
         return lines
     lines += [
         f"{r['backbone']} at {r['image_size']} px, batch {r['batch_size']}, {r['threads']} threads, "
-        f"{'bf16 autocast (the training default)' if r['amp'] else 'float32'}, {r['rounds']} alternating rounds.",
+        f"{_precision_name(r)} (the training default here), {r['rounds']} alternating rounds.",
         "",
         *_table(
             ["", "ms per batch", "images/s"],

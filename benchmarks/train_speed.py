@@ -28,8 +28,9 @@ from torch import nn
 
 from benchmarks.scaling import interleaved
 from training.backbones import BACKBONES
-from training.engine import Objective, Runtime, StageSettings, make_optimizer, trainable_parameters
+from training.engine import Objective, StageSettings, TrainingContext, make_optimizer, trainable_parameters
 from training.model import CAStreamNet, ModelConfig
+from training.precision import PRECISIONS, describe
 
 log = logging.getLogger("benchmarks.train_speed")
 
@@ -42,7 +43,7 @@ class TrainSpeed:
     image_size: int
     batch_size: int
     threads: int
-    amp: bool
+    precision: str  # what the policy resolved to here: fp32, bf16 or fp16
     rounds: int
     forward_ms: float  # median per batch
     train_step_ms: float  # median per batch
@@ -53,7 +54,7 @@ class TrainSpeed:
 
 
 def steps(
-    model: CAStreamNet, runtime: Runtime, images: torch.Tensor, labels: torch.Tensor
+    model: CAStreamNet, runtime: TrainingContext, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """``(forward, train_step)`` on one batch, set up as ``training.engine.train_stage`` sets up the stream stage."""
     optimizer = make_optimizer(trainable_parameters(model, "stream"), StageSettings(epochs=1, lr=0.01))
@@ -77,19 +78,20 @@ def run(
     image_size: int = 224,
     batch_size: int = 16,
     budget_s: float = 30.0,
-    amp: bool = True,
+    precision: str = "auto",
     num_classes: int = 1000,
     min_rounds: int = 3,
     seed: int = 0,
 ) -> TrainSpeed:
-    """Times both on one random batch; ``amp`` is the training command's default autocast (bf16 on CPU)."""
+    """Times both on one random batch, in ``precision`` as the training command resolves it on this CPU."""
     if budget_s < 0 or batch_size < 1:
         raise ValueError(f"need budget_s >= 0 and batch_size >= 1, got {budget_s!r} and {batch_size!r}")
     torch.manual_seed(seed)
     model = CAStreamNet(ModelConfig(backbone, num_classes))
     images = torch.randn(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, num_classes, (batch_size,))
-    forward, train_step = steps(model, Runtime(device=torch.device("cpu"), amp=amp, progress=False), images, labels)
+    context = TrainingContext(device=torch.device("cpu"), precision=precision, progress=False)
+    forward, train_step = steps(model, context, images, labels)
     forward(), train_step()  # first calls allocate and pick kernels
     seconds = interleaved({"forward": forward, "train": train_step}, budget_s, min_rounds)
     forward_s, train_s = float(np.median(seconds["forward"])), float(np.median(seconds["train"]))
@@ -98,7 +100,7 @@ def run(
         image_size=image_size,
         batch_size=batch_size,
         threads=torch.get_num_threads(),
-        amp=amp,
+        precision=describe(context.dtype),
         rounds=len(seconds["forward"]),
         forward_ms=forward_s * 1000,
         train_step_ms=train_s * 1000,
@@ -118,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--budget-s", type=float, default=30.0, help="seconds of timing (at least 3 rounds)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 (default: bf16 autocast)")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="as training.fit: auto is bf16 only where it is native"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = run(args.backbone, args.image_size, args.batch_size, args.budget_s, args.amp)
+        result = run(args.backbone, args.image_size, args.batch_size, args.budget_s, args.precision)
     except ValueError as error:
         parser.error(str(error))
     print(json.dumps(asdict(result), indent=2))

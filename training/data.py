@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SELECTION_SEED = 1_000_000  # far above the seeds of train and val splits (2 * seed, 2 * seed + 1)
 DEFAULT_CACHE = Path(".cache/castream")  # generated synthetic splits, relative to the working directory
 
 
@@ -123,20 +126,34 @@ class SyntheticSource:
     def __len__(self) -> int:
         return len(self.labels)
 
+    deterministic = True  # no augmentation: an image gives the same tensor every epoch
+
     def iterate(self, batches: Batches) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.arange(len(self))
-        if batches.shuffle:
-            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(batches.seed + batches.epoch))
-        # Pad by wrapping so that every rank sees the same number of batches (as DistributedSampler does).
-        shard = batches._shard_size()
-        order = torch.cat([order, order[: shard * batches.world - len(order)]])[batches.rank :: batches.world]
-        for start in range(0, len(order), batches.batch_size):
-            index = order[start : start + batches.batch_size]
+        for index in shard_order(batches, len(self)):
             yield self.preprocessing.normalize(self.images[index]), self.labels[index]
+
+    def in_order(self, batch_size: int) -> Iterator[Tensor]:
+        """Every normalised image once, in index order."""
+        for start in range(0, len(self), batch_size):
+            yield self.preprocessing.normalize(self.images[start : start + batch_size])
+
+
+def shard_order(batches: Batches, size: int) -> Iterator[Tensor]:
+    """The indices of each of this rank's batches, reshuffled by epoch when ``batches.shuffle``."""
+    order = torch.arange(size)
+    if batches.shuffle:
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(batches.seed + batches.epoch))
+    # Pad by wrapping so that every rank sees the same number of batches (as DistributedSampler does).
+    shard = batches._shard_size()
+    order = torch.cat([order, order[: shard * batches.world - len(order)]])[batches.rank :: batches.world]
+    for start in range(0, len(order), batches.batch_size):
+        yield order[start : start + batches.batch_size]
 
 
 class FolderSource:
     """An ImageFolder split read with torchvision transforms through a DataLoader."""
+
+    deterministic = False  # training transforms are random; files are read anew each epoch
 
     def __init__(self, dataset: datasets.ImageFolder | Subset, workers: int):
         self.dataset, self.workers = dataset, workers
@@ -174,11 +191,18 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def synthetic_spec(self, split: str) -> synthetic.SyntheticSpec:
-        count = self.train_count if split == "train" else self.val_count
-        # Distinct seeds per split: validation images are never training images.
-        seed = self.seed * 2 + (0 if split == "train" else 1)
-        return synthetic.SyntheticSpec(size=self.image_size, count=count, seed=seed)
+    def synthetic_spec(self, split: str, count: int | None = None) -> synthetic.SyntheticSpec:
+        """The synthetic ``split``: ``train``, ``val`` (what runs report) or ``selection``.
+
+        The selection split is for choosing recipes, so that no choice is tuned on the reported images.
+        Seeds differ per split: no two splits share an image.
+        """
+        seeds = {"train": self.seed * 2, "val": self.seed * 2 + 1, "selection": SELECTION_SEED + self.seed}
+        if split not in seeds:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(seeds)}")
+        if count is None:
+            count = self.train_count if split == "train" else self.val_count
+        return synthetic.SyntheticSpec(size=self.image_size, count=count, seed=seeds[split])
 
 
 @dataclass
@@ -204,9 +228,16 @@ def load_synthetic(spec: synthetic.SyntheticSpec, cache_dir: Path | None) -> syn
     log.info("generating %d synthetic images of %d px (seed %d)", spec.count, spec.size, spec.seed)
     split = synthetic.generate(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{torch.randint(1 << 30, ()).item()}.tmp.npz")
-    np.savez(partial, images=split.images, labels=split.labels, masks=split.masks)
-    partial.replace(path)  # atomic: concurrent ranks never read half a file
+    # A name of this process's own (not from a seeded RNG, which every DDP rank seeds alike), then an atomic
+    # rename: concurrent writers never clash and readers never see half a file.
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, images=split.images, labels=split.labels, masks=split.masks)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return split
 
 

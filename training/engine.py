@@ -8,6 +8,7 @@ stream's parameters are handed to the optimiser.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import sys
@@ -23,13 +24,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training import checkpoint
+from training import checkpoint, precision
 from training.data import Data
 from training.model import CAStreamNet
+from training.tapcache import cache_taps
 
 log = logging.getLogger(__name__)
 
-STAGES = ("probe", "full", "stream")  # probe: classifier only; full: backbone + classifier end to end
+STAGES = ("probe", "full", "stream")
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # probe: classifier only; full: backbone + classifier end to end
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,14 @@ class StageSettings:
 
 
 @dataclass
-class Runtime:
-    """Where and how the loop runs: device, precision and the DDP group (rank 0 writes files)."""
+class TrainingContext:
+    """Where and how the loop runs: device, precision and the DDP group (rank 0 writes files).
+
+    ``precision`` is a policy (see :mod:`training.precision`); ``dtype`` is what it resolved to here.
+    """
 
     device: torch.device
-    amp: bool = True
+    precision: str = "auto"
     rank: int = 0
     world: int = 1
     progress: bool = True
@@ -56,29 +62,39 @@ class Runtime:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return precision.autocast_dtype(self.precision, self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return precision.autocast(self.device, self.dtype)
 
 
 class Objective(nn.Module):
     """The trainable part of each stage as one module, so that DDP wraps exactly what learns."""
 
-    def __init__(self, model: CAStreamNet, stage: str, runtime: Runtime) -> None:
+    def __init__(self, model: CAStreamNet, stage: str, runtime: TrainingContext) -> None:
         super().__init__()
         self.model, self.stage, self.runtime = model, stage, runtime
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
+        """Logits for images (N, 3, H, W), or for the frozen backbone's taps of them (cached)."""
         if self.stage == "full":
             with self.runtime.autocast():
-                return self.model(images, pooling="gap").logits
-        with torch.no_grad(), self.runtime.autocast():
-            taps = self.model.forward_features(images)
-        return self.model.forward_head(taps, "ca" if self.stage == "stream" else "gap").logits
+                return self.model(inputs, pooling="gap").logits
+        return self.model.forward_head(frozen_taps(self.model, inputs, self.runtime), self.pooling).logits
+
+    @property
+    def pooling(self) -> str:
+        return "ca" if self.stage == "stream" else "gap"
+
+
+def frozen_taps(model: CAStreamNet, inputs: Tensor | list[Tensor], runtime: TrainingContext) -> list[Tensor]:
+    """The backbone's taps of images, computed without gradients; cached taps pass through."""
+    if isinstance(inputs, list):
+        return inputs
+    with torch.no_grad(), runtime.autocast():
+        return model.forward_features(inputs)
 
 
 def trainable_parameters(model: CAStreamNet, stage: str) -> list[nn.Parameter]:
@@ -122,15 +138,14 @@ def make_schedule(
 
 
 @torch.no_grad()
-def evaluate(model: CAStreamNet, batches: Any, runtime: Runtime, poolings: tuple[str, ...]) -> dict[str, float]:
+def evaluate(model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...]) -> dict[str, float]:
     """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks)."""
     model.eval()
     correct = torch.zeros(len(poolings), dtype=torch.float64)
     seen = torch.zeros((), dtype=torch.float64)
-    for images, labels in _progress(batches, runtime, "validate"):
-        images, labels = images.to(runtime.device), labels.to(runtime.device)
-        with runtime.autocast():
-            taps = model.forward_features(images)
+    for inputs, labels in _progress(batches, runtime, "validate"):
+        taps = frozen_taps(model, _to(inputs, runtime.device), runtime)
+        labels = labels.to(runtime.device)
         for index, pooling in enumerate(poolings):
             logits = model.forward_head(taps, pooling).logits
             correct[index] += (logits.argmax(1) == labels).sum().item()
@@ -144,7 +159,13 @@ def evaluate(model: CAStreamNet, batches: Any, runtime: Runtime, poolings: tuple
     }
 
 
-def _progress(iterable: Any, runtime: Runtime, desc: str) -> Iterator:
+def _to(inputs: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
+    if isinstance(inputs, list):
+        return [t.to(device, non_blocking=True) for t in inputs]
+    return inputs.to(device, non_blocking=True)
+
+
+def _progress(iterable: Any, runtime: TrainingContext, desc: str) -> Iterator:
     # Redrawn often on a terminal; in a log file, a line every half minute is enough.
     interval = 0.5 if sys.stderr.isatty() else 30.0
     return tqdm(
@@ -168,15 +189,17 @@ def train_stage(
     stage: str,
     data: Data,
     settings: StageSettings,
-    runtime: Runtime,
+    runtime: TrainingContext,
     save: Callable[[dict[str, Any]], None],
     resume: dict[str, Any] | None = None,
+    cache: bool = True,
 ) -> StageResult:
     """Runs ``settings.epochs`` epochs of ``stage``, saving a checkpoint after each one.
 
     Args:
         save: called on every rank with the stage's training state after each epoch (rank 0 writes it).
         resume: the state saved by ``save`` for this stage, to continue after its last finished epoch.
+        cache: in the stream stage, compute the frozen backbone's taps once where the inputs are fixed.
     """
     params = trainable_parameters(model, stage)
     optimizer = make_optimizer(params, settings)
@@ -189,19 +212,24 @@ def train_stage(
         history, start_epoch = list(resume["history"]), resume["epoch"]
         torch.set_rng_state(resume["rng"])
         log.info("%s: resuming after epoch %d of %d", stage, start_epoch, settings.epochs)
+    train, val = data.train, data.val
+    if stage == "stream" and cache:
+        # The backbone is frozen from here on: where its inputs never change, its taps never change either.
+        train = cache_taps(model, train, runtime.device, runtime.dtype) or train
+        val = cache_taps(model, val, runtime.device, runtime.dtype) or val
     objective: nn.Module = Objective(model, stage, runtime)
     if runtime.world > 1:
         objective = DistributedDataParallel(objective, broadcast_buffers=stage == "full")
     poolings = ("gap", "ca") if stage == "stream" else ("gap",)
     started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
-        data.train.set_epoch(epoch)
+        train.set_epoch(epoch)
         trainable_parameters(model, stage)  # evaluation switched modules to eval mode
         epoch_started, total_loss, images_seen = time.perf_counter(), 0.0, 0
-        bar = _progress(data.train, runtime, f"{stage} {epoch + 1}/{settings.epochs}")
-        for images, labels in bar:
-            images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device)
-            loss = nn.functional.cross_entropy(objective(images).float(), labels)
+        bar = _progress(train, runtime, f"{stage} {epoch + 1}/{settings.epochs}")
+        for inputs, labels in bar:
+            inputs, labels = _to(inputs, runtime.device), labels.to(runtime.device)
+            loss = nn.functional.cross_entropy(objective(inputs).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -214,7 +242,7 @@ def train_stage(
             "epoch": epoch + 1,
             "train_loss": round(total_loss / max(1, images_seen), 5),
             "train_images_per_second": round(images_seen * runtime.world / (time.perf_counter() - epoch_started), 1),
-            **evaluate(model, data.val, runtime, poolings),
+            **evaluate(model, val, runtime, poolings),
         }
         history.append(record)
         if runtime.main:
@@ -234,7 +262,7 @@ def train_stage(
     return StageResult(history, time.perf_counter() - started)
 
 
-def setup_distributed(device_request: str) -> Runtime:
+def setup_distributed(device_request: str) -> TrainingContext:
     """Joins the process group when started by ``torchrun``; picks the device."""
     import os
 
@@ -248,17 +276,26 @@ def setup_distributed(device_request: str) -> Runtime:
         device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device=device, rank=rank, world=world)
+        # A rank that dies leaves its peers waiting in a collective: time out rather than wait forever.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    return TrainingContext(device=device, rank=rank, world=world)
 
 
 def teardown_distributed() -> None:
+    """After a successful run: every rank waits for the others, then leaves the group."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
-def save_checkpoint(path: Path, runtime: Runtime, state: dict[str, Any]) -> None:
+def abandon_distributed(runtime: TrainingContext) -> None:
+    """After a failure on this rank: leaves the group without waiting for ranks that may never arrive."""
+    if dist.is_initialized():
+        log.error("rank %d of %d failed; ending the run", runtime.rank, runtime.world)
+        dist.destroy_process_group()
+
+
+def save_checkpoint(path: Path, runtime: TrainingContext, state: dict[str, Any]) -> None:
     """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint it may resume from."""
     if runtime.main:
         checkpoint.save(state, path)

@@ -13,6 +13,8 @@ import sys
 
 from training.backbones import BACKBONES
 from training.pipeline import FitOptions, fit
+from training.precision import PRECISIONS
+from training.recipes import RECIPES
 
 
 def parse_args(argv: list[str] | None = None) -> FitOptions:
@@ -32,8 +34,15 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
     add("--image-size", type=int, default=None, help="crop size (default 224, or 112 for the synthetic data)")
     add("--limit", type=int, default=None, help="at most this many images per split (quick runs)")
     add("--epochs", type=int, default=defaults.epochs, help="epochs of stream training")
-    add("--lr", type=float, default=defaults.lr, help="stream learning rate")
-    add("--optimizer", default=defaults.optimizer, choices=("sgd", "adamw"), help="stream optimiser")
+    add(
+        "--recipe",
+        default=defaults.recipe,
+        choices=tuple(RECIPES),
+        help="how the stream starts and learns: gap-start (starts as the GAP prediction, AdamW) or paper "
+        "(Xavier or truncated-normal projections, SGD lr 0.1) (default: %(default)s)",
+    )
+    add("--lr", type=float, default=None, help="stream learning rate (default: the recipe's)")
+    add("--optimizer", default=None, choices=("sgd", "adamw"), help="stream optimiser (default: the recipe's)")
     add(
         "--baseline",
         default=defaults.baseline,
@@ -56,7 +65,14 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
     add("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     add("--seed", type=int, default=defaults.seed)
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    add("--no-amp", dest="amp", action="store_false", help="train in float32 (default: bf16/fp16 autocast)")
+    add(
+        "--precision",
+        default=defaults.precision,
+        choices=PRECISIONS,
+        help="autocast: auto is bf16 on CPUs with native bf16 (AMX, AVX512-BF16) and on GPUs (fp16 where bf16 "
+        "is missing), float32 on other CPUs (default: %(default)s)",
+    )
+    add("--no-amp", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32")
     add("--workers", type=int, default=defaults.workers, help="data-loading processes for ImageFolder data")
     add("--cache-dir", default=defaults.cache_dir, help="folder to cache generated synthetic images in ('' for none)")
     add("--synthetic-train", type=int, default=defaults.synthetic_train, help="synthetic training images")

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from training.backbones import CONVNEXTS, Backbone, check_backbone_name
 
 POOLINGS = ("ca", "gap")
+STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
+STREAM_INITS = ("paper", "identity", "gap")
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,14 @@ class ModelConfig:
 
     backbone: str = "resnet18"
     num_classes: int = 10
+    stream_taps: str = "all"
 
     def __post_init__(self) -> None:
         check_backbone_name(self.backbone)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes!r}")
+        if self.stream_taps not in STREAM_TAPS:
+            raise ValueError(f"unknown stream_taps {self.stream_taps!r}; expected one of {STREAM_TAPS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,12 +48,25 @@ class CABlock(nn.Module):
         super().__init__()
         self.width = width
         self.proj = nn.Linear(width, out_width)
+        self.reset(init)
+
+    @torch.no_grad()
+    def reset(self, init: str) -> None:
+        """Initialises the projection: ``xavier`` or ``trunc_normal`` (the paper's), ``identity`` or ``zero``."""
+        weight = self.proj.weight
         if init == "xavier":
-            nn.init.xavier_uniform_(self.proj.weight)
+            nn.init.xavier_uniform_(weight)
         elif init == "trunc_normal":
-            nn.init.trunc_normal_(self.proj.weight, std=0.02)
+            nn.init.trunc_normal_(weight, std=0.02)
+        elif init == "identity":
+            if weight.shape[0] != weight.shape[1]:
+                widths = f"{weight.shape[1]} -> {weight.shape[0]}"
+                raise ValueError(f"an identity projection needs equal widths, got {widths}")
+            nn.init.eye_(weight)
+        elif init == "zero":
+            nn.init.zeros_(weight)
         else:
-            raise ValueError(f"unknown init {init!r}; expected 'xavier' or 'trunc_normal'")
+            raise ValueError(f"unknown init {init!r}; expected 'xavier', 'trunc_normal', 'identity' or 'zero'")
         nn.init.zeros_(self.proj.bias)
 
     def attend(self, features: Tensor, token: Tensor) -> Tensor:
@@ -64,22 +82,64 @@ class CABlock(nn.Module):
 
 
 class CAStream(nn.Module):
-    """The token and one CA block per tap; ``widths`` are the taps' channel counts, stem first."""
+    """The token and one CA block per tap it reads; ``widths`` are the backbone's tap widths, stem first.
 
-    def __init__(self, widths: tuple[int, ...], out_width: int, init: str = "xavier") -> None:
+    Args:
+        taps: ``all`` (the stem and every stage, as the paper) or ``last`` (the last stage alone).
+        init: ``paper`` (Xavier, or ``paper_init``), ``identity`` (the last projection is the identity, so the
+            final token is the attention-pooled feature the classifier was trained on), or ``gap`` (as
+            ``identity``, and the last block's query starts at zero: uniform attention, so the untrained
+            stream computes exactly the backbone's GAP prediction).
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        out_width: int,
+        taps: str = "all",
+        init: str = "paper",
+        paper_init: str = "xavier",
+    ) -> None:
         super().__init__()
-        self.token = nn.Parameter(torch.normal(1.0, 1.0, size=(widths[0],)))
-        next_widths = (*widths[1:], out_width)
-        self.blocks = nn.ModuleList(CABlock(w, n, init) for w, n in zip(widths, next_widths, strict=True))
+        self.reads = tuple(range(len(widths))) if taps == "all" else (len(widths) - 1,)
+        read_widths = tuple(widths[i] for i in self.reads)
+        self.token = nn.Parameter(torch.normal(1.0, 1.0, size=(read_widths[0],)))
+        next_widths = (*read_widths[1:], out_width)
+        self.blocks = nn.ModuleList(CABlock(w, n, paper_init) for w, n in zip(read_widths, next_widths, strict=True))
+        self.initialise(init, paper_init)
+
+    @torch.no_grad()
+    def initialise(self, init: str, paper_init: str = "xavier") -> None:
+        """Re-initialises the stream (see the class); the token is drawn from N(1, 1) as in the paper."""
+        if init not in STREAM_INITS:
+            raise ValueError(f"unknown stream init {init!r}; expected one of {STREAM_INITS}")
+        self.token.normal_(1.0, 1.0)
+        for block in self.blocks:
+            block.reset(paper_init)
+        if init in ("identity", "gap"):
+            self.blocks[-1].reset("identity")
+        if init == "gap":
+            if len(self.blocks) > 1:
+                self.blocks[-2].reset("zero")
+            else:
+                self.token.zero_()
+
+    def select(self, taps: list[Tensor]) -> list[Tensor]:
+        """The feature maps this stream reads, of the backbone's ``taps``."""
+        return [taps[i] for i in self.reads]
+
+    def query(self, taps: list[Tensor]) -> Tensor:
+        """The token (N, C_last) that queries the last block, from the backbone's ``taps``."""
+        token = self.token.expand(taps[0].shape[0], -1)  # shape[0], not len(): keeps an exported batch axis symbolic
+        for block, feature_map in zip(self.blocks[:-1], self.select(taps)[:-1], strict=True):
+            token, _ = block(feature_map.float(), token)
+        return token
 
     def forward(self, taps: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Returns the final token (N, out_width) and the last block's weights (N, P_last)."""
-        if len(taps) != len(self.blocks):
-            raise ValueError(f"expected {len(self.blocks)} feature maps, got {len(taps)}")
-        token = self.token.expand(taps[0].shape[0], -1)  # shape[0], not len(): keeps an exported batch axis symbolic
-        for block, feature_map in zip(self.blocks, taps, strict=True):
-            token, weights = block(feature_map.float(), token)
-        return token, weights
+        if len(taps) <= max(self.reads):
+            raise ValueError(f"expected at least {max(self.reads) + 1} feature maps, got {len(taps)}")
+        return self.blocks[-1](taps[-1].float(), self.query(taps))
 
 
 class Output(NamedTuple):
@@ -90,12 +150,21 @@ class Output(NamedTuple):
 class CAStreamNet(nn.Module):
     """A backbone with two interchangeable poolings: the CA stream, or the baseline's GAP."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, stream_init: str = "paper") -> None:
         super().__init__()
         self.config = config
         self.backbone = Backbone(config.backbone, num_classes=config.num_classes)
-        init = "trunc_normal" if config.backbone in CONVNEXTS else "xavier"
-        self.stream = CAStream(self.backbone.widths, self.backbone.head_width, init=init)
+        self.stream = CAStream(
+            self.backbone.widths, self.backbone.head_width, config.stream_taps, stream_init, self.paper_init
+        )
+
+    @property
+    def paper_init(self) -> str:
+        """The projections' initialisation in the paper: truncated normal for ConvNeXt, Xavier for ResNet."""
+        return "trunc_normal" if self.config.backbone in CONVNEXTS else "xavier"
+
+    def reset_stream(self, init: str) -> None:
+        self.stream.initialise(init, self.paper_init)
 
     def frozen_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
@@ -128,14 +197,15 @@ class CAStreamNet(nn.Module):
             ``(maps, logits)``: maps (N, classes, h, w) whose sums over positions plus the head's constant
             term equal the logits (N, classes).
         """
-        taps = self.forward_features(x)
-        token = self.stream.token.expand(len(x), -1)
-        for block, feature_map in zip(self.stream.blocks[:-1], taps[:-1], strict=True):
-            token, _ = block(feature_map.float(), token)
+        return self.class_maps_of_taps(self.forward_features(x))
+
+    def class_maps_of_taps(self, taps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`class_maps` from the backbone's taps."""
+        token = self.stream.query(taps)
         last = self.stream.blocks[-1]
         features = taps[-1].float().flatten(2).transpose(1, 2)  # (N, P, C)
         weights = last.attend(features, token)  # (N, P)
         contributions, constant = self.backbone.decompose_head(last.proj(features), weights)
         height, width = taps[-1].shape[-2:]
-        maps = contributions.transpose(1, 2).reshape(len(x), -1, height, width)
+        maps = contributions.transpose(1, 2).reshape(len(features), -1, height, width)
         return maps, maps.sum(dim=(2, 3)) + constant

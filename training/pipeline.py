@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from training import __version__, checkpoint, weights
+from training import __version__, checkpoint, precision, recipes, weights
 from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
 from training.engine import (
-    Runtime,
     StageSettings,
+    TrainingContext,
+    abandon_distributed,
     evaluate,
     save_checkpoint,
     setup_distributed,
@@ -28,6 +29,7 @@ from training.engine import (
     train_stage,
 )
 from training.model import CAStreamNet, ModelConfig
+from training.recipes import DEFAULT_RECIPE
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,9 @@ class FitOptions:
     image_size: int | None = None
     limit: int | None = None
     epochs: int = 3
-    lr: float = 0.1
-    optimizer: str = "sgd"
+    recipe: str = DEFAULT_RECIPE  # how the stream starts and learns (training.recipes)
+    lr: float | None = None  # default: the recipe's
+    optimizer: str | None = None  # default: the recipe's
     baseline_epochs: int = 5
     baseline_lr: float | None = None
     baseline_optimizer: str = "adamw"
@@ -55,7 +58,7 @@ class FitOptions:
     resume: bool = False
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"  # auto: bf16 only where the hardware has it natively (training.precision)
     workers: int = 2
     cache_dir: str | None = str(DEFAULT_CACHE)
     progress: bool = True
@@ -105,7 +108,8 @@ def _data_config(options: FitOptions) -> DataConfig:
 
 def _initial_model(options: FitOptions, data_classes: int, initial: weights.InitialWeights) -> tuple[CAStreamNet, str]:
     """Builds the model for ``data_classes`` from the initial weights; returns it and the baseline stage."""
-    model = CAStreamNet(ModelConfig(options.backbone, data_classes))
+    stream = recipes.recipe(options.recipe)
+    model = CAStreamNet(ModelConfig(options.backbone, data_classes, stream.taps), stream_init=stream.init)
     fits = initial.num_classes == data_classes
     classifier = "backbone.net." + model.backbone.classifier_prefix
     if initial.kind == "checkpoint":
@@ -138,11 +142,16 @@ def _plan(options: FitOptions, baseline: str) -> list[tuple[str, StageSettings]]
         plan.append(
             (baseline, StageSettings(options.baseline_epochs, lr, options.baseline_optimizer, 0.9, weight_decay, 0.3))
         )
-    plan.append(("stream", StageSettings(options.epochs, options.lr, options.optimizer, 0.9, 1e-4, 0.0)))
+    stream = recipes.recipe(options.recipe)
+    optimizer = options.optimizer or stream.optimizer
+    lr = options.lr or (stream.lr if optimizer == stream.optimizer else recipes.DEFAULT_LR[optimizer])
+    plan.append(("stream", StageSettings(options.epochs, lr, optimizer, stream.momentum, stream.weight_decay, 0.0)))
     return plan
 
 
-def _describe(options: FitOptions, model: CAStreamNet, data: Data, runtime: Runtime, plan: list) -> dict[str, Any]:
+def _describe(
+    options: FitOptions, model: CAStreamNet, data: Data, runtime: TrainingContext, plan: list
+) -> dict[str, Any]:
     return {
         "options": asdict(options),
         "model": model.config.to_dict(),
@@ -150,7 +159,13 @@ def _describe(options: FitOptions, model: CAStreamNet, data: Data, runtime: Runt
         "classes": list(data.classes),
         "preprocessing": data.preprocessing.to_dict(),
         "plan": [[stage, asdict(settings)] for stage, settings in plan],
-        "runtime": {"device": str(runtime.device), "world_size": runtime.world, "amp": runtime.amp},
+        "runtime": {
+            "device": str(runtime.device),
+            "world_size": runtime.world,
+            "precision": runtime.precision,
+            "autocast": precision.describe(runtime.dtype),
+            "native_bf16_cpu": precision.cpu_has_native_bf16(),
+        },
         "versions": {"castream": __version__, "torch": str(torch.__version__)},  # plain str: loads with weights_only
         "git_revision": git_revision(),
     }
@@ -159,20 +174,28 @@ def _describe(options: FitOptions, model: CAStreamNet, data: Data, runtime: Runt
 def fit(options: FitOptions) -> dict[str, Any]:
     """Trains (or resumes) the run in ``options.out``; returns the final metrics."""
     runtime = setup_distributed(options.device)
-    runtime.amp, runtime.progress = options.amp, options.progress
+    runtime.precision, runtime.progress = precision.check_precision(options.precision), options.progress
+    log.info("precision %s: %s autocast on %s", options.precision, precision.describe(runtime.dtype), runtime.device)
     try:
-        return _fit(options, runtime)
-    finally:
-        teardown_distributed()
+        metrics = _fit(options, runtime)
+    except BaseException:
+        # No barrier on the way out: the other ranks may never reach it. torchrun ends them once this one exits.
+        abandon_distributed(runtime)
+        raise
+    teardown_distributed()
+    return metrics
 
 
-def _fit(options: FitOptions, runtime: Runtime) -> dict[str, Any]:
+def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
     out = Path(options.out)
     path = out / CHECKPOINT_NAME
     saved = None
     if options.resume and path.exists():
         saved = checkpoint.load(path)
-        options = FitOptions(**{**saved["config"]["options"], "out": options.out, "resume": True})
+        stored = dict(saved["config"]["options"])
+        if "amp" in stored:  # runs started before the precision policy recorded a flag
+            stored["precision"] = "auto" if stored.pop("amp") else "fp32"
+        options = FitOptions(**{**stored, "out": options.out, "resume": True})
         log.info("resuming %s (stage %s, epoch %s)", path, saved["stage"], saved["stage_state"]["epoch"])
     elif options.resume:
         log.warning("--resume: no checkpoint at %s, starting a new run", path)

@@ -131,7 +131,7 @@ def sample_results() -> dict[str, Any]:
                 "image_size": 224,
                 "batch_size": 16,
                 "threads": 2,
-                "amp": True,
+                "precision": "bf16",
                 "rounds": 9,
                 "forward_ms": 900.0,
                 "train_step_ms": 1000.0,

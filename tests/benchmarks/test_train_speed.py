@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.train_speed import run, steps
-from training.engine import Runtime
+from training.engine import TrainingContext
 from training.model import CAStreamNet, ModelConfig
 
 
@@ -14,7 +14,8 @@ def test_forward_changes_nothing_and_a_step_trains_only_the_stream() -> None:
     torch.manual_seed(0)
     model = CAStreamNet(ModelConfig("resnet18", 4))
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])  # every tap has several positions
-    forward, train_step = steps(model, Runtime(device=torch.device("cpu"), amp=False, progress=False), images, labels)
+    context = TrainingContext(device=torch.device("cpu"), precision="fp32", progress=False)
+    forward, train_step = steps(model, context, images, labels)
     backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}  # weights and BatchNorm buffers
     stream = {k: v.clone() for k, v in model.stream.state_dict().items()}
     forward()
@@ -26,7 +27,7 @@ def test_forward_changes_nothing_and_a_step_trains_only_the_stream() -> None:
 
 
 def test_run_reports_both_throughputs_and_their_ratio() -> None:
-    result = run("resnet18", image_size=32, batch_size=2, budget_s=0, amp=False, num_classes=4)
+    result = run("resnet18", image_size=32, batch_size=2, budget_s=0, precision="fp32", num_classes=4)
     assert result.rounds == 3 and result.ratio > 0 and result.threads >= 1
     assert result.forward_images_per_second == pytest.approx(2 / (result.forward_ms / 1000))
     assert result.train_images_per_second == pytest.approx(2 / (result.train_step_ms / 1000))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.backbones import BACKBONES
-from training.engine import Objective, Runtime, trainable_parameters
+from training.engine import Objective, TrainingContext, trainable_parameters
 from training.model import CABlock, CAStreamNet, ModelConfig
 
 LARGE = {"resnet101", "resnet152", "convnext_base", "convnext_large"}
@@ -76,7 +76,7 @@ def test_class_maps_sum_exactly_to_the_logits(name: str) -> None:
 
 def _train_steps(model: CAStreamNet, stage: str, steps: int = 3) -> torch.optim.Optimizer:
     params = trainable_parameters(model, stage)
-    objective = Objective(model, stage, Runtime(torch.device("cpu"), amp=False))
+    objective = Objective(model, stage, TrainingContext(torch.device("cpu"), precision="fp32"))
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     for step in range(steps):
         x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(step))
@@ -93,7 +93,7 @@ def test_stream_training_leaves_the_backbone_frozen(name: str) -> None:
     model = CAStreamNet(ModelConfig(name, num_classes=4))
     before_params = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     params = trainable_parameters(model, "stream")
-    objective = Objective(model, "stream", Runtime(torch.device("cpu"), amp=False))
+    objective = Objective(model, "stream", TrainingContext(torch.device("cpu"), precision="fp32"))
     loss = torch.nn.functional.cross_entropy(objective(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     stream_ids = {id(p) for p in model.stream.parameters()}
@@ -135,3 +135,42 @@ def test_unknown_pooling_and_backbone_are_refused() -> None:
     model = CAStreamNet(ModelConfig("resnet18", 3))
     with pytest.raises(ValueError, match="unknown pooling 'max'"):
         model(torch.randn(1, 3, 64, 64), pooling="max")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+@pytest.mark.parametrize("taps", ["all", "last"])
+def test_a_gap_start_stream_computes_exactly_the_gap_prediction(name: str, taps: str) -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig(name, 5, stream_taps=taps), stream_init="gap").eval()
+    assert len(model.stream.blocks) == (5 if taps == "all" else 1)
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        ca, gap = model(x, "ca"), model(x, "gap")
+    torch.testing.assert_close(ca.logits, gap.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ca.attention, torch.full_like(ca.attention, 1 / ca.attention[0].numel()))
+
+
+def test_stream_inits_differ_where_they_should() -> None:
+    torch.manual_seed(0)
+    paper = CAStreamNet(ModelConfig("resnet18", 5), stream_init="paper").stream
+    identity = CAStreamNet(ModelConfig("resnet18", 5), stream_init="identity").stream
+    last = identity.blocks[-1].proj
+    torch.testing.assert_close(last.weight, torch.eye(last.in_features))
+    assert not torch.equal(paper.blocks[-1].proj.weight, torch.eye(last.in_features))
+    assert identity.blocks[-2].proj.weight.abs().sum() > 0  # only the gap start zeroes the last query
+    with pytest.raises(ValueError, match="equal widths"):
+        CABlock(4, 3, init="identity")
+    with pytest.raises(ValueError, match="unknown stream init"):
+        CAStreamNet(ModelConfig("resnet18", 5), stream_init="orthogonal")
+    with pytest.raises(ValueError, match="stream_taps"):
+        ModelConfig("resnet18", 5, stream_taps="middle")
+
+
+def test_class_maps_add_up_to_the_logits_when_the_stream_reads_the_last_stage_only() -> None:
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig("resnet18", 5, stream_taps="last")).eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        maps, logits = model.class_maps(x)
+        torch.testing.assert_close(logits, model(x).logits, rtol=1e-4, atol=1e-4)
+    assert maps.shape == (2, 5, 2, 2)
