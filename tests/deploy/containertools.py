@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy.deploytools import DEPLOY, REPO
+from tests.deploy.deploytools import DEPLOY, REPO, compose_service
 
 # The engine's own client from Debian's docker.io: it has BuildKit built in, where a newer client on PATH may need
 # the buildx plugin that no reachable registry offers.
 DOCKER = "/usr/bin/docker"
+IMAGE = compose_service("cpu")["image"]  # the name compose builds and runs
 ENGINE_SCRIPT = DEPLOY / "offline" / "docker-engine.sh"
 STANDIN_SCRIPT = DEPLOY / "offline" / "standin-base.sh"
 STANDIN_CACHE = REPO / ".cache" / "standin"
@@ -58,6 +59,13 @@ def build(dockerfile: Path, target: str, tag: str, *extra: str, timeout: float =
     start = time.monotonic()
     run(command, timeout=timeout, cwd=REPO, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     return time.monotonic() - start
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    base: str  # how the base image was provided: already there, pulled, or a stand-in
+    seconds: float  # the build's wall time
 
 
 def inspect(name: str) -> dict:
@@ -117,3 +125,14 @@ def run_container(image: str, name: str, port: int, models: Path, *options: str,
         command += ["--env", f"{key}={value}"]
     docker(*command, image)
     return Container(name, port)
+
+
+def prometheus_binary() -> str:
+    """Debian's ``prometheus``, installed where missing."""
+    if not Path("/usr/bin/prometheus").is_file():
+        assert os.geteuid() == 0, "Prometheus is missing and installing it needs root: apt-get install prometheus"
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+        run([*apt, "update", "-q"], timeout=600)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run([*apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"], timeout=900, env=env)
+    return "/usr/bin/prometheus"

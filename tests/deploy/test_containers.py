@@ -19,23 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.deploy.containertools import (
-    CA_BUNDLE,
-    Container,
-    build,
-    docker,
-    inspect,
-    provide_base,
-    run_container,
-    start_engine,
-)
-from tests.deploy.deploytools import DOCKERFILES, REPO, compose_service, stages
-from tests.export.conftest import export_tiny
+from tests.deploy.containertools import CA_BUNDLE, IMAGE, BuiltImage, Container, docker, inspect, run_container
+from tests.deploy.deploytools import REPO
 from tests.service.servicetools import LiveServer, free_port
 
 pytestmark = pytest.mark.slow
 
-IMAGE = compose_service("cpu")["image"]  # the name compose builds and runs
 IMAGES = {
     "example.png": (REPO / "docs" / "images" / "example.png").read_bytes(),
     "interpretability.png": (REPO / "docs" / "images" / "interpretability.png").read_bytes(),  # a palette image
@@ -51,37 +40,6 @@ def jpeg(data: bytes) -> bytes:
 IMAGES["example.jpg"] = jpeg(IMAGES["example.png"])
 
 
-@pytest.fixture(scope="session")
-def runtime_image() -> dict[str, object]:
-    """deploy/Dockerfile's ``runtime`` target, built on a real engine; how its base came and how long it took."""
-    start_engine()
-    base = stages(DOCKERFILES["cpu"])["runtime"]
-    provided = provide_base(base)
-    seconds = build(DOCKERFILES["cpu"], "runtime", IMAGE)
-    return {"tag": IMAGE, "base": provided, "seconds": seconds}
-
-
-@pytest.fixture(scope="session")
-def model_folder(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding ``castream.onnx``: the tiny CA-Stream run exported, readable by the image's uid 10001."""
-    folder = tmp_path_factory.mktemp("container-models")
-    export_tiny(tiny_checkpoint, folder / "castream.onnx")
-    folder.chmod(0o755)
-    (folder / "castream.onnx").chmod(0o644)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def served(runtime_image: dict[str, object], model_folder: Path) -> Iterator[Container]:
-    """The image run as compose runs it (its environment), with a read-only root file system and /tmp in memory
-    (the Kubernetes manifests mount an emptyDir there)."""
-    env = {k: str(v) for k, v in compose_service("cpu")["environment"].items()}
-    options = ["--read-only", "--tmpfs", "/tmp", "--stop-timeout", "30"]
-    container = run_container(IMAGE, "castream-test", free_port(), model_folder, *options, **env)
-    yield container
-    container.remove()
-
-
 @pytest.fixture(scope="module")
 def outside(model_folder: Path) -> Iterator[LiveServer]:
     """The same model served by ``python -m service`` on this machine, outside any container."""
@@ -95,7 +53,7 @@ def classify(url: str, name: str, data: bytes, **params: str) -> httpx.Response:
     return httpx.post(f"{url}/classify", files=[("file", (name, data))], params=params, timeout=60)
 
 
-def test_the_image_holds_the_service_without_torch_or_build_secrets(runtime_image: dict[str, object]) -> None:
+def test_the_image_holds_the_service_without_torch_or_build_secrets(runtime_image: BuiltImage) -> None:
     config = inspect(IMAGE)["Config"]
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "python", "/app/healthcheck.py"]
@@ -152,7 +110,7 @@ def test_classify_answers_as_the_service_outside_the_container(served: Container
     assert refused.status_code == 415 and refused.json()["code"]
 
 
-def test_docker_stop_drains_a_request_in_flight(runtime_image: dict[str, object], model_folder: Path) -> None:
+def test_docker_stop_drains_a_request_in_flight(runtime_image: BuiltImage, model_folder: Path) -> None:
     # A long batch delay holds the request in the queue while the container is told to stop.
     env = {"CASTREAM_MAX_BATCH_DELAY_MS": "3000", "CASTREAM_DRAIN_DELAY_S": "1", "CASTREAM_SHUTDOWN_TIMEOUT_S": "20"}
     container = run_container(IMAGE, "castream-drain-test", free_port(), model_folder, "--read-only",
