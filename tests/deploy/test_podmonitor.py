@@ -66,4 +66,3 @@ def test_podmonitor_scrapes_the_service_port_of_every_pod(variant: str) -> None:
     (container,) = template["spec"]["containers"]
     assert endpoint["port"] in {port["name"] for port in container["ports"]}
     assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
-
