@@ -42,7 +42,9 @@ def _run(args: list[str], **kwargs) -> subprocess.Popen:
 
 def test_run_folder_records_config_revision_checkpoint_and_metrics(tiny_run: Path) -> None:
     config = json.loads((tiny_run / "config.json").read_text())
-    assert config["model"] == {"backbone": "resnet18", "num_classes": 10}
+    assert config["model"] == {"backbone": "resnet18", "num_classes": 10, "stream_taps": "all"}
+    assert config["runtime"]["precision"] == "auto" and config["runtime"]["autocast"] in ("fp32", "bf16")
+    assert config["options"]["recipe"] == "gap-start"
     assert config["options"]["epochs"] == 1
     assert config["git_revision"] and config["git_revision"] != ""
     assert [stage for stage, _ in config["plan"]] == ["full", "stream"]
@@ -158,31 +160,52 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(tmp_path: Path) -> None:
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
-def test_two_process_torchrun_with_gloo(tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29533",
-        "-m",
-        "training.fit",
-        *QUICK,
-        "--epochs",
-        "1",
-        "--baseline-epochs",
-        "1",
-        "--out",
-        str(out),
-    ]
-    process = _run(command)
-    log = process.communicate(timeout=600)[0]
+def _torchrun(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port), *args]
+
+
+def test_two_process_torchrun_with_gloo_on_a_fresh_cache(tmp_path: Path) -> None:
+    out, cache = tmp_path / "ddp", tmp_path / "cache"  # both ranks generate and write the same new cache files
+    process = _run(
+        _torchrun(29533, "-m", "training.fit", *QUICK, "--epochs", "1", "--baseline-epochs", "1", "--out", str(out))
+        + ["--cache-dir", str(cache)]
+    )
+    try:
+        log = process.communicate(timeout=600)[0]
+    finally:
+        process.kill()
     assert process.returncode == 0, log
+    assert sorted(p.suffix for p in cache.iterdir()) == [".npz", ".npz"]  # train and val, no temporary left
     config = json.loads((out / "config.json").read_text())
     assert config["runtime"]["world_size"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stages"]["stream"]["history"][0]["epoch"] == 1
     assert 0.0 <= metrics["val_top1_ca"] <= 100.0
+
+
+def test_an_exception_on_one_rank_ends_every_rank_with_the_error(tmp_path: Path) -> None:
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(
+        "import os, sys\n"
+        "from training import pipeline\n"
+        "real = pipeline.train_stage\n"
+        "def train_stage(model, stage, *args, **kwargs):\n"
+        "    if stage == 'stream' and os.environ['RANK'] == '1':\n"
+        "        raise RuntimeError('injected failure on rank 1')\n"
+        "    return real(model, stage, *args, **kwargs)\n"
+        "pipeline.train_stage = train_stage\n"
+        "from training.fit import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "failing"
+    process = _run(
+        _torchrun(29534, str(script), *QUICK, "--epochs", "1", "--baseline-epochs", "1", "--out", str(out))
+        + ["--cache-dir", str(tmp_path / "cache")]
+    )
+    try:
+        log = process.communicate(timeout=300)[0]  # rank 0 waits for rank 1 in DDP's constructor: no hang
+    finally:
+        process.kill()
+    assert process.returncode != 0, log
+    assert "injected failure on rank 1" in log
+    assert "rank 1 of 2 failed" in log
