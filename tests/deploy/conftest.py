@@ -45,7 +45,7 @@ def runtime_image() -> BuiltImage:
     start_engine()
     base = stages(DOCKERFILES["cpu"])["runtime"]
     provided = provide_base(base)
-    image = BuiltImage(IMAGE, provided, build(DOCKERFILES["cpu"], "runtime", IMAGE))
+    image = BuiltImage(IMAGE, provided, build(DOCKERFILES["cpu"], "runtime", IMAGE)[0])
     BUILT.append(image)
     return image
 

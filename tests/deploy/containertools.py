@@ -6,10 +6,14 @@ the host's network and the service is reached on 127.0.0.1.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
+import sys
+import tarfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +55,42 @@ def provide_base(image: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def build(dockerfile: Path, target: str, tag: str, *extra: str, timeout: float = 1800) -> float:
-    """``docker build`` from the repository root with BuildKit, as users build the image; returns the seconds taken."""
+def build(dockerfile: Path, target: str, tag: str, check: bool = True) -> tuple[float, str, int]:
+    """``docker build`` from the repository root with BuildKit, as users build the image (plus the host network, as
+    the engine has no bridge). Returns the seconds taken, the build's log and its exit status."""
     secret = f"id=ca-bundle,src={CA_BUNDLE}" if CA_BUNDLE.is_file() else None
     command = [DOCKER, "build", "--network", "host", "--progress", "plain", "-f", str(dockerfile.relative_to(REPO))]
-    command += ["--target", target, "-t", tag, *(["--secret", secret] if secret else []), *extra, "."]
+    command += ["--target", target, "-t", tag, *(["--secret", secret] if secret else []), "."]
     start = time.monotonic()
-    run(command, timeout=timeout, cwd=REPO, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-    return time.monotonic() - start
+    result = run(command, timeout=1800, check=check, cwd=REPO, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    return time.monotonic() - start, result.stdout + result.stderr, result.returncode
+
+
+def pulled(image: str) -> bool:
+    """Whether ``image`` is here or can be pulled now."""
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return True
+    return run([DOCKER, "pull", "-q", image], timeout=120, check=False).returncode == 0
+
+
+def standin_uv(image: str) -> None:
+    """Tags as ``image`` (ghcr.io/astral-sh/uv:VERSION) an image of the same uv release taken from its PyPI wheel."""
+    version = image.rsplit(":", 1)[1]
+    wheels = STANDIN_CACHE / "uv"
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
+               "manylinux_2_17_x86_64", "--python-version", "3.11", "-d", str(wheels), f"uv=={version}"]  # fmt: skip
+    run(command, timeout=600)
+    (wheel,) = wheels.glob(f"uv-{version}-*.whl")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(wheel) as zipped, tarfile.open(fileobj=archive, mode="w") as tar:
+        for name in ("uv", "uvx"):
+            data = zipped.read(f"uv-{version}.data/scripts/{name}")
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    command = [DOCKER, "import", "-", image]
+    imported = subprocess.run(command, input=archive.getvalue(), capture_output=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr.decode()
 
 
 @dataclass(frozen=True)
