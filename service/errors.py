@@ -1,7 +1,12 @@
-"""Errors answered as JSON ``{"detail": ..., "code": ...}``, never a bare 500 for bad input."""
+"""Errors answered as JSON ``{"detail": ..., "code": ...}``, never a bare 500 for bad input.
+
+Under ``/v2`` (the Open Inference Protocol) the same errors keep their status and headers but take that
+protocol's shape, ``{"error": "..."}``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -29,7 +34,15 @@ class ErrorBody(BaseModel):
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
 
 
-def error_response(status: int, code: str, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
+V2_PREFIX = "/v2"
+
+
+def error_response(
+    status: int, code: str, detail: object, headers: dict[str, str] | None = None, request: Request | None = None
+) -> JSONResponse:
+    if request is not None and request.url.path.startswith(V2_PREFIX):
+        message = detail if isinstance(detail, str) else f"{code}: {json.dumps(detail)}"
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 
@@ -39,20 +52,22 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         request.app.state.metrics.reject(exc.code)
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
+        return error_response(exc.status, exc.code, exc.detail, exc.headers, request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         request.app.state.metrics.reject("invalid_request")
-        return error_response(422, "invalid_request", errors)
+        # The inference protocol answers every malformed request with 400.
+        status = 400 if request.url.path.startswith(V2_PREFIX) else 422
+        return error_response(status, "invalid_request", errors, None, request)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; see the service log")
+        return error_response(500, "internal_error", "internal error; see the service log", None, request)

@@ -102,3 +102,9 @@ class ModelDescription(BaseModel):
 
 class Status(BaseModel):
     status: str
+
+
+class ProtocolErrorBody(BaseModel):
+    """An error of the Open Inference Protocol routes (``/v2``)."""
+
+    error: str

@@ -1,0 +1,229 @@
+"""The Open Inference Protocol (KServe v2): tritonclient against a running service, and the protocol's edges."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from service.metadata import Preprocessing
+from service.preprocess import Preprocessor
+from tests.service.servicetools import CLASSES, COLOURS, PREPROCESSING, solid_png
+
+MODEL = "tiny-ca"
+
+
+def _inputs(*images: bytes) -> np.ndarray:
+    prepare = Preprocessor(Preprocessing.from_dict(PREPROCESSING))
+    return np.stack([prepare(Image.open(io.BytesIO(data)).convert("RGB")).input for data in images])
+
+
+def _direct(model_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = ["logits", "attention", "class_maps"]
+    return dict(zip(names, session.run(names, {"image": batch}), strict=True))
+
+
+@pytest.fixture
+def server(live_server):
+    return live_server()
+
+
+@pytest.fixture
+def client(server) -> triton.InferenceServerClient:
+    connection = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    yield connection
+    connection.close()
+
+
+def test_tritonclient_reads_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert not client.is_model_ready("other")
+    server = client.get_server_metadata()
+    assert server["name"] == "castream" and "classification" in server["extensions"]
+    metadata = client.get_model_metadata(MODEL)
+    assert metadata["name"] == MODEL and metadata["versions"] == ["0.1.0"]
+    assert metadata["inputs"] == [
+        {"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]},
+        {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+    ]
+    assert [(o["name"], o["shape"]) for o in metadata["outputs"]] == [
+        ("logits", [-1, 4]),
+        ("attention", [-1, 4, 4]),
+        ("class_maps", [-1, 4, 4, 4]),
+    ]
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.get_model_metadata("other")
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_infers_from_a_preprocessed_tensor(
+    client: triton.InferenceServerClient, model_path: Path, binary: bool
+) -> None:
+    batch = _inputs(solid_png(COLOURS["red"]), solid_png(COLOURS["blue"], size=(30, 70)))
+    tensor = triton.InferInput("image", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("logits", "class_maps")]
+    result = client.infer(MODEL, [tensor], outputs=outputs, request_id="req-7")
+    expected = _direct(model_path, batch)
+    assert result.get_response()["id"] == "req-7"
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["logits", "class_maps"]  # as asked
+    np.testing.assert_allclose(result.as_numpy("logits"), expected["logits"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("class_maps"), expected["class_maps"], rtol=0, atol=1e-6)
+    assert result.as_numpy("attention") is None
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json-base64"])
+def test_tritonclient_infers_from_encoded_images_with_classification(
+    client: triton.InferenceServerClient, model_path: Path, binary: bool
+) -> None:
+    files = [solid_png(COLOURS["green"]), solid_png(COLOURS["dark"], fmt="JPEG")]
+    values = files if binary else [base64.b64encode(data).decode() for data in files]
+    tensor = triton.InferInput("image_bytes", [len(files)], "BYTES")
+    tensor.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
+    outputs = [
+        triton.InferRequestedOutput("logits", binary_data=binary, class_count=2),
+        triton.InferRequestedOutput("attention", binary_data=binary),
+    ]
+    result = client.infer(MODEL, [tensor], outputs=outputs)
+    expected = _direct(model_path, _inputs(*files))
+    # Binary BYTES come back as bytes, JSON ones as str.
+    labels = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object])(
+        result.as_numpy("logits")
+    )
+    assert labels.shape == (2, 2)
+    for row, logits in zip(labels, expected["logits"], strict=True):
+        value, index, label = row[0].split(":")
+        assert int(index) == int(np.argmax(logits)) and label == CLASSES[int(index)]
+        assert float(value) == pytest.approx(float(logits.max()), abs=1e-5)
+    assert [row[0].split(":")[2] for row in labels] == ["green", "dark"]
+    np.testing.assert_allclose(result.as_numpy("attention"), expected["attention"], rtol=0, atol=1e-6)
+
+
+def test_v2_and_classify_agree_on_the_same_image(client: triton.InferenceServerClient, server) -> None:
+    import httpx
+
+    image = solid_png(COLOURS["blue"], size=(50, 40))
+    tensor = triton.InferInput("image_bytes", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=object))
+    result = client.infer(MODEL, [tensor])  # no outputs list: every output
+    native = httpx.post(f"{server.url}/classify", params={"top_k": 4, "class_maps": "true"}, files={"file": image})
+    prediction = native.json()["predictions"][0]
+    logits = result.as_numpy("logits")[0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for entry in prediction["top_k"]:
+        assert entry["score"] == pytest.approx(float(probabilities[entry["index"]]), abs=1e-6)
+        np.testing.assert_allclose(entry["map"]["values"], result.as_numpy("class_maps")[0, entry["index"]], atol=1e-6)
+    np.testing.assert_allclose(prediction["attention"]["values"], result.as_numpy("attention")[0], atol=1e-6)
+
+
+def test_v2_infer_needs_the_same_bearer_token(live_server) -> None:
+    server = live_server(CASTREAM_API_KEY="open-sesame")
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    tensor = triton.InferInput("image_bytes", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([solid_png(COLOURS["red"])], dtype=object))
+    try:
+        assert client.is_server_ready()  # health stays open, as /readyz
+        with pytest.raises(InferenceServerException, match="bearer token is missing") as refused:
+            client.infer(MODEL, [tensor])
+        assert refused.value.status() == "401"
+        result = client.infer(MODEL, [tensor], headers={"Authorization": "Bearer open-sesame"})
+        assert result.as_numpy("logits").shape == (1, 4)
+    finally:
+        client.close()
+
+
+def _infer(client: TestClient, body: object, model: str = MODEL, **kwargs: object):
+    return client.post(f"/v2/models/{model}/infer", json=body, **kwargs)
+
+
+def _bytes_input(*files: bytes) -> dict:
+    data = [base64.b64encode(f).decode() for f in files]
+    return {"name": "image_bytes", "datatype": "BYTES", "shape": [len(files)], "data": data}
+
+
+def test_binary_request_body_as_the_extension_lays_it_out(app_client) -> None:
+    client = app_client()
+    image = solid_png(COLOURS["red"])
+    header = b'{"inputs":[{"name":"image_bytes","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":%d}}],'
+    header %= len(image) + 4
+    header += b'"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}'
+    response = client.post(
+        f"/v2/models/{MODEL}/infer",
+        content=header + struct.pack("<I", len(image)) + image,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert response.status_code == 200
+    split = int(response.headers["Inference-Header-Content-Length"])
+    meta = json.loads(response.content[:split])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 16
+    logits = np.frombuffer(response.content[split:], "<f4")
+    assert int(np.argmax(logits)) == CLASSES.index("red")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"inputs": []}, 400, "non-empty 'inputs'"),
+        ({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 5}]}, 400, "needs"),
+        ({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1], "data": [1]}]}, 400, "datatype 'INT8'"),
+        ({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}, 400, "base64"),
+        ({"inputs": [_bytes_input(b"not an image")]}, 415, "not a JPEG"),
+        ({"inputs": [_bytes_input(solid_png((1, 2, 3)))], "outputs": [{"name": "scores"}]}, 400, "unknown output"),
+        ({"inputs": [_bytes_input(*[solid_png((1, 2, 3))] * 17)]}, 413, "over the limit of 16"),
+    ],
+)
+def test_protocol_errors_are_error_objects(app_client, body: dict, status: int, message: str) -> None:
+    response = _infer(app_client(), body)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and message in response.json()["error"]
+
+
+def test_not_json_and_unknown_models_are_error_objects(client_v2: TestClient) -> None:
+    broken = client_v2.post(f"/v2/models/{MODEL}/infer", content=b"{", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
+    unknown = _infer(client_v2, {"inputs": [_bytes_input(solid_png((1, 2, 3)))]}, model="resnet")
+    assert unknown.status_code == 404 and unknown.json() == {
+        "error": f"unknown model 'resnet'; this server serves '{MODEL}'"
+    }
+    assert client_v2.get("/v2/nothing").json() == {"error": "Not Found"}
+
+
+@pytest.fixture
+def client_v2(app_client) -> TestClient:
+    return app_client()
+
+
+def test_a_gap_model_lists_no_class_maps_and_refuses_them(app_client, gap_model_path: Path) -> None:
+    client = app_client(gap_model_path)
+    outputs = [o["name"] for o in client.get("/v2/models/tiny-gap").json()["outputs"]]
+    assert outputs == ["logits"]
+    body = {"inputs": [_bytes_input(solid_png((1, 2, 3)))], "outputs": [{"name": "class_maps"}]}
+    response = _infer(client, body, model="tiny-gap")
+    assert response.status_code == 400 and "has no class maps" in response.json()["error"]
+
+
+def test_v2_requests_share_the_batcher_and_metrics(client_v2: TestClient) -> None:
+    body = {"id": "x", "inputs": [_bytes_input(solid_png(COLOURS["red"]), solid_png(COLOURS["green"]))]}
+    assert _infer(client_v2, body).json()["id"] == "x"
+    text = client_v2.get("/metrics").text
+    assert "castream_images_classified_total 2.0" in text
+    assert 'castream_requests_total{route="/v2/models/{model_name}/infer",status="200"} 1.0' in text
+
+
+def test_readiness_is_false_while_draining(client_v2: TestClient) -> None:
+    assert client_v2.get("/v2/health/ready").status_code == 200
+    client_v2.app.state.runtime.drain()
+    assert client_v2.get("/v2/health/ready").json() == {"error": "not ready: draining"}
+    assert client_v2.get(f"/v2/models/{MODEL}/ready").status_code == 400
+    assert client_v2.get("/v2/health/live").status_code == 200
