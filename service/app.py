@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.auth import require_api_key
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="castream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI and ReDoc from assets inside the service (/static-offline-docs), not a CDN: /docs works offline.
+    app = FastAPIOffline(title="castream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, None
     install_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

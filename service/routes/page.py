@@ -1,4 +1,4 @@
-"""``GET /``: a page to upload an image and see the prediction with its attention overlay."""
+"""``GET /``: a page to upload an image and see the prediction, its attention overlay and a chosen class's map."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ PAGE = """<!doctype html>
 <form id="form">
   <input type="file" id="file" accept="image/*" required>
   <label>top-k <input type="number" id="topk" value="5" min="1" max="1000" style="width: 4rem"></label>
+  <label id="explain-row" hidden>explain <select id="explain"><option value="">the top class</option></select></label>
+  <label><input type="checkbox" id="whole" checked> whole image</label>
   <label id="key-row" hidden>API key <input type="password" id="key" autocomplete="off"></label>
   <button type="submit" id="submit">Classify</button>
 </form>
@@ -39,17 +41,32 @@ PAGE = """<!doctype html>
   <div class="pair">
     <figure><img id="original" alt="uploaded image"><figcaption>image</figcaption></figure>
     <figure id="overlay-figure"><img id="overlay" alt="attention overlay"><figcaption>attention</figcaption></figure>
+    <figure id="class-figure" hidden>
+      <img id="class-overlay" alt="class map overlay"><figcaption id="class-caption"></figcaption>
+    </figure>
   </div>
   <p id="no-attention" class="muted" hidden>This model has no attention map (GAP pooling).</p>
   <table><tbody id="scores"></tbody></table>
 </section>
 <script>
 const $ = (id) => document.getElementById(id);
+let classMaps = false;
 fetch("v1/model").then((r) => r.json()).then((m) => {
   const about = m.name && `${m.name} (${m.backbone}, ${m.pooling}, ${m.classes.length} classes)`;
   $("model").textContent = about || "model loading";
   $("key-row").hidden = !m.auth_required;
+  classMaps = Boolean(m.class_maps);
+  $("explain-row").hidden = !classMaps;
+  for (const label of m.classes || []) $("explain").append(new Option(label, label));
 }).catch(() => { $("model").textContent = "model information unavailable"; });
+
+function query() {
+  const params = new URLSearchParams({ top_k: $("topk").value || "5", attention: "overlay" });
+  params.set("overlay_on", $("whole").checked ? "image" : "crop");
+  if (classMaps && $("explain").value) params.append("explain", $("explain").value);
+  else if (classMaps) params.set("class_maps", "true");
+  return params.toString();
+}
 
 $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -60,9 +77,8 @@ $("form").addEventListener("submit", async (event) => {
   const body = new FormData();
   body.append("file", file);
   const headers = $("key").value ? { Authorization: `Bearer ${$("key").value}` } : {};
-  const topk = encodeURIComponent($("topk").value || "5");
   try {
-    const response = await fetch(`classify?top_k=${topk}&attention=overlay`, { method: "POST", body, headers });
+    const response = await fetch(`classify?${query()}`, { method: "POST", body, headers });
     const data = await response.json();
     if (!response.ok) {
       const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
@@ -85,6 +101,14 @@ function show(file, prediction) {
   $("overlay-figure").hidden = !overlay;
   $("no-attention").hidden = Boolean(overlay);
   if (overlay) $("overlay").src = `data:image/png;base64,${overlay}`;
+  const explained = prediction.explained.length ? prediction.explained[0] : best;
+  const map = explained.map;
+  $("class-figure").hidden = !(map && map.overlay_png);
+  if (map && map.overlay_png) {
+    $("class-overlay").src = `data:image/png;base64,${map.overlay_png}`;
+    const total = map.values.flat().reduce((a, b) => a + b, 0);
+    $("class-caption").textContent = `evidence for ${explained.label} (${total.toFixed(2)} logit units)`;
+  }
   const rows = prediction.top_k.map((entry) => {
     const row = document.createElement("tr");
     for (const text of [entry.label, `${(entry.score * 100).toFixed(2)}%`]) {

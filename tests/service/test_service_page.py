@@ -71,3 +71,43 @@ def test_the_page_sends_the_api_key_when_the_service_needs_one(browser, live_ser
     page.fill("#key", "open-sesame")
     page.click("#submit")
     expect(page.locator("#top-label")).to_contain_text("blue")
+
+
+def test_the_page_shows_the_map_of_a_chosen_class_over_the_whole_image(browser, live_server, tmp_path: Path) -> None:
+    server = live_server()
+    image = tmp_path / "red.png"
+    image.write_bytes(solid_png(COLOURS["red"], size=(64, 48)))
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#explain-row")).to_be_visible()
+    page.select_option("#explain", "blue")  # not the predicted class: explain it anyway
+    page.set_input_files("#file", str(image))
+    page.click("#submit")
+    expect(page.locator("#top-label")).to_contain_text("red")
+    expect(page.locator("#class-caption")).to_contain_text("evidence for blue")
+    expect(page.locator("#class-overlay")).to_be_visible()
+    page.wait_for_function("document.getElementById('class-overlay').naturalWidth > 0")
+    sizes = page.evaluate("['overlay', 'class-overlay'].map((id) => document.getElementById(id).naturalWidth)")
+    assert sizes == [64, 64]  # whole-image overlays: the uploaded image's own width
+
+
+def test_api_docs_render_with_the_network_closed(browser, live_server) -> None:
+    server = live_server()
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context()
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(server.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("castream")
+    expect(page.locator(".opblock-summary-path", has_text="/classify").first).to_be_visible()
+    expect(page.locator(".opblock-summary-path", has_text="/v2/models/{model_name}/infer")).to_be_visible()
+    assert outside == [], f"the docs page tried to reach {outside}"
+    context.close()
