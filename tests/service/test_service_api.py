@@ -128,11 +128,14 @@ def test_metrics_exposes_every_documented_family(client: TestClient) -> None:
 def test_page_and_openapi(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="file"' in page.text and "classify?top_k=" in page.text
+    assert 'id="file"' in page.text and "`classify?${query()}`" in page.text
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/classify"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
 
 def test_unknown_route_and_method_are_json_errors(client: TestClient) -> None:
