@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint train export serve bench clean chromium
+.PHONY: demo test lint train export serve bench clean chromium containers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ lint: $(STAMP)
 # The browser test of the service's page drives Debian's chromium; install it once where it is missing.
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# The images for real (root): starts a Docker engine where none runs (deploy/offline/docker-engine.sh), provides the
+# base image where no registry answers (deploy/offline/standin-base.sh), builds and runs the CPU image with a tiny
+# model, with Prometheus scraping it. Part of the slow suites below.
+containers: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests/deploy
 
 # Slow suites (long end-to-end runs) join the default run in CI, or with `make test SLOW=1`.
 test: $(STAMP) lint chromium
