@@ -175,7 +175,13 @@ def fit(options: FitOptions) -> dict[str, Any]:
     """Trains (or resumes) the run in ``options.out``; returns the final metrics."""
     runtime = setup_distributed(options.device)
     runtime.precision, runtime.progress = precision.check_precision(options.precision), options.progress
-    log.info("precision %s: %s autocast on %s", options.precision, precision.describe(runtime.dtype), runtime.device)
+    chosen = precision.describe(runtime.dtype)
+    log.info(
+        "precision %s: %s on %s",
+        options.precision,
+        "float32" if chosen == "fp32" else f"{chosen} autocast",
+        runtime.device,
+    )
     try:
         metrics = _fit(options, runtime)
     except BaseException:
@@ -217,7 +223,9 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
             )
     else:
         preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+    data_started = time.perf_counter()
     data = load_data(data_config, preprocessing, cache, options.workers)
+    data_seconds = round(time.perf_counter() - data_started, 1)
     if saved is None:
         model, baseline = _initial_model(options, len(data.classes), initial)
     else:
@@ -247,6 +255,7 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
         completed[stage] = {"history": result.history, "seconds": round(result.seconds, 1)}
     metrics = {**evaluate(model, data.val, runtime, ("gap", "ca")), "stages": completed}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["data_seconds"] = data_seconds  # generating or reading the data, before the first stage
     final = _state(model, data, config, "done", {"epoch": 0}, completed)
     final["metrics"] = {k: v for k, v in metrics.items() if k.startswith("val_")}
     save_checkpoint(path, runtime, final)

@@ -1,0 +1,73 @@
+"""How far ONNX Runtime's float32 outputs fall from PyTorch's on this CPU: the spread the export tolerates.
+
+Both are correct float32 programs; their kernels add in different orders, so their outputs differ by
+rounding. This prints the largest differences over many validation images and batch sizes, each relative
+to its scale (logits and class maps: the largest absolute logit; attention: the largest weight of the
+map), next to the export's tolerances, so the margin between rounding and the tolerance can be read off.
+
+python -m benchmarks.parity                                  # the default run, 512 validation images
+python -m benchmarks.parity --checkpoint runs/x/castream.pt --images 1000 --batch-sizes 1 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
+from export.runtime import make_session, run_batches
+from export.samples import load_samples
+from export.verify import FP32, reference_outputs, relative_errors
+from training import checkpoint
+from training.data import DEFAULT_CACHE
+
+log = logging.getLogger("benchmarks.parity")
+
+
+def run(path: str, images: int, batch_sizes: list[int], cache: Path | None = DEFAULT_CACHE) -> dict[str, Any]:
+    state = checkpoint.load(path)
+    model = checkpoint.build_model(state)
+    samples = load_samples(state, "val", images, cache)
+    proto = export_graph(model, "ca", samples.images.shape[-1])
+    session = make_session(proto.SerializeToString(), threads=0)
+    reference = reference_outputs(model, samples.images, "ca", threads=0)
+    rows = []
+    for batch_size in batch_sizes:
+        outputs = run_batches(session, samples.images, batch_size)
+        errors = relative_errors(outputs, reference)
+        rows.append({"batch_size": batch_size, **{k: float(v) for k, v in errors.items()}})
+        log.info("batch %d: %s", batch_size, errors)
+    tolerance = {LOGITS: FP32.logits, ATTENTION: FP32.attention, CLASS_MAPS: FP32.logits}
+    worst = {name: max(r[name] for r in rows) for name in (LOGITS, ATTENTION, CLASS_MAPS) if name in rows[0]}
+    return {
+        "checkpoint": path,
+        "images": len(samples.images),
+        "rows": rows,
+        "worst": worst,
+        "tolerance": tolerance,
+        "margin": {
+            name: FP32.attention / v if name == ATTENTION else FP32.logits / v for name, v in worst.items() if v
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", default="runs/default/castream.pt")
+    parser.add_argument("--images", type=int, default=512, help="validation images (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report = run(args.checkpoint, args.images, args.batch_sizes)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
