@@ -1,0 +1,189 @@
+"""Explained images per second: castream's ONNX model against gradient and perturbation methods on PyTorch.
+
+python -m benchmarks.explain_speed                          # ResNet-50 at 224 and the default ResNet-18 at 112
+python -m benchmarks.explain_speed --models resnet18 --budget-s 5 --json
+
+On the same backbone, weights (random: no model hub here, and speed does not depend on them) and images,
+one image at a time (an explanation request), each method runs in turn:
+- ``castream``: one ``session.run`` of the exported graph fetching logits, attention and class maps, then the
+  top-1 class's map picked out (the class-agnostic map and a class-specific one, no gradients);
+- pytorch-grad-cam's ``GradCAM``, ``GradCAMPlusPlus`` and ``ScoreCAM`` on the last stage (``layer4``) of the
+  same CA model in PyTorch, for the top-1 class;
+- Captum's ``IntegratedGradients`` with 50 steps (zero baseline, 10 steps per batch).
+Each method explains images until ``--budget-s`` seconds have passed (at least one image); the ratio column
+is castream's images per second over the method's. PyTorch and ONNX Runtime get the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
+from export.runtime import make_session
+from training.model import CAStreamNet, ModelConfig
+
+log = logging.getLogger("benchmarks.explain_speed")
+
+MODELS = {"resnet50": (224, 1000), "resnet18": (112, 10)}  # ImageNet-sized, and the default model's shape
+METHODS = ("castream", "gradcam", "gradcam++", "scorecam", "integrated-gradients")
+LABELS = {
+    "castream": "castream ONNX (logits + attention + top-1 class map)",
+    "gradcam": "pytorch-grad-cam GradCAM",
+    "gradcam++": "pytorch-grad-cam GradCAM++",
+    "scorecam": "pytorch-grad-cam ScoreCAM",
+    "integrated-gradients": "Captum IntegratedGradients (50 steps)",
+}
+IG_STEPS, IG_BATCH = 50, 10
+
+
+class Logits(nn.Module):
+    """The CA model as the explanation libraries expect it: images in, logits out."""
+
+    def __init__(self, model: CAStreamNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, "ca").logits
+
+
+def _explainers(model: CAStreamNet, image_size: int, threads: int) -> dict[str, Callable[[np.ndarray], Any]]:
+    from captum.attr import IntegratedGradients
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    session = make_session(export_graph(model, "ca", image_size), threads)
+    net = Logits(model).eval()
+    layer = [model.backbone.net.layer4[-1]]
+    cams = {"gradcam": GradCAM(net, layer), "gradcam++": GradCAMPlusPlus(net, layer), "scorecam": ScoreCAM(net, layer)}
+    integrated = IntegratedGradients(net)
+
+    def castream(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, attention, maps = session.run([LOGITS, ATTENTION, CLASS_MAPS], {"image": image[None]})
+        return attention[0], maps[0, int(logits[0].argmax())]
+
+    def top1(x: Tensor) -> int:
+        with torch.no_grad():
+            return int(net(x).argmax())
+
+    def cam(name: str) -> Callable[[np.ndarray], np.ndarray]:
+        def explain(image: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(image[None])
+            return cams[name](input_tensor=x, targets=[ClassifierOutputTarget(top1(x))])
+
+        return explain
+
+    def integrated_gradients(image: np.ndarray) -> Tensor:
+        x = torch.from_numpy(image[None])
+        return integrated.attribute(x, target=top1(x), n_steps=IG_STEPS, internal_batch_size=IG_BATCH)
+
+    return {"castream": castream, **{name: cam(name) for name in cams}, "integrated-gradients": integrated_gradients}
+
+
+@dataclass(frozen=True)
+class Speed:
+    method: str
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+
+# Methods that run the network dozens to thousands of times per image: their first-run costs are amortised.
+NO_WARM_UP = ("scorecam", "integrated-gradients")
+
+
+def measure(explain: Callable[[np.ndarray], Any], images: np.ndarray, budget_s: float, method: str) -> Speed:
+    if method not in NO_WARM_UP:
+        explain(images[0])  # warm-up: first runs allocate and pick kernels
+    count, started = 0, time.perf_counter()
+    while count == 0 or (count < len(images) and time.perf_counter() - started < budget_s):
+        explain(images[count])
+        count += 1
+    return Speed(method, count, time.perf_counter() - started)
+
+
+def run(backbone: str, methods: tuple[str, ...], images: int, budget_s: float, threads: int) -> dict[str, Any]:
+    image_size, classes = MODELS[backbone]
+    torch.manual_seed(0)
+    model = CAStreamNet(ModelConfig(backbone, classes)).eval()
+    data = np.random.default_rng(0).standard_normal((images, 3, image_size, image_size), np.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        explainers = _explainers(model, image_size, threads)
+        speeds = []
+        for method in methods:
+            speed = measure(explainers[method], data, budget_s, method)
+            log.info("%s %s: %d images in %.1f s", backbone, method, speed.images, speed.seconds)
+            speeds.append(speed)
+    finally:
+        torch.set_num_threads(previous)
+    reference = next((s.images_per_second for s in speeds if s.method == "castream"), None)
+    rows = [
+        {
+            "method": s.method,
+            "images": s.images,
+            "seconds": round(s.seconds, 3),
+            "images_per_second": round(s.images_per_second, 4),
+            "castream_speedup": None if reference is None else round(reference / s.images_per_second, 1),
+        }
+        for s in speeds
+    ]
+    return {"backbone": backbone, "image_size": image_size, "classes": classes, "threads": threads, "rows": rows}
+
+
+def format_report(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | method | explained images/s | castream is ... x as fast | images timed |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for result in results:
+        model = f"{result['backbone']} {result['image_size']} px"
+        for row in result["rows"]:
+            ratio = "1 (reference)" if row["method"] == "castream" else f"{row['castream_speedup']:g}"
+            lines.append(
+                f"| {model} | {LABELS[row['method']]} | {row['images_per_second']:.3g} | {ratio} | {row['images']} |"
+            )
+    threads = results[0]["threads"] if results else 0
+    return "\n".join([f"one image at a time, {threads} thread(s) for PyTorch and ONNX Runtime", "", *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.explain_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--images", type=int, default=16, help="distinct images available to each method")
+    parser.add_argument("--budget-s", type=float, default=10.0, help="seconds per method and model (>= 1 image)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if "castream" not in args.methods:
+        parser.error("castream must be among --methods: every ratio is to it")
+    results = [run(name, tuple(args.methods), args.images, args.budget_s, args.threads) for name in args.models]
+    print(json.dumps(results, indent=2) if args.json else format_report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
