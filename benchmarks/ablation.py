@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training import checkpoint, saliency, xai_metrics
+from interpret import metrics as xai_metrics
+from interpret import saliency
+from training import checkpoint
 from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, SyntheticSource
 from training.engine import StageSettings, TrainingContext, train_stage
 from training.model import CAStream, CAStreamNet

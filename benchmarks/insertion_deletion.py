@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from training import synthetic, xai_metrics
+from interpret import metrics
+from training import synthetic
+from training.backbones import fold_batch_norm
 from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from training.xai_eval import fold_batch_norm
 
 log = logging.getLogger("benchmarks.insertion_deletion")
 
@@ -98,7 +99,7 @@ def run(
     x, saliency = _inputs(images, size, seed)
     with torch.no_grad():
         classes = model(x[:1]).argmax(1).repeat(images)  # the same class throughout keeps probabilities comparable
-    pace = pixels_per_step or xai_metrics.default_pixels_per_step(size, size)
+    pace = pixels_per_step or metrics.default_pixels_per_step(size, size)
     steps = -(-size * size // pace)
     for net in (model, folded):  # warm-up: both paths' primitives are created before timing
         _scorer(net)(x[:1], classes[:1])
@@ -106,7 +107,7 @@ def run(
 
     started = time.perf_counter()
     reference = [
-        xai_metrics.reference_insertion_deletion(_scorer(model), x[i], classes[i], saliency[i], pace)
+        metrics.reference_insertion_deletion(_scorer(model), x[i], classes[i], saliency[i], pace)
         for i in range(naive_images)
     ]
     naive_seconds = time.perf_counter() - started
@@ -114,7 +115,7 @@ def run(
     rates, difference = [], 0.0
     for name, net in (("batched", model), ("batched, BatchNorm folded", folded)):
         started = time.perf_counter()
-        curves = xai_metrics.insertion_deletion(_scorer(net), x, classes, saliency, pace, batch_size=batch_size)
+        curves = metrics.insertion_deletion(_scorer(net), x, classes, saliency, pace, batch_size=batch_size)
         seconds = time.perf_counter() - started
         log.info("%s: %d images in %.1f s", name, images, seconds)
         rates.append(images / seconds)

@@ -13,18 +13,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision import datasets
 
-from training.data import DataConfig, Preprocessing, SyntheticSource
+from training.data import DataConfig
+from training.images import SPLITS, load_images, seeded_subset
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
 class Samples:
-    """Normalised images (N, 3, S, S) float32, C-contiguous, and their labels (N,) int64."""
+    """Normalised images (N, 3, S, S) float32, C-contiguous, and their labels (N,) int64: ONNX Runtime's inputs."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -43,34 +41,13 @@ def load_samples(state: dict[str, Any], split: str, count: int, cache_dir: Path 
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if count < 1:
         raise ValueError(f"need at least one image, got count={count!r}")
-    config = DataConfig(**state["data"])
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    if config.kind == "synthetic":
-        source = SyntheticSource(config.synthetic_spec(split), preprocessing, cache_dir)
-        index = _choose(len(source), count, split, config.seed)
-        images = preprocessing.normalize(source.images[index])
-        labels = source.labels[index]
-    elif config.kind == "imagefolder":
-        folder = Path(config.root or "") / split
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{folder} is not a directory; the checkpoint was trained on the ImageFolder at {config.root!r}, "
-                "which export reads again for real images: mount it at the same path"
-            )
-        dataset = datasets.ImageFolder(str(folder), transform=preprocessing.eval_transform())
-        index = _choose(len(dataset), count, split, config.seed)
-        pairs = [dataset[i] for i in index.tolist()]
-        images = torch.stack([image for image, _ in pairs])
-        labels = torch.tensor([label for _, label in pairs])
-    else:
-        raise ValueError(f"unknown data kind {config.kind!r} in the checkpoint; expected 'synthetic' or 'imagefolder'")
-    log.debug("%d %s images of %s data", len(labels), split, config.kind)
-    return Samples(np.ascontiguousarray(images.float().numpy()), labels.numpy().astype(np.int64))
+    seed = DataConfig(**state["data"]).seed
 
+    def choose(size: int) -> torch.Tensor:
+        if size == 0:
+            raise ValueError(f"the {split} split is empty; export needs real images to verify the model")
+        return torch.arange(min(count, size)) if split == "val" else seeded_subset(size, count, seed)
 
-def _choose(size: int, count: int, split: str, seed: int) -> torch.Tensor:
-    if size == 0:
-        raise ValueError(f"the {split} split is empty; export needs real images to verify the model")
-    if split == "val":
-        return torch.arange(min(count, size))
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count]
+    chosen = load_images(state, split, choose, cache_dir)
+    log.debug("%d %s images of %s data", len(chosen), split, state["data"]["kind"])
+    return Samples(np.ascontiguousarray(chosen.images.float().numpy()), chosen.labels.numpy().astype(np.int64))

@@ -1,8 +1,8 @@
 """Interpretability evaluation: the GAP baseline against the CA model of a checkpoint, on the paper's protocol.
 
-python -m training.evaluate                                   # the default run, runs/default/castream.pt
-python -m training.evaluate --checkpoint runs/birds/castream.pt --limit 500 --out results/birds
-python -m training.evaluate --methods gradcam attention --target predicted
+python -m interpret.evaluate                                  # the default run, runs/default/castream.pt
+python -m interpret.evaluate --checkpoint runs/birds/castream.pt --limit 500 --out results/birds
+python -m interpret.evaluate --methods gradcam attention --target predicted
 
 Writes interpretability.md / .csv / .json / .png into the checkpoint's folder (or --out).
 """
@@ -14,14 +14,17 @@ import logging
 import sys
 from pathlib import Path
 
-from training import xai_eval, xai_report
-from training.saliency import METHODS
+from interpret import report, run
+from interpret.saliency import METHODS
+from training.logs import setup_logging
+
+log = logging.getLogger("interpret.evaluate")
 
 
-def parse_args(argv: list[str] | None = None) -> xai_eval.EvalOptions:
-    defaults = xai_eval.EvalOptions()
+def parse_args(argv: list[str] | None = None) -> run.EvalOptions:
+    defaults = run.EvalOptions()
     parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m interpret.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add("--checkpoint", default=defaults.checkpoint, help="castream checkpoint (default: %(default)s)")
@@ -31,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> xai_eval.EvalOptions:
     add(
         "--target",
         default=defaults.target,
-        choices=xai_eval.TARGETS,
+        choices=run.TARGETS,
         help="explained class: the ground truth, or each model's prediction (default: %(default)s)",
     )
     add("--pixels-per-step", type=int, default=None, help="insertion/deletion pace (default: 28 steps, as at 224 px)")
@@ -56,23 +59,23 @@ def parse_args(argv: list[str] | None = None) -> xai_eval.EvalOptions:
     args = parser.parse_args(argv)
     args.methods = tuple(dict.fromkeys(args.methods))
     try:
-        return xai_eval.EvalOptions(**vars(args))
+        return run.EvalOptions(**vars(args))
     except ValueError as error:
         parser.error(str(error))
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     options = parse_args(argv)
     try:
-        results, samples, state = xai_eval.run(options)
+        results, samples, state = run.run(options)
     except (ValueError, FileNotFoundError) as error:
-        logging.getLogger("training.evaluate").error("%s", error)
+        log.error("%s", error)
         return 2
     out = Path(options.out) if options.out else Path(options.checkpoint).parent
-    paths = xai_report.write(results, samples, out, {"checkpoint_metrics": state.get("metrics", {})})
+    paths = report.write(results, samples, out, {"checkpoint_metrics": state.get("metrics", {})})
     print(paths["md"].read_text())
-    logging.getLogger("training.evaluate").info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from training.saliency import LABELS
-from training.xai_eval import FAITHFULNESS, GRID, LOCALISATION, LOWER_IS_BETTER, POOLINGS, Results, Samples
+from interpret.run import COMPARED, FAITHFULNESS, GRID, LOCALISATION, LOWER_IS_BETTER, Results
+from interpret.saliency import LABELS
+from training.images import LabelledImages
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def comparison(results: Results) -> list[str]:
     """For each method run on both poolings: which pooling wins each metric, by how much (paired, same images)."""
     lines = []
     for method in dict.fromkeys(m for m, _ in results.rows):
-        if not all((method, p) in results.scores for p in POOLINGS):
+        if not all((method, p) in results.scores for p in COMPARED):
             continue
         parts = []
         for metric in metrics_of(results):
@@ -120,7 +121,7 @@ def summary(results: Results, extra: dict[str, Any] | None = None) -> dict[str, 
     """Everything in the table plus the settings, as plain JSON types."""
     return {
         "settings": results.settings,
-        "top1": {p: round(results.accuracy(p), 3) for p in POOLINGS},
+        "top1": {p: round(results.accuracy(p), 3) for p in COMPARED},
         "rows": [
             {"method": m, "pooling": p, **{k: round(results.mean((m, p), k), 4) for k in metrics_of(results)}}
             for m, p in results.rows
@@ -130,7 +131,7 @@ def summary(results: Results, extra: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-def picture_grid(results: Results, samples: Samples, path: Path) -> Path | None:
+def picture_grid(results: Results, samples: LabelledImages, path: Path) -> Path | None:
     """Rows of images; columns: the image, GAP Grad-CAM, CA Grad-CAM, CA raw attention (those computed)."""
     import matplotlib
 
@@ -146,7 +147,7 @@ def picture_grid(results: Results, samples: Samples, path: Path) -> Path | None:
     for row in range(rows):
         image = samples.pixels[row]
         label = samples.classes[int(samples.labels[row])]
-        guesses = ", ".join(f"{p.upper()}: {samples.classes[int(results.predictions[p][row])]}" for p in POOLINGS)
+        guesses = ", ".join(f"{p.upper()}: {samples.classes[int(results.predictions[p][row])]}" for p in COMPARED)
         axes[row, 0].imshow(image)
         axes[row, 0].set_ylabel(f"{label}\n({guesses})", fontsize=7)
         for col, key in enumerate(columns, start=1):
@@ -166,7 +167,7 @@ def picture_grid(results: Results, samples: Samples, path: Path) -> Path | None:
     return path
 
 
-def write(results: Results, samples: Samples, out: Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write(results: Results, samples: LabelledImages, out: Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Writes interpretability.md, .csv, .json and .png into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / f"{STEM}.{kind}" for kind in ("md", "csv", "json")}

@@ -16,19 +16,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch import Tensor
 from tqdm import tqdm
 
-from training import checkpoint, saliency, xai_metrics
-from training.data import DEFAULT_CACHE, DataConfig, Preprocessing, SyntheticSource, load_data
+from interpret import metrics, saliency
+from training import checkpoint
+from training.backbones import fold_batch_norm
+from training.data import DEFAULT_CACHE, DataConfig
+from training.devices import resolve_device
+from training.images import LabelledImages, load_images, seeded_subset
 from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("gap", "ca")
+COMPARED = ("gap", "ca")  # the poolings compared on the same images, in table order
 TARGETS = ("label", "predicted")
 FAITHFULNESS = ("ad", "ag", "ai", "insertion", "deletion")
 LOCALISATION = ("pointing", "energy")
@@ -39,7 +41,7 @@ GROUP = 8  # images explained together
 
 @dataclass
 class EvalOptions:
-    """The evaluation command's options (see ``python -m training.evaluate --help``)."""
+    """The evaluation command's options (see ``python -m interpret.evaluate --help``)."""
 
     checkpoint: str = "runs/default/castream.pt"
     out: str | None = None  # default: the checkpoint's folder
@@ -47,8 +49,8 @@ class EvalOptions:
     methods: tuple[str, ...] = saliency.METHODS
     target: str = "label"
     pixels_per_step: int | None = None  # default: the paper's 28 steps at any image size
-    blur_kernel: int = xai_metrics.RISE_BLUR_KERNEL
-    blur_sigma: float = xai_metrics.RISE_BLUR_SIGMA
+    blur_kernel: int = metrics.RISE_BLUR_KERNEL
+    blur_sigma: float = metrics.RISE_BLUR_SIGMA
     batch_size: int = 32
     device: str = "auto"
     cache_dir: str | None = str(DEFAULT_CACHE)
@@ -69,20 +71,6 @@ class EvalOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.pixels_per_step is not None and self.pixels_per_step < 1:
             raise ValueError(f"pixels_per_step must be at least 1, got {self.pixels_per_step!r}")
-
-
-@dataclass
-class Samples:
-    """The evaluated images, normalised (N, 3, H, W) with ``mean`` and ``std``; labels (N,); object masks
-    (N, H, W) or None; the same images as uint8 (N, H, W, 3) for pictures."""
-
-    images: Tensor
-    labels: Tensor
-    masks: Tensor | None
-    pixels: np.ndarray
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 @dataclass
@@ -113,44 +101,22 @@ class Results:
         return 100.0 * self.correct[pooling].double().mean().item()
 
 
-def resolve_device(request: str) -> torch.device:
-    if request == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(request)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {request!r} was asked for but CUDA is not available; use --device cpu")
-    return device
+def load_samples(state: dict[str, Any], limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
+    """A seeded random subset of ``limit`` images of the checkpoint's validation split, in index order.
 
-
-def load_samples(state: dict[str, Any], limit: int, seed: int, cache_dir: str | None = None) -> Samples:
-    """A seeded random subset of ``limit`` images of the checkpoint's validation split."""
+    An ImageFolder's validation split is first narrowed to the images the training run validated on.
+    """
     config = DataConfig(**state["data"])
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    classes = tuple(state["classes"])
-    cache = Path(cache_dir) if cache_dir else None
-    norm = (tuple(preprocessing.mean), tuple(preprocessing.std))
-    if config.kind == "synthetic":
-        # Only the validation split is needed: build that one alone.
-        source = SyntheticSource(config.synthetic_spec("val"), preprocessing, cache)
-        index = _subset(len(source), limit, seed)
-        pixels = source.images[index]
-        masks = torch.from_numpy(np.asarray(source.masks)[index.numpy()])
-        normalised = preprocessing.normalize(pixels)
-        return Samples(normalised, source.labels[index], masks, pixels.numpy(), classes, *norm)
-    dataset = load_data(config, preprocessing, cache).val.dataset
-    index = _subset(len(dataset), limit, seed)
-    images, labels = zip(*(dataset[i] for i in index.tolist()), strict=True)
-    images_ = torch.stack(images)
-    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
-    pixels = (images_ * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return Samples(images_, torch.tensor(labels), None, pixels, classes, *norm)
 
+    def choose(size: int) -> Tensor:
+        if size == 0:
+            raise ValueError("the validation split is empty; check the checkpoint's data folder")
+        validated = torch.arange(size)
+        if config.val_count and config.val_count < size:
+            validated = seeded_subset(size, config.val_count, config.seed)
+        return validated[seeded_subset(len(validated), limit, seed).sort().values]
 
-def _subset(size: int, limit: int, seed: int) -> Tensor:
-    if size == 0:
-        raise ValueError("the validation split is empty; check the checkpoint's data folder")
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return load_images(state, "val", choose, Path(cache_dir) if cache_dir else None)
 
 
 class Heads:
@@ -166,51 +132,27 @@ class Heads:
         probs = [self.model.forward_head(taps, p).logits.softmax(1) for p in self.poolings]
         return torch.stack([prob.gather(1, classes[:, m, None])[:, 0] for m, prob in enumerate(probs)], dim=1)
 
-    def single(self, pooling: str) -> xai_metrics.Score:
+    def single(self, pooling: str) -> metrics.Score:
         """A score function for one pooling: images (B, 3, H, W), classes (B,) -> probabilities (B,)."""
         heads = Heads(self.model, (pooling,))
         return lambda images, classes: heads(images, classes[:, None])[:, 0]
 
 
-def fold_batch_norm(module: nn.Module) -> int:
-    """Folds every eval-mode BatchNorm into the convolution before it, in place; returns how many.
-
-    The function computed is the same (up to float rounding) and each forward pass is cheaper. Pairs are
-    found by torchvision's naming (``convK`` then ``bnK`` in one module, as in ResNets) and inside
-    ``nn.Sequential`` (a convolution directly followed by a BatchNorm, as in ResNet downsampling).
-    """
-    folded = 0
-    for parent in list(module.modules()):
-        pairs = []
-        for name, child in parent.named_children():
-            if isinstance(child, nn.BatchNorm2d) and name.startswith("bn"):
-                pairs.append(("conv" + name[2:], name))
-        if isinstance(parent, nn.Sequential):
-            names = [name for name, _ in parent.named_children()]
-            pairs += [(a, b) for a, b in zip(names, names[1:], strict=False)]
-        for conv_name, bn_name in pairs:
-            conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
-                if conv.out_channels == bn.num_features:
-                    setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                    setattr(parent, bn_name, nn.Identity())
-                    folded += 1
-    return folded
-
-
-def evaluate(model: CAStreamNet, samples: Samples, options: EvalOptions, device: torch.device) -> Results:
+def explain_and_score(
+    model: CAStreamNet, samples: LabelledImages, options: EvalOptions, device: torch.device
+) -> Results:
     """Runs every method on every image in groups; returns per-image scores."""
     model.requires_grad_(False)  # gradients are taken with respect to features only
     model.eval().to(device, memory_format=torch.channels_last)
     n, _, height, width = samples.images.shape
-    pixels_per_step = options.pixels_per_step or xai_metrics.default_pixels_per_step(height, width)
+    pixels_per_step = options.pixels_per_step or metrics.default_pixels_per_step(height, width)
     steps = math.ceil(height * width / pixels_per_step)
-    keys = [(m, p) for m in options.methods for p in POOLINGS if p == "ca" or m not in saliency.CA_ONLY]
-    heads = Heads(model, POOLINGS)
-    single = {p: heads.single(p) for p in POOLINGS}
+    keys = [(m, p) for m in options.methods for p in COMPARED if p == "ca" or m not in saliency.CA_ONLY]
+    heads = Heads(model, COMPARED)
+    single = {p: heads.single(p) for p in COMPARED}
 
     def mask(images: Tensor, maps: Tensor) -> Tensor:
-        return xai_metrics.mask_in_pixel_space(images, maps, samples.mean, samples.std)
+        return metrics.mask_in_pixel_space(images, maps, samples.mean, samples.std)
 
     channels = model.backbone.widths[-1]
     per_image = len(keys) * (1 + 2 * steps) + (channels if "scorecam" in options.methods else 0) + 1
@@ -226,11 +168,11 @@ def evaluate(model: CAStreamNet, samples: Samples, options: EvalOptions, device:
         masks = None if samples.masks is None else samples.masks[first : first + GROUP].to(device)
         with torch.no_grad():
             taps = model.forward_features(x)
-            logits = {p: model.forward_head(taps, p).logits for p in POOLINGS}
+            logits = {p: model.forward_head(taps, p).logits for p in COMPARED}
         bar.update(len(x))
-        classes = {p: labels if options.target == "label" else logits[p].argmax(1) for p in POOLINGS}
-        original = {p: logits[p].softmax(1).gather(1, classes[p][:, None])[:, 0] for p in POOLINGS}
-        for p in POOLINGS:
+        classes = {p: labels if options.target == "label" else logits[p].argmax(1) for p in COMPARED}
+        original = {p: logits[p].softmax(1).gather(1, classes[p][:, None])[:, 0] for p in COMPARED}
+        for p in COMPARED:
             correct[p].append((logits[p].argmax(1) == labels).cpu())
             predictions[p].append(logits[p].argmax(1).cpu())
         bar.set_postfix(stage="maps")
@@ -241,8 +183,8 @@ def evaluate(model: CAStreamNet, samples: Samples, options: EvalOptions, device:
             sal = saliency.to_saliency(maps[key], (height, width))
             o = single[pooling](mask(x, sal), classes[pooling])
             bar.update(len(x))
-            result = xai_metrics.drop_gain_increase(original[pooling], o)
-            insertion, deletion = xai_metrics.insertion_deletion(
+            result = metrics.drop_gain_increase(original[pooling], o)
+            insertion, deletion = metrics.insertion_deletion(
                 single[pooling],
                 x,
                 classes[pooling],
@@ -255,10 +197,10 @@ def evaluate(model: CAStreamNet, samples: Samples, options: EvalOptions, device:
                 on_batch=bar.update,
             )
             result = {"ad": result["drop"], "ag": result["gain"], "ai": result["increase"]}
-            result["insertion"], result["deletion"] = xai_metrics.auc(insertion), xai_metrics.auc(deletion)
+            result["insertion"], result["deletion"] = metrics.auc(insertion), metrics.auc(deletion)
             if masks is not None:
-                result["pointing"] = xai_metrics.pointing_game(sal, masks).float()
-                result["energy"] = xai_metrics.energy_in_mask(sal, masks)
+                result["pointing"] = metrics.pointing_game(sal, masks).float()
+                result["energy"] = metrics.energy_in_mask(sal, masks)
             for metric, values in result.items():
                 scores[key][metric].append(values.detach().cpu())
             if key in GRID and first < options.grid_images:
@@ -298,7 +240,7 @@ def _explain(
     maps: dict[tuple[str, str], Tensor] = {}
     features = taps[-1].float()
     if any(m in methods for m in saliency.GRADIENT_METHODS):
-        for pooling in POOLINGS:
+        for pooling in COMPARED:
             grads = saliency.last_stage_gradients(model, taps, classes[pooling], pooling)
             if "gradcam" in methods:
                 maps[("gradcam", pooling)] = saliency.grad_cam(features, grads)
@@ -308,9 +250,9 @@ def _explain(
         flat = features.flatten(2)
         skipped = int((flat.amax(2) <= flat.amin(2)).sum())
         bar.total -= skipped  # flat channels mask nothing and are never scored
-        both = torch.stack([classes[p] for p in POOLINGS], dim=1)
+        both = torch.stack([classes[p] for p in COMPARED], dim=1)
         cams = saliency.score_cam(features, x, both, heads, mask, options.batch_size, bar.update)
-        for index, pooling in enumerate(POOLINGS):
+        for index, pooling in enumerate(COMPARED):
             maps[("scorecam", pooling)] = cams[:, index]
     with torch.no_grad():
         if "attention" in methods:
@@ -320,7 +262,7 @@ def _explain(
     return maps
 
 
-def run(options: EvalOptions) -> tuple[Results, Samples, dict[str, Any]]:
+def run(options: EvalOptions) -> tuple[Results, LabelledImages, dict[str, Any]]:
     """Loads the checkpoint and its validation images, and evaluates; returns results, samples and state."""
     state = checkpoint.load(options.checkpoint)
     device = resolve_device(options.device)
@@ -336,4 +278,4 @@ def run(options: EvalOptions) -> tuple[Results, Samples, dict[str, Any]]:
         len(samples.labels),
         ", ".join(options.methods),
     )
-    return evaluate(model, samples, options, device), samples, state
+    return explain_and_score(model, samples, options, device), samples, state

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training import checkpoint, evaluate, synthetic, xai_eval, xai_report
+from interpret import evaluate, report, run
+from training import checkpoint, synthetic
 from training.data import DataConfig, Preprocessing
 from training.model import CAStreamNet, ModelConfig
 
@@ -39,9 +40,9 @@ def synthetic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_samples_are_a_seeded_subset_of_the_validation_split_with_masks(synthetic_checkpoint: Path) -> None:
     state = checkpoint.load(synthetic_checkpoint)
-    first = xai_eval.load_samples(state, limit=5, seed=3)
-    again = xai_eval.load_samples(state, limit=5, seed=3)
-    other = xai_eval.load_samples(state, limit=5, seed=4)
+    first = run.load_samples(state, limit=5, seed=3)
+    again = run.load_samples(state, limit=5, seed=3)
+    other = run.load_samples(state, limit=5, seed=4)
     assert first.images.shape == (5, 3, 64, 64) and first.masks.shape == (5, 64, 64)
     assert first.masks.dtype == torch.bool and first.masks.any()
     torch.testing.assert_close(first.images, again.images)
@@ -109,13 +110,13 @@ def test_folder_data_without_masks_has_no_localisation_columns(tmp_path: Path) -
             Image.fromarray(pixels).save(tmp_path / "data" / split / name / "0.png")
     data = DataConfig(kind="imagefolder", root=str(tmp_path / "data"), image_size=64, train_count=0, val_count=0)
     path = _save_checkpoint(tmp_path / "run" / "castream.pt", data)
-    options = xai_eval.EvalOptions(
+    options = run.EvalOptions(
         checkpoint=str(path), limit=2, methods=("attention",), pixels_per_step=1024, progress=False
     )
-    results, samples, _ = xai_eval.run(options)
+    results, samples, _ = run.run(options)
     assert samples.masks is None and samples.images.shape == (2, 3, 64, 64)
     assert set(results.scores[("attention", "ca")]) == {"ad", "ag", "ai", "insertion", "deletion"}
-    paths = xai_report.write(results, samples, path.parent)
+    paths = report.write(results, samples, path.parent)
     assert "Pointing" not in paths["md"].read_text()
     assert "pointing" not in _read_csv(paths["csv"])[0]
 
@@ -147,7 +148,7 @@ def test_comparison_names_the_winner_of_each_metric_by_hand() -> None:
     def scores(ad: list[float], insertion: list[float]) -> dict[str, torch.Tensor]:
         return {"ad": torch.tensor(ad), "insertion": torch.tensor(insertion)}
 
-    results = xai_eval.Results(
+    results = run.Results(
         scores={("gradcam", "gap"): scores([0.5, 0.3], [0.6, 0.6]), ("gradcam", "ca"): scores([0.2, 0.2], [0.5, 0.7])},
         correct={"gap": torch.tensor([True, False]), "ca": torch.tensor([True, True])},
         grid={},
@@ -166,9 +167,9 @@ def test_comparison_names_the_winner_of_each_metric_by_hand() -> None:
     # AD: CA - GAP = -30 and -10 points: mean -20, paired standard error 10 / sqrt(2). Lower AD is better.
     diff, error = results.paired_difference("gradcam", "ad")
     assert (diff, error) == pytest.approx((-20.0, 10.0))
-    line = xai_report.comparison(results)[0]
+    line = report.comparison(results)[0]
     assert line.startswith("Grad-CAM: AD: CA beats GAP (-20.00 ± 10.00); insertion: tie (+0.00 ± 10.00)")
-    table = xai_report.markdown(results)
+    table = report.markdown(results)
     assert "| Grad-CAM | GAP | 40.00 | 60.00 |" in table
     assert "| Grad-CAM | CA | 20.00 | 60.00 |" in table
 
@@ -192,3 +193,9 @@ def test_full_protocol_on_the_tiny_trained_run(tiny_checkpoint: Path, tmp_path: 
     summary = json.loads((tmp_path / "interpretability.json").read_text())
     assert summary["settings"]["steps"] == 28 and summary["settings"]["target"] == "predicted"
     assert all(0.0 <= float(r[m]) <= 100.0 for r in rows for m in ("ad", "insertion", "energy"))
+
+
+def test_the_former_command_name_runs_the_same_command() -> None:
+    from training import evaluate as former
+
+    assert former.main is evaluate.main and former.parse_args is evaluate.parse_args

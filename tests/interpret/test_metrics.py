@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from training import xai_metrics as xm
+from interpret import metrics as xm
 
 
 class Brightness(nn.Module):

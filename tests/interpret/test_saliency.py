@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from training import saliency, xai_metrics
+from interpret import metrics, saliency
 from training.model import CAStreamNet, ModelConfig
 
 
@@ -122,7 +122,7 @@ def test_score_cam_weights_channels_by_the_probability_of_the_masked_image() -> 
 
     def mask(images: Tensor, maps: Tensor) -> Tensor:
         masked_inputs.append(maps)
-        return xai_metrics.mask_in_pixel_space(images, maps, (0.0,) * 3, (1.0,) * 3)
+        return metrics.mask_in_pixel_space(images, maps, (0.0,) * 3, (1.0,) * 3)
 
     calls = []
     cams = saliency.score_cam(
