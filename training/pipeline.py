@@ -113,8 +113,16 @@ def _initial_model(options: FitOptions, data_classes: int, initial: weights.Init
     fits = initial.num_classes == data_classes
     classifier = "backbone.net." + model.backbone.classifier_prefix
     if initial.kind == "checkpoint":
-        state = {k: v for k, v in initial.checkpoint["state_dict"].items() if fits or not k.startswith(classifier)}
-        model.load_state_dict(state, strict=fits)
+        # The backbone and classifier carry over; the stream starts afresh as the recipe says (--resume continues one).
+        state = {
+            k: v
+            for k, v in initial.checkpoint["state_dict"].items()
+            if k.startswith("backbone.") and (fits or not k.startswith(classifier))
+        }
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k.startswith("backbone.") and (fits or not k.startswith(classifier))]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {initial.name!r} does not fit {options.backbone}: missing {missing[:4]}")
     elif initial.state_dict is not None:
         missing, unexpected = model.backbone.net.load_state_dict(
             {k: v for k, v in initial.state_dict.items() if fits or not ("backbone.net." + k).startswith(classifier)},

@@ -209,3 +209,31 @@ def test_an_exception_on_one_rank_ends_every_rank_with_the_error(tmp_path: Path)
     assert process.returncode != 0, log
     assert "injected failure on rank 1" in log
     assert "rank 1 of 2 failed" in log
+
+
+def test_a_castream_checkpoint_as_weights_keeps_its_backbone_and_starts_a_new_stream(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from training.pipeline import FitOptions, fit
+
+    source = checkpoint.load(tiny_run / "castream.pt")
+    out = tmp_path / "paper"
+    options = FitOptions(
+        weights=str(tiny_run / "castream.pt"),
+        recipe="paper",
+        image_size=64,
+        synthetic_train=256,
+        synthetic_val=64,
+        epochs=0,
+        out=str(out),
+        progress=False,
+    )
+    fit(options)
+    state = checkpoint.load(out / "castream.pt")
+    assert [stage for stage, _ in state["config"]["plan"]] == ["stream"]  # the classifier fits: no baseline
+    for key, value in source["state_dict"].items():
+        if key.startswith("backbone."):
+            assert torch.equal(state["state_dict"][key], value), key
+    last = state["state_dict"]["stream.blocks.4.proj.weight"]
+    assert not torch.equal(last, source["state_dict"]["stream.blocks.4.proj.weight"])
+    assert not torch.equal(last, torch.eye(len(last)))  # the paper's Xavier start, not the default's identity
