@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.scaling import BATCH_SIZES, batch_sweep
+from benchmarks.sections import Context, Section, fmt, table
+from training.logs import setup_logging
 
 CUDA = "CUDAExecutionProvider"
 
@@ -61,6 +62,35 @@ def measure(model: Path, fp16_model: Path | None = None, budget_s: float = 20.0)
     return {"measured": True, "sweeps": sweeps, "notes": notes}
 
 
+def _command(context: Context) -> str:
+    return f"python -m benchmarks.gpu --model {context.model} --budget-s {context.budget['budget_s']:g}"
+
+
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if not r.get("measured"):
+        return [f"**Not measured**: {r['reason']}. No GPU figure is estimated.", ""]
+    for name, points in r["sweeps"].items():
+        lines += [f"{name}:", ""]
+        rows = [[str(p["batch_size"]), fmt(p["images_per_second"]), fmt(p["p50_ms"]), fmt(p["p99_ms"])] for p in points]
+        lines += [*table(["batch", "images/s", "p50 ms", "p99 ms"], rows), ""]
+    lines += [f"- {note}" for note in r.get("notes", [])]
+    return [*lines, ""]
+
+
+SECTIONS = (
+    Section(
+        "gpu",
+        "GPU",
+        full={"budget_s": 24.0},
+        quick={"budget_s": 0.5},
+        command=_command,
+        run=lambda context: measure(context.model, budget_s=context.budget["budget_s"]),
+        render=_render,
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
@@ -69,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     print(json.dumps(measure(args.model, args.fp16_model, args.budget_s), indent=2))
     return 0
 

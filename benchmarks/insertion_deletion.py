@@ -27,15 +27,18 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from benchmarks.sections import Aim, Context, Section, dig, fmt, table
 from interpret import metrics
 from training import synthetic
 from training.backbones import fold_batch_norm
 from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.insertion_deletion")
 
@@ -143,8 +146,57 @@ def run(
     )
 
 
+def _command(context: Context) -> str:
+    b = context.budget
+    return (
+        f"python -m benchmarks.insertion_deletion --backbone {b['backbone']} --size {b['size']} --images "
+        f"{b['images']} --naive-images {b['naive_images']} --batch-size {b['batch_size']} --json"
+    )
+
+
+def _run(context: Context) -> dict[str, Any]:
+    return asdict(run(**context.budget))
+
+
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['backbone']} at {r['size']} px, {r['steps']} steps of {r['pixels_per_step']} pixels, "
+        f"{r['threads']} threads; batched: {r['images']} images, {r['batch_size']} perturbed images per pass; loop: "
+        f"{r['naive_images']} image(s).",
+        "",
+        *table(
+            ["", "images/s", "speed-up"],
+            [
+                ["one image, one step per forward pass", fmt(r["naive_images_per_second"], 3), "1.00x"],
+                ["batched", fmt(r["batched_images_per_second"], 3), f"{r['batching_speedup']:.2f}x"],
+                ["batched, BatchNorm folded", fmt(r["folded_images_per_second"], 3), f"**{r['speedup']:.2f}x**"],
+            ],
+        ),
+        "",
+        f"Curves equal: {'yes' if r['equal'] else '**no**'} (largest difference {r['max_abs_difference']:.1e}).",
+        "",
+    ]
+    return lines
+
+
+SECTIONS = (
+    Section(
+        "insertion_deletion",
+        "Insertion and deletion: batched against one step at a time",
+        full={"backbone": "resnet50", "size": 224, "images": 4, "naive_images": 2, "batch_size": 32},
+        quick={"backbone": "resnet18", "size": 32, "images": 2, "naive_images": 2, "batch_size": 8},
+        command=_command,
+        run=_run,
+        render=_render,
+        aims=lambda result: [
+            Aim("insertion + deletion, batched / one step at a time", dig(result, "speedup"), 5.0, True, "x")
+        ],
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=3, help="images for each batched run")
     parser.add_argument("--naive-images", type=int, default=1, help="images for the one-step-at-a-time loop")

@@ -17,77 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from benchmarks.harness import LoadConfig, closed_loop, get_status, make_images, percentile_ms, service
+from benchmarks.sections import Aim, Context, Section, dig, fmt, table
 from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
+from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.load")
-HOST = "127.0.0.1"  # loopback only: the script measures the service it starts, nothing else
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    model: Path
-    batch_size: int = 8
-    concurrency: int = 8
-    requests: int = 400  # per phase
-    seconds: float = 20.0  # per phase
-    images: int = 32  # distinct images, cycled
-    max_batch_delay_ms: float = 5.0
-    threads: int = 0  # ONNX Runtime intra-op threads for both sides; 0 = its default
-    overload_queue: int = 4
-    overload_concurrency: int = 48
-    overload_requests: int = 600
-    start_timeout_s: float = 60.0
-
-
-@dataclass
-class Phase:
-    """Closed-loop client results: counts by status, seconds, and latency percentiles in milliseconds."""
-
-    requests: int
-    seconds: float
-    statuses: dict[str, int]
-    throughput: float
-    p50_ms: float
-    p99_ms: float
-    rejected_p50_ms: float | None = None
-    rejected_p99_ms: float | None = None
-    retry_after: str | None = None
-
-
-def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
-    """Deterministic JPEGs with smooth structure and noise, ``size`` pixels on the shorter side."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        height, width = size, int(size * (1 + 0.25 * (i % 3)))
-        y, x = np.mgrid[0:height, 0:width]
-        phase = rng.uniform(0, 6.28, 3)
-        waves = [127 + 100 * np.sin(x / (7 + 3 * c) + y / (11 + c) + phase[c]) for c in range(3)]
-        pixels = np.stack(waves, axis=-1) + rng.normal(0, 12, (height, width, 3))
-        buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def raw_throughput(config: LoadConfig, images: list[bytes]) -> dict[str, float]:
@@ -121,135 +69,8 @@ def raw_throughput(config: LoadConfig, images: list[bytes]) -> dict[str, float]:
         begin = time.perf_counter()
         session.run(None, {"image": inputs[len(latencies) % len(inputs)][None]})
         latencies.append(time.perf_counter() - begin)
-    result["batch1_p50_ms"], result["batch1_p99_ms"] = _percentile(latencies, 50), _percentile(latencies, 99)
+    result["batch1_p50_ms"], result["batch1_p99_ms"] = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def service(config: LoadConfig, **env: str) -> Iterator[int]:
-    """``python -m service`` on a free loopback port; yields the port once /readyz is 200."""
-    port = free_port()
-    variables = {
-        "CASTREAM_MODEL_PATH": str(config.model),
-        "CASTREAM_HOST": HOST,
-        "CASTREAM_PORT": str(port),
-        "CASTREAM_MAX_BATCH_SIZE": str(config.batch_size),
-        "CASTREAM_MAX_BATCH_DELAY_MS": str(config.max_batch_delay_ms),
-        "CASTREAM_INTRA_OP_THREADS": str(config.threads),
-        "CASTREAM_LOG_LEVEL": "warning",
-        **env,
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
-    try:
-        deadline = time.monotonic() + config.start_timeout_s
-        while asyncio.run(_get_status(port, "/readyz")) != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
-            time.sleep(0.1)
-        yield port
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
-    """The raw bytes of one ``POST /classify[?query]`` with one file, built once and replayed."""
-    boundary = "castreamloadboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    target = f"/classify?{query}" if query else "/classify"
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    await reader.readexactly(int(headers.get("content-length", 0)))
-    return int(lines[0].split()[1]), headers
-
-
-async def _get_status(port: int, path: str) -> int:
-    try:
-        reader, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return 0
-    try:
-        status, _ = await _exchange(reader, writer, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        return status
-    finally:
-        writer.close()
-
-
-async def closed_loop(
-    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = ""
-) -> Phase:
-    """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
-
-    ``query`` is added to every request's URL (``attention=overlay``, ...).
-    """
-    prepared = [multipart_request(port, image, query) for image in images]
-    records: list[tuple[int, float, str | None]] = []
-    sent = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client() -> None:
-        nonlocal sent
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            while sent < requests and time.perf_counter() < deadline:
-                index, sent = sent, sent + 1
-                start = time.perf_counter()
-                status, headers = await _exchange(reader, writer, prepared[index % len(prepared)])
-                records.append((status, time.perf_counter() - start, headers.get("retry-after")))
-        finally:
-            writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    ok = [latency for status, latency, _ in records if status == 200]
-    rejected = [latency for status, latency, _ in records if status == 503]
-    statuses: dict[str, int] = {}
-    for status, _, _ in records:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-    retry = next((value for status, _, value in records if status == 503), None)
-    return Phase(
-        requests=len(records),
-        seconds=elapsed,
-        statuses=statuses,
-        throughput=len(ok) / elapsed,
-        p50_ms=_percentile(ok, 50),
-        p99_ms=_percentile(ok, 99),
-        rejected_p50_ms=_percentile(rejected, 50) if rejected else None,
-        rejected_p99_ms=_percentile(rejected, 99) if rejected else None,
-        retry_after=retry,
-    )
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
 def run(config: LoadConfig) -> dict[str, Any]:
@@ -280,7 +101,7 @@ def run(config: LoadConfig) -> dict[str, Any]:
             closed_loop(port, images, config.overload_concurrency, config.overload_requests, config.seconds)
         )
         after = asyncio.run(closed_loop(port, images, 1, 20, config.seconds))
-        ready = asyncio.run(_get_status(port, "/readyz"))
+        ready = asyncio.run(get_status(port, "/readyz"))
     report["overload"] = asdict(burst)
     report["recovery"] = {"statuses": after.statuses, "p50_ms": after.p50_ms, "readyz": ready}
     report["recovered"] = after.statuses == {"200": after.requests} and ready == 200
@@ -317,6 +138,89 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _command(context: Context) -> str:
+    b = context.budget
+    return f"python -m benchmarks.load --model {context.model} --requests {b['requests']} --seconds {b['seconds']:g}"
+
+
+def _run(context: Context) -> dict[str, Any]:
+    return run(LoadConfig(model=context.model, requests=context.budget["requests"], seconds=context.budget["seconds"]))
+
+
+def _aims(result: dict[str, Any] | None) -> list[Aim]:
+    concurrency = dig(result, "config", "concurrency") or 8
+    return [
+        Aim(
+            f"service / raw ONNX Runtime throughput, concurrency {concurrency}",
+            dig(result, "ratio_run_only"),
+            0.85,
+            True,
+        ),
+        Aim(
+            "service p50 at concurrency 1 minus the model's own batch-1 p50",
+            dig(result, "overhead_c1_p50_ms"),
+            15,
+            False,
+            " ms",
+        ),
+    ]
+
+
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    raw, c = r["raw"], r["config"]["concurrency"]
+    lines = [
+        f"Same model, same {r['config']['images']} JPEGs, batch size {r['config']['batch_size']}; the service gets one "
+        "image per request from closed-loop clients on loopback. Raw ONNX Runtime is measured before and after the "
+        "service phases and averaged.",
+        "",
+    ]
+    rows = [
+        ["raw `session.run`, batch 1", "n/a", fmt(raw["batch1_p50_ms"]), fmt(raw["batch1_p99_ms"])],
+        [f"raw `session.run`, batch {r['config']['batch_size']}", fmt(raw["run_only"]), "", ""],
+        ["raw decode + preprocess + run", fmt(raw["with_preprocessing"]), "", ""],
+    ]
+    for concurrency in (1, c):
+        phase = r[f"service_c{concurrency}"]
+        rows.append(
+            [
+                f"service, concurrency {concurrency}",
+                fmt(phase["throughput"]),
+                fmt(phase["p50_ms"]),
+                fmt(phase["p99_ms"]),
+            ]
+        )
+    lines += table(["", "images/s", "p50 ms", "p99 ms"], rows)
+    burst, recovery = r["overload"], r["recovery"]
+    lines += [
+        "",
+        f"- Throughput ratio service / raw at concurrency {c}: **{r['ratio_run_only']:.2f}** against `session.run` "
+        f"alone, {r['ratio_with_preprocessing']:.2f} against decode + preprocess + run.",
+        f"- Latency at concurrency 1: service p50 is **{r['overhead_c1_p50_ms']:+.1f} ms** over the model's own "
+        "batch-1 p50 (HTTP, decoding, the batching delay and the response).",
+        f"- Overload ({r['config']['overload_concurrency']} clients, queue of {r['config']['overload_queue']} images): "
+        f"answers {burst['statuses']}; 503 in p50 {fmt(burst['rejected_p50_ms'])} ms / p99 "
+        f"{fmt(burst['rejected_p99_ms'])} ms with `Retry-After: {burst['retry_after']}`. Afterwards "
+        f"{recovery['statuses']} at p50 {fmt(recovery['p50_ms'])} ms and `/readyz` {recovery['readyz']}: "
+        f"{'recovered' if r['recovered'] else '**did not recover**'}.",
+        "",
+    ]
+    return lines
+
+
+SECTIONS = (
+    Section(
+        "load",
+        "Service against raw ONNX Runtime",
+        full={"requests": 800, "seconds": 20.0},
+        quick={"requests": 24, "seconds": 5.0},
+        command=_command,
+        run=_run,
+        render=_render,
+        aims=_aims,
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
@@ -328,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     options = {k: v for k, v in vars(args).items() if k != "json"}
     report = run(LoadConfig(**options))
     if args.json:

@@ -21,16 +21,19 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
+from benchmarks.sections import Aim, Context, Section, dig, fmt, table
 from export.graph import export_graph
 from export.quantize import quantize_int8
 from export.runtime import make_session
 from export.timing import Timings, time_sessions
 from training.backbones import BACKBONES
+from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger("benchmarks.onnx_speed")
@@ -159,6 +162,77 @@ def format_report(report: SpeedReport) -> str:
     return "\n".join(lines)
 
 
+def _command(context: Context) -> str:
+    b = context.budget
+    return (
+        f"python -m benchmarks.onnx_speed --backbone {b['backbone']} --image-size {b['image_size']} "
+        f"--budget-s {b['budget_s']:g} --json"
+    )
+
+
+def _run(context: Context) -> dict:
+    b = context.budget
+    return run(b["backbone"], b["image_size"], budget_s=b["budget_s"]).to_dict()
+
+
+def _aims(result: dict | None) -> list[Aim]:
+    return [
+        Aim("CA / GAP latency, ResNet-50 at 224, batch 1", dig(result, "ca_over_gap_latency"), AIM_CA_OVER_GAP, False),
+        Aim(
+            "int8 / fp32 throughput, ResNet-50 at 224",
+            dig(result, "int8_over_fp32_throughput"),
+            AIM_INT8_OVER_FP32,
+            True,
+        ),
+    ]
+
+
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['backbone']} at {r['image_size']} x {r['image_size']} with random weights (speed does not depend on "
+        f"them), {r['threads']} thread(s); the graphs alternate round by round on the same inputs. Ratios are the "
+        "median of per-round ratios.",
+        "",
+    ]
+    timings = r["timings"]
+    batches = list(timings)
+    rows = []
+    for graph in ("fp32-gap", "fp32-ca", "int8-ca"):
+        cells = []
+        for batch in batches:
+            t = timings[batch].get(graph, {})
+            cells += [fmt(t.get("median_ms")), fmt(t.get("images_per_s"))]
+        rows.append([graph, *cells])
+    batches = [batch.replace("batch", "batch ") for batch in batches]
+    header = ["graph"]
+    for batch in batches:
+        header += [f"{batch}: ms", f"{batch}: images/s"]
+    lines += table(header, rows)
+    lines += [
+        "",
+        f"- CA / GAP latency at batch 1: **{r['ca_over_gap_latency']:.3f}** (aim <= {AIM_CA_OVER_GAP:g}); "
+        f"CA / GAP time at {batches[-1]}: {r['ca_over_gap_batch_throughput']:.3f}.",
+        f"- int8 / fp32 throughput of the CA graph at {batches[-1]}: **{r['int8_over_fp32_throughput']:.2f}x** "
+        f"(aim >= {AIM_INT8_OVER_FP32:g}); at batch 1: {r['int8_over_fp32_latency']:.2f}x.",
+        "",
+    ]
+    return lines
+
+
+SECTIONS = (
+    Section(
+        "onnx_speed",
+        "CA against GAP, int8 against fp32 (ONNX Runtime)",
+        full={"backbone": "resnet50", "image_size": 224, "budget_s": 75.0},
+        quick={"backbone": "resnet18", "image_size": 64, "budget_s": 1.0},
+        command=_command,
+        run=_run,
+        render=_render,
+        aims=_aims,
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/onnx_speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.image_size < 32 or args.batch_size < 2 or args.threads < 0 or args.budget_s <= 0:
         parser.error("need --image-size >= 32, --batch-size >= 2, --threads >= 0 and --budget-s > 0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     for name in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export"):
         logging.getLogger(name).setLevel(logging.WARNING)
     report = run(args.backbone, args.image_size, args.batch_size, args.threads, args.budget_s)

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.scaling import model_inputs
+from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
+from export.agreement import Thresholds
 from export.runtime import make_session
 from export.timing import time_sessions
 from service.model import load_model
+from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.precision")
 
@@ -74,6 +77,72 @@ def compare(
     }
 
 
+def _command(context: Context) -> str:
+    return (
+        f"python -m benchmarks.precision --model {context.model} --int8-model {context.int8_model} "
+        f"--budget-s {context.budget['budget_s']:g}"
+    )
+
+
+def _skip(context: Context) -> str | None:
+    if context.int8_model is None or not context.int8_model.is_file():
+        return f"no int8 model at {context.int8_model}"
+    return None
+
+
+def _aims(result: dict[str, Any] | None) -> list[Aim]:
+    limits = Thresholds()
+    return [
+        Aim("int8 top-1 agreement with fp32 (served model)", dig(result, "agreement", "top1"), limits.top1, True),
+        Aim("int8 attention-peak agreement (served model)", dig(result, "agreement", "peak"), limits.peak, True),
+        Aim(
+            "int8 attention correlation (served model)",
+            dig(result, "agreement", "correlation"),
+            limits.correlation,
+            True,
+        ),
+    ]
+
+
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    agreement = r["agreement"]
+    lines = [
+        f"Agreement as measured by `python -m export.to_onnx --int8` on {agreement['images']} validation images "
+        f"before it wrote the file: top-1 {pct(agreement['top1'])}, attention peak {pct(agreement['peak'])}, "
+        f"mean attention correlation {fmt(agreement['correlation'], 4)} (accuracy fp32 {pct(r['accuracy']['fp32'])}, "
+        f"int8 {pct(r['accuracy']['int8'])}). Speed timed in this run, {r['threads']} thread(s):",
+        "",
+    ]
+    rows = [
+        [
+            str(t["batch_size"]),
+            fmt(t["fp32_ms"], 2),
+            fmt(t["int8_ms"], 2),
+            fmt(t["fp32_images_per_second"]),
+            fmt(t["int8_images_per_second"]),
+            f"**{t['int8_over_fp32']:.2f}x**",
+        ]
+        for t in r["timings"]
+    ]
+    header = ["batch", "fp32 ms", "int8 ms", "fp32 images/s", "int8 images/s", "int8 / fp32 throughput"]
+    return [*lines, *table(header, rows), ""]
+
+
+SECTIONS = (
+    Section(
+        "precision",
+        "int8 against fp32 on the served model",
+        full={"budget_s": 15.0},
+        quick={"budget_s": 0.5},
+        command=_command,
+        run=lambda context: compare(context.model, context.int8_model, budget_s=context.budget["budget_s"]),
+        render=_render,
+        aims=_aims,
+        skip=_skip,
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
@@ -87,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"{str(path)!r} does not exist; build it with `make export` or `make models/castream-int8.onnx`"
             )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         report = compare(args.model, args.int8_model, args.batch_size, args.threads, args.budget_s)
     except ValueError as error:

@@ -22,93 +22,93 @@ import resource
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu, render
-from benchmarks.load import LoadConfig
+from benchmarks import gpu, insertion_deletion, load, onnx_speed, precision, render, scaling, stages, train_speed
+from benchmarks.sections import Aim, Context, Section, dig, fmt, table
+from training.logs import setup_logging
+from training.revision import git_revision
 
 log = logging.getLogger("benchmarks.report")
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How much work each section may do; ``FULL`` fits in 15 minutes on two cores, ``QUICK`` in about one."""
-
-    load_requests: int = 800
-    load_seconds: float = 20.0
-    stage_requests: int = 150
-    stage_seconds: float = 20.0
-    png_rounds: int = 2
-    sweep_s: float = 24.0
-    service_requests_per_image: int = 8
-    service_seconds: float = 12.0  # what the scaling command gives it: half of sweep_s
-    image_s: float = 12.0  # the same
-    precision_s: float = 15.0
-    onnx_backbone: str = "resnet50"
-    onnx_size: int = 224
-    onnx_s: float = 75.0
-    train_backbone: str = "resnet50"
-    train_size: int = 224
-    train_batch: int = 16
-    train_s: float = 45.0
-    xai_backbone: str = "resnet50"
-    xai_size: int = 224
-    xai_images: int = 4
-    xai_naive_images: int = 2
-    xai_batch: int = 32
+def _train_command(context: Context) -> str:
+    b = context.budget
+    return (
+        f"python -m benchmarks.train_speed --backbone {b['backbone']} --image-size {b['image_size']} "
+        f"--batch-size {b['batch_size']} --budget-s {b['budget_s']:g}"
+    )
 
 
-FULL = Budget()
-QUICK = Budget(
-    load_requests=24,
-    load_seconds=5.0,
-    stage_requests=12,
-    stage_seconds=5.0,
-    png_rounds=1,
-    sweep_s=0.5,
-    service_requests_per_image=2,
-    service_seconds=3.0,
-    image_s=0.5,
-    precision_s=0.5,
-    onnx_backbone="resnet18",
-    onnx_size=64,
-    onnx_s=1.0,
-    train_backbone="resnet18",
-    train_size=64,
-    train_batch=4,
-    train_s=0.5,
-    xai_backbone="resnet18",
-    xai_size=32,
-    xai_images=2,
-    xai_batch=8,
-)
-SECTIONS = (
-    "load",
-    "stages",
-    "overlay_png",
-    "batch",
-    "service_batch",
-    "image_size",
-    "precision",
-    "onnx_speed",
+def _precision_name(r: dict[str, Any]) -> str:
+    name = r.get("precision") or ("bf16" if r.get("amp") else "fp32")  # older results recorded a flag
+    return "float32" if name == "fp32" else f"{name} autocast"
+
+
+def _render_train(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['backbone']} at {r['image_size']} px, batch {r['batch_size']}, {r['threads']} threads, "
+        f"{_precision_name(r)} (the training default here), {r['rounds']} alternating rounds.",
+        "",
+        *table(
+            ["", "ms per batch", "images/s"],
+            [
+                [
+                    "frozen model, forward only (`no_grad`)",
+                    fmt(r["forward_ms"]),
+                    fmt(r["forward_images_per_second"], 2),
+                ],
+                [
+                    "stream training step (forward, backward, SGD)",
+                    fmt(r["train_step_ms"]),
+                    fmt(r["train_images_per_second"], 2),
+                ],
+            ],
+        ),
+        "",
+        f"Training throughput / forward throughput: **{r['ratio']:.2f}** (aim >= {r['aim']}).",
+        "",
+    ]
+    return lines
+
+
+TRAIN_SPEED = Section(
     "train_speed",
-    "insertion_deletion",
-    "gpu",
+    "Stream training against the frozen forward pass",
+    full={"backbone": "resnet50", "image_size": 224, "batch_size": 16, "budget_s": 45.0},
+    quick={"backbone": "resnet18", "image_size": 64, "batch_size": 4, "budget_s": 0.5},
+    command=_train_command,
+    run=lambda context: asdict(train_speed.run(**context.budget)),
+    render=_render_train,
+    aims=lambda result: [
+        Aim("stream training / frozen forward throughput", dig(result, "ratio"), train_speed.AIM, True)
+    ],
 )
+
+# The report's sections, in its order; each benchmark module declares its own.
+SECTIONS: tuple[Section, ...] = (
+    *load.SECTIONS,
+    *stages.SECTIONS,
+    *scaling.SECTIONS,
+    *precision.SECTIONS,
+    *onnx_speed.SECTIONS,
+    TRAIN_SPEED,
+    *insertion_deletion.SECTIONS,
+    *gpu.SECTIONS,
+)
+NAMES = tuple(section.name for section in SECTIONS)
 
 
 @dataclass(frozen=True)
 class Options:
     model: Path
     int8_model: Path | None
-    budget: Budget
-    sections: tuple[str, ...] = SECTIONS
-    quick: bool = False
+    sections: tuple[str, ...] = NAMES
+    quick: bool = False  # each section's quick budget: checks the pipeline, not the figures
     command: str = "python -m benchmarks.report"
 
 
@@ -144,8 +144,6 @@ def others_share(
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    from training.pipeline import git_revision
-
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -165,72 +163,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def section_runners(options: Options) -> dict[str, tuple[str, Callable[[], Any]]]:
-    """Per section: the command that measures it on its own, and the call that measures it here."""
-    from benchmarks import insertion_deletion, load, onnx_speed, precision, scaling, stages, train_speed
-    from benchmarks.scaling import BATCH_SIZES
-
-    b, model = options.budget, options.model
-    config = LoadConfig(model=model, requests=b.load_requests, seconds=b.load_seconds)
-    staged = replace(config, seconds=b.stage_seconds)
-    int8 = options.int8_model
-    commands = {
-        "load": f"python -m benchmarks.load --model {model} --requests {b.load_requests} --seconds {b.load_seconds:g}",
-        "stages": f"python -m benchmarks.stages --model {model} --requests {b.stage_requests} "
-        f"--seconds {b.stage_seconds:g}",
-        "scaling": f"python -m benchmarks.scaling --model {model} --budget-s {b.sweep_s:g}",
-        "precision": f"python -m benchmarks.precision --model {model} --int8-model {int8} --budget-s {b.precision_s:g}",
-        "onnx_speed": f"python -m benchmarks.onnx_speed --backbone {b.onnx_backbone} --image-size {b.onnx_size} "
-        f"--budget-s {b.onnx_s:g} --json",
-        "train_speed": f"python -m benchmarks.train_speed --backbone {b.train_backbone} --image-size {b.train_size} "
-        f"--batch-size {b.train_batch} --budget-s {b.train_s:g}",
-        "insertion_deletion": f"python -m benchmarks.insertion_deletion --backbone {b.xai_backbone} --size "
-        f"{b.xai_size} --images {b.xai_images} --naive-images {b.xai_naive_images} --batch-size {b.xai_batch} --json",
-        "gpu": f"python -m benchmarks.gpu --model {model} --budget-s {b.sweep_s:g}",
-    }
-    return {
-        "load": (commands["load"], lambda: load.run(config)),
-        "stages": (
-            commands["stages"],
-            lambda: stages.request_stages(staged, stages.MODES, b.stage_requests, b.stage_seconds),
-        ),
-        "overlay_png": (
-            commands["stages"],
-            lambda: stages.overlay_png_levels(
-                staged, {"before": 6, "after": 1}, b.stage_requests, b.stage_seconds, b.png_rounds
-            ),
-        ),
-        "batch": (commands["scaling"], lambda: scaling.batch_sweep(model, budget_s=b.sweep_s)),
-        "service_batch": (
-            commands["scaling"],
-            lambda: scaling.service_batch_sweep(config, BATCH_SIZES, b.service_requests_per_image, b.service_seconds),
-        ),
-        "image_size": (commands["scaling"], lambda: scaling.image_size_sweep(model, budget_s=b.image_s)),
-        "precision": (commands["precision"], lambda: precision.compare(model, int8, budget_s=b.precision_s)),
-        "onnx_speed": (
-            commands["onnx_speed"],
-            lambda: onnx_speed.run(b.onnx_backbone, b.onnx_size, budget_s=b.onnx_s).to_dict(),
-        ),
-        "train_speed": (
-            commands["train_speed"],
-            lambda: asdict(train_speed.run(b.train_backbone, b.train_size, b.train_batch, b.train_s)),
-        ),
-        "insertion_deletion": (
-            commands["insertion_deletion"],
-            lambda: asdict(
-                insertion_deletion.run(
-                    images=b.xai_images,
-                    naive_images=b.xai_naive_images,
-                    size=b.xai_size,
-                    backbone=b.xai_backbone,
-                    batch_size=b.xai_batch,
-                )
-            ),
-        ),
-        "gpu": (commands["gpu"], lambda: gpu.measure(model, budget_s=b.sweep_s)),
-    }
-
-
 def run(options: Options) -> dict[str, Any]:
     """Every requested section, in order; a failed section records its error and the others still run."""
     from service.model import load_model
@@ -239,19 +171,24 @@ def run(options: Options) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     load_start = os.getloadavg()
     info = load_model(options.model, ["cpu"]).info
-    runners = section_runners(options)
+    chosen = [section for section in SECTIONS if section.name in options.sections]
+    chosen.sort(key=lambda section: options.sections.index(section.name))
+    budgets = {section.name: dict(section.quick if options.quick else section.full) for section in chosen}
     sections: dict[str, dict[str, Any]] = {}
     samples = [load_start[0]]  # the 1-minute load average as each section starts: was the machine quiet?
-    for name in options.sections:
-        command, call = runners[name]
-        if name == "precision" and (options.int8_model is None or not options.int8_model.is_file()):
-            sections[name] = {"command": command, "skipped": f"no int8 model at {options.int8_model}"}
+    for section in chosen:
+        name = section.name
+        context = Context(options.model, options.int8_model, budgets[name])
+        command = section.command(context)
+        skipped = section.skip(context)
+        if skipped:
+            sections[name] = {"command": command, "skipped": skipped}
             continue
         samples.append(os.getloadavg()[0])
         log.info("section %s (load average %.2f)", name, samples[-1])
         begin, cpu_begin = time.perf_counter(), cpu_seconds()
         try:
-            sections[name] = {"command": command, "result": call()}
+            sections[name] = {"command": command, "result": section.run(context)}
         except Exception as error:  # reported in the file and in the exit status
             log.exception("section %s failed", name)
             sections[name] = {"command": command, "error": f"{type(error).__name__}: {error}"}
@@ -261,7 +198,7 @@ def run(options: Options) -> dict[str, Any]:
         "command": options.command,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": options.quick,
-        "budget": asdict(options.budget),
+        "budget": budgets,
         "machine": machine(),
         "model": {
             "path": str(options.model),
@@ -287,7 +224,7 @@ def write(results: dict[str, Any], out: Path, plot: Path | None, json_path: Path
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    out.write_text(render.render(results, relative))
+    out.write_text(render.render(results, SECTIONS, relative))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,20 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks") / render.PLOT_NAME)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="raw results")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(NAMES), help=f"comma list from {', '.join(NAMES)}")
     parser.add_argument("--quick", action="store_true", help="tiny budgets and models: checks the pipeline only")
     args = parser.parse_args(argv)
     sections = tuple(name.strip() for name in args.sections.split(",") if name.strip())
-    unknown = sorted(set(sections) - set(SECTIONS))
+    unknown = sorted(set(sections) - set(NAMES))
     if unknown:
-        parser.error(f"unknown --sections {unknown}; expected names from {', '.join(SECTIONS)}")
+        parser.error(f"unknown --sections {unknown}; expected names from {', '.join(NAMES)}")
     if not args.model.is_file():
         parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     for name in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo"):
         logging.getLogger(name).setLevel(logging.WARNING)
     command = shlex.join(["python", "-m", "benchmarks.report", *(sys.argv[1:] if argv is None else argv)])
-    options = Options(args.model, args.int8_model, QUICK if args.quick else FULL, sections, args.quick, command)
+    options = Options(args.model, args.int8_model, sections, args.quick, command)
     results = run(options)
     write(results, args.out, args.plot, args.json)
     failed = [name for name, section in results["sections"].items() if "error" in section]

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,50 +27,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.load import LoadConfig, closed_loop, make_images, service
+from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, service, summarise
+from benchmarks.sections import Context, Section, fmt, result_of, table
 from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
+from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.scaling")
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 MEGAPIXELS = (0.3, 1.0, 4.0, 12.0)
-
-
-def interleaved(
-    steps: dict[Any, Callable[[], object]], budget_s: float, min_rounds: int = 3, max_rounds: int = 1000
-) -> dict[Any, np.ndarray]:
-    """Seconds of each step per round; every round runs every step once, in alternating order.
-
-    Stops after ``budget_s`` seconds (at least ``min_rounds`` rounds, at most ``max_rounds``).
-    """
-    if not steps:
-        raise ValueError("no steps to time")
-    if min_rounds < 1 or max_rounds < min_rounds:
-        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
-    keys = list(steps)
-    seconds: dict[Any, list[float]] = {key: [] for key in keys}
-    started = time.perf_counter()
-    for round_ in range(max_rounds):
-        for key in keys if round_ % 2 == 0 else reversed(keys):
-            begin = time.perf_counter()
-            steps[key]()
-            seconds[key].append(time.perf_counter() - begin)
-        if round_ + 1 >= min_rounds and time.perf_counter() - started >= budget_s:
-            break
-    return {key: np.array(values) for key, values in seconds.items()}
-
-
-def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
-    """Median and p99 in milliseconds, and images per second at the median, of one step's timings."""
-    median = float(np.median(seconds))
-    return {
-        "rounds": len(seconds),
-        "p50_ms": median * 1000,
-        "p99_ms": float(np.percentile(seconds, 99)) * 1000,
-        "images_per_second": images / median,
-    }
 
 
 def model_inputs(model_path: Path, count: int) -> np.ndarray:
@@ -174,6 +140,113 @@ def image_size_sweep(
     return points
 
 
+def _command(budget_s: float) -> Callable[[Context], str]:
+    return lambda context: f"python -m benchmarks.scaling --model {context.model} --budget-s {budget_s:g}"
+
+
+def _budget_command(context: Context) -> str:
+    return _command(context.budget["budget_s"])(context)
+
+
+def _service_command(context: Context) -> str:
+    return _command(context.budget["seconds"] * 2)(context)  # the command gives the service sweep half its budget
+
+
+def _run_service_batch(context: Context) -> list[dict[str, Any]]:
+    b = context.budget
+    return service_batch_sweep(LoadConfig(model=context.model), BATCH_SIZES, b["requests_per_image"], b["seconds"])
+
+
+def _image_command(context: Context) -> str:
+    return _command(context.budget["budget_s"] * 2)(context)
+
+
+def _render_batches(raw: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    service = {p["batch_size"]: p for p in result_of(results, "service_batch") or []}
+    plot = results.get("plot")
+    lines = [
+        "Raw: `session.run` on b preprocessed images, sizes interleaved round by round (p99 over the rounds). "
+        "Service: `CASTREAM_MAX_BATCH_SIZE` = b under 2b closed-loop clients of one image each, so batches can fill.",
+        "",
+    ]
+    rows = []
+    for point in raw:
+        s = service.get(point["batch_size"], {})
+        rows.append(
+            [
+                str(point["batch_size"]),
+                fmt(point["images_per_second"]),
+                fmt(point["p50_ms"]),
+                fmt(point["p99_ms"]),
+                fmt(s.get("images_per_second")),
+                f"{fmt(s.get('p50_ms'))} / {fmt(s.get('p99_ms'))}",
+            ]
+        )
+    header = ["batch", "raw images/s", "raw p50 ms", "raw p99 ms", "service images/s", "service p50 / p99 ms"]
+    lines += table(header, rows)
+    if plot:
+        lines += ["", f"![throughput against batch size]({plot})"]
+    return [*lines, ""]
+
+
+def _render_image_sizes(r: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    lines = [
+        "Decoding (`service.imaging.decode`: bytes to RGB, EXIF orientation) and preprocessing (resize of the shorter "
+        "side, crop, normalise, to the served model's input) of one 4:3 JPEG (quality 90) on one core, medians.",
+        "",
+    ]
+    rows = [
+        [
+            f"{p['megapixels']:g}",
+            f"{p['width']} x {p['height']}",
+            f"{p['jpeg_bytes'] / 1e6:.2f}",
+            fmt(p["decode_ms"]),
+            fmt(p["preprocess_ms"]),
+            fmt(p["total_ms"]),
+            fmt(p["images_per_second_per_core"]),
+        ]
+        for p in r
+    ]
+    header = ["megapixels", "pixels", "MB", "decode ms", "preprocess ms", "total ms", "images/s per core"]
+    return [*lines, *table(header, rows), ""]
+
+
+SECTIONS = (
+    Section(
+        "batch",
+        "Cost against batch size",
+        full={"budget_s": 24.0},
+        quick={"budget_s": 0.5},
+        command=_budget_command,
+        run=lambda context: batch_sweep(context.model, budget_s=context.budget["budget_s"]),
+        render=_render_batches,
+    ),
+    Section(
+        "service_batch",
+        "Cost against batch size in the service",
+        full={"requests_per_image": 8, "seconds": 12.0},
+        quick={"requests_per_image": 2, "seconds": 3.0},
+        command=_service_command,
+        run=lambda context: service_batch_sweep(
+            LoadConfig(model=context.model),
+            BATCH_SIZES,
+            context.budget["requests_per_image"],
+            context.budget["seconds"],
+        ),
+        render=lambda result, results: [],  # shown beside the raw sweep, in "Cost against batch size"
+    ),
+    Section(
+        "image_size",
+        "Cost against image size",
+        full={"budget_s": 12.0},
+        quick={"budget_s": 0.5},
+        command=_image_command,
+        run=lambda context: image_size_sweep(context.model, budget_s=context.budget["budget_s"]),
+        render=_render_image_sizes,
+    ),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
@@ -182,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = LoadConfig(model=args.model, threads=args.threads)
     report = {
         "batch": batch_sweep(args.model, threads=args.threads, budget_s=args.budget_s),

@@ -8,12 +8,16 @@ median of the per-round ratios: both sides of a ratio always ran moments apart.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
-from export.graph import INPUT
+from service.contract import INPUT
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,34 @@ class Timings:
         return float(self.seconds[numerator].min() / self.seconds[denominator].min())
 
 
+def round_order(keys: Sequence[K], round_: int) -> list[K]:
+    """The order of ``keys`` in round ``round_``: forwards in even rounds, backwards in odd ones (ABBA...)."""
+    return list(keys) if round_ % 2 == 0 else list(reversed(keys))
+
+
+def interleaved(
+    steps: dict[K, Callable[[], object]], budget_s: float, min_rounds: int = 3, max_rounds: int = 1000
+) -> dict[K, np.ndarray]:
+    """Seconds of each step per round; every round runs every step once, in alternating order.
+
+    Stops after ``budget_s`` seconds (at least ``min_rounds`` rounds, at most ``max_rounds``).
+    """
+    if not steps:
+        raise ValueError("no steps to time")
+    if min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
+    seconds: dict[K, list[float]] = {key: [] for key in steps}
+    started = time.perf_counter()
+    for round_ in range(max_rounds):
+        for key in round_order(list(steps), round_):
+            begin = time.perf_counter()
+            steps[key]()
+            seconds[key].append(time.perf_counter() - begin)
+        if round_ + 1 >= min_rounds and time.perf_counter() - started >= budget_s:
+            break
+    return {key: np.array(values) for key, values in seconds.items()}
+
+
 def time_sessions(
     sessions: dict[str, ort.InferenceSession],
     images: np.ndarray,
@@ -52,19 +84,8 @@ def time_sessions(
     """Times every session on ``images`` for about ``budget_s`` seconds (at least ``min_rounds`` rounds)."""
     if not sessions:
         raise ValueError("no sessions to time")
-    if min_rounds < 1 or max_rounds < min_rounds:
-        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds} and {max_rounds}")
     feed = {INPUT: np.ascontiguousarray(images, dtype=np.float32)}
-    names = list(sessions)
-    for name in names:  # warm-up: first runs allocate memory and pick kernels
-        sessions[name].run(None, feed)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    started = time.perf_counter()
-    for round_ in range(max_rounds):
-        for name in names if round_ % 2 == 0 else reversed(names):
-            begin = time.perf_counter()
-            sessions[name].run(None, feed)
-            seconds[name].append(time.perf_counter() - begin)
-        if round_ + 1 >= min_rounds and time.perf_counter() - started >= budget_s:
-            break
-    return Timings(len(images), {name: np.array(values) for name, values in seconds.items()})
+    for session in sessions.values():  # warm-up: first runs allocate memory and pick kernels
+        session.run(None, feed)
+    steps = {name: (lambda session=session: session.run(None, feed)) for name, session in sessions.items()}
+    return Timings(len(images), interleaved(steps, budget_s, min_rounds, max_rounds))

@@ -1,4 +1,5 @@
-"""Fixtures for the benchmark tests: the service tests' tiny ONNX models (no torch, milliseconds to run)."""
+"""Fixtures for the benchmark tests: the service tests' tiny ONNX models (no torch, milliseconds to run), and the
+export tests' exports of the tiny run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.export.conftest import ca_export, gap_export, int8_export  # noqa: F401 (shared fixtures)
 from tests.service.servicetools import save_model
 
 INT8_CHECKS = {
@@ -32,3 +34,15 @@ def tiny_int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     verification = json.dumps({"parity": [], "int8": INT8_CHECKS})
     path = tmp_path_factory.mktemp("models") / "tiny-int8.onnx"
     return save_model(path, precision="int8", verification=verification)
+
+
+# Every section that needs no service process, measured for real with its quick budget.
+OFFLINE_SECTIONS = ("batch", "image_size", "precision", "onnx_speed", "train_speed", "insertion_deletion", "gpu")
+
+
+@pytest.fixture(scope="session")
+def quick_results(tiny_model: Path, tiny_int8_model: Path) -> dict:
+    """The results of one quick ``benchmarks.report`` run of the offline sections on the tiny models."""
+    from benchmarks.report import Options, run
+
+    return run(Options(tiny_model, tiny_int8_model, OFFLINE_SECTIONS, quick=True))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.report import QUICK, Options, cpu_seconds, main, others_share, run
+from benchmarks.report import Options, cpu_seconds, main, others_share, run
 
 
 def test_others_share_is_the_machine_cpu_this_run_did_not_use() -> None:
@@ -73,7 +73,7 @@ def test_a_failed_section_is_reported_and_fails_the_command(tiny_model, tmp_path
 
 
 def test_missing_int8_model_is_a_skip_not_a_failure(tiny_model, tmp_path) -> None:
-    results = run(Options(tiny_model, tmp_path / "absent.onnx", QUICK, ("precision",)))
+    results = run(Options(tiny_model, tmp_path / "absent.onnx", ("precision",), quick=True))
     assert results["sections"]["precision"]["skipped"].startswith("no int8 model at")
 
 

@@ -1,35 +1,13 @@
-"""The sweeps' timing loop and inputs, and both offline sweeps on a tiny model."""
+"""The sweeps' inputs, and both offline sweeps on a tiny model."""
 
 from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.scaling import batch_sweep, image_size_sweep, interleaved, photo_jpeg, summarise
-
-
-def test_interleaved_alternates_the_order_and_keeps_to_the_rounds() -> None:
-    calls: list[str] = []
-    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, budget_s=0, min_rounds=3)
-    assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert {key: len(values) for key, values in seconds.items()} == {"a": 3, "b": 3}
-    calls.clear()
-    interleaved({"a": lambda: calls.append("a")}, budget_s=60, min_rounds=1, max_rounds=2)
-    assert calls == ["a", "a"]
-    with pytest.raises(ValueError, match="min_rounds"):
-        interleaved({"a": lambda: None}, budget_s=0, min_rounds=3, max_rounds=2)
-    with pytest.raises(ValueError, match="no steps"):
-        interleaved({}, budget_s=0)
-
-
-def test_summarise_reports_the_median() -> None:
-    summary = summarise(np.array([0.03, 0.01, 0.02]), images=4)
-    assert summary["rounds"] == 3 and summary["p50_ms"] == pytest.approx(20.0)
-    assert summary["images_per_second"] == pytest.approx(200.0)
-    assert 20.0 < summary["p99_ms"] <= 30.0
+from benchmarks.scaling import batch_sweep, image_size_sweep, photo_jpeg
 
 
 @pytest.mark.parametrize("megapixels", [0.3, 1.0])

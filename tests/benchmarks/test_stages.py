@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.load import LoadConfig
+from benchmarks.harness import LoadConfig
 from benchmarks.stages import batch_profile, histogram_totals, overlay_png_levels, request_stages, stage_means
 from service.metrics import Metrics
 

@@ -10,7 +10,6 @@ import pytest
 
 from benchmarks import onnx_speed
 from export.pipeline import ExportReport
-from export.timing import time_sessions
 
 
 def test_report_holds_both_headline_ratios(
@@ -31,18 +30,6 @@ def test_report_holds_both_headline_ratios(
     json.dumps(summary)
     text = onnx_speed.format_report(report)
     assert "CA/GAP latency ratio (batch 1)" in text and "int8/fp32 throughput ratio (batch 4)" in text
-
-
-def test_timing_interleaves_sessions_and_respects_round_limits(ca_export: ExportReport) -> None:
-    from export.runtime import make_session
-
-    session = make_session(onnx.load(str(ca_export.path)), threads=1)
-    images = np.zeros((2, 3, 64, 64), np.float32)
-    timings = time_sessions({"a": session, "b": session}, images, budget_s=0.0, min_rounds=4, max_rounds=4)
-    assert timings.rounds == 4 and timings.batch_size == 2
-    assert timings.ratio("a", "a") == 1.0 and timings.best_ratio("b", "b") == 1.0
-    with pytest.raises(ValueError, match="min_rounds"):
-        time_sessions({"a": session}, images, min_rounds=5, max_rounds=2)
 
 
 @pytest.mark.slow

@@ -1,0 +1,233 @@
+"""What the benchmarks share: timing in alternating rounds, and load generation against a local service.
+
+Timing: on a shared machine the load changes from second to second, so things compared are timed round by
+round, each round running every one once, in alternating order (``interleaved``; ``export.timing`` holds
+it, since the export's own speed check uses it too).
+
+Load: ``service`` starts ``python -m service`` on a free loopback port and ``closed_loop`` drives it with
+closed-loop clients on keep-alive connections, from prepared request bytes, so that the client costs little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from export.timing import interleaved, round_order
+
+__all__ = [
+    "HOST",
+    "LoadConfig",
+    "Phase",
+    "closed_loop",
+    "free_port",
+    "get_status",
+    "interleaved",
+    "make_images",
+    "multipart_request",
+    "percentile_ms",
+    "round_order",
+    "service",
+    "summarise",
+]
+
+HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they start, nothing else
+
+
+def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
+    """Median and p99 in milliseconds, and images per second at the median, of one step's timings."""
+    median = float(np.median(seconds))
+    return {
+        "rounds": len(seconds),
+        "p50_ms": median * 1000,
+        "p99_ms": float(np.percentile(seconds, 99)) * 1000,
+        "images_per_second": images / median,
+    }
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of latencies in seconds, in milliseconds; NaN for none."""
+    return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    model: Path
+    batch_size: int = 8
+    concurrency: int = 8
+    requests: int = 400  # per phase
+    seconds: float = 20.0  # per phase
+    images: int = 32  # distinct images, cycled
+    max_batch_delay_ms: float = 5.0
+    threads: int = 0  # ONNX Runtime intra-op threads for both sides; 0 = its default
+    overload_queue: int = 4
+    overload_concurrency: int = 48
+    overload_requests: int = 600
+    start_timeout_s: float = 60.0
+
+
+@dataclass
+class Phase:
+    """Closed-loop client results: counts by status, seconds, and latency percentiles in milliseconds."""
+
+    requests: int
+    seconds: float
+    statuses: dict[str, int]
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    rejected_p50_ms: float | None = None
+    rejected_p99_ms: float | None = None
+    retry_after: str | None = None
+
+
+def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Deterministic JPEGs with smooth structure and noise, ``size`` pixels on the shorter side."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        height, width = size, int(size * (1 + 0.25 * (i % 3)))
+        y, x = np.mgrid[0:height, 0:width]
+        phase = rng.uniform(0, 6.28, 3)
+        waves = [127 + 100 * np.sin(x / (7 + 3 * c) + y / (11 + c) + phase[c]) for c in range(3)]
+        pixels = np.stack(waves, axis=-1) + rng.normal(0, 12, (height, width, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def service(config: LoadConfig, **env: str) -> Iterator[int]:
+    """``python -m service`` on a free loopback port; yields the port once /readyz is 200."""
+    port = free_port()
+    variables = {
+        "CASTREAM_MODEL_PATH": str(config.model),
+        "CASTREAM_HOST": HOST,
+        "CASTREAM_PORT": str(port),
+        "CASTREAM_MAX_BATCH_SIZE": str(config.batch_size),
+        "CASTREAM_MAX_BATCH_DELAY_MS": str(config.max_batch_delay_ms),
+        "CASTREAM_INTRA_OP_THREADS": str(config.threads),
+        "CASTREAM_LOG_LEVEL": "warning",
+        **env,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
+    try:
+        deadline = time.monotonic() + config.start_timeout_s
+        while asyncio.run(get_status(port, "/readyz")) != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
+    """The raw bytes of one ``POST /classify[?query]`` with one file, built once and replayed."""
+    boundary = "castreamloadboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    target = f"/classify?{query}" if query else "/classify"
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers.get("content-length", 0)))
+    return int(lines[0].split()[1]), headers
+
+
+async def get_status(port: int, path: str) -> int:
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return 0
+    try:
+        status, _ = await _exchange(reader, writer, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        return status
+    finally:
+        writer.close()
+
+
+async def closed_loop(
+    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = ""
+) -> Phase:
+    """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
+
+    ``query`` is added to every request's URL (``attention=overlay``, ...).
+    """
+    prepared = [multipart_request(port, image, query) for image in images]
+    records: list[tuple[int, float, str | None]] = []
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            while sent < requests and time.perf_counter() < deadline:
+                index, sent = sent, sent + 1
+                start = time.perf_counter()
+                status, headers = await _exchange(reader, writer, prepared[index % len(prepared)])
+                records.append((status, time.perf_counter() - start, headers.get("retry-after")))
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    ok = [latency for status, latency, _ in records if status == 200]
+    rejected = [latency for status, latency, _ in records if status == 503]
+    statuses: dict[str, int] = {}
+    for status, _, _ in records:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    retry = next((value for status, _, value in records if status == 503), None)
+    return Phase(
+        requests=len(records),
+        seconds=elapsed,
+        statuses=statuses,
+        throughput=len(ok) / elapsed,
+        p50_ms=percentile_ms(ok, 50),
+        p99_ms=percentile_ms(ok, 99),
+        rejected_p50_ms=percentile_ms(rejected, 50) if rejected else None,
+        rejected_p99_ms=percentile_ms(rejected, 99) if rejected else None,
+        retry_after=retry,
+    )
