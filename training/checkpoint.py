@@ -1,18 +1,18 @@
 """Self-describing checkpoints: everything needed to rebuild the model without the command line.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with ``weights_only=True``.
-It is written to a temporary file in the same folder, flushed to disk, then renamed over the old one:
-a crash at any moment leaves either the previous checkpoint or the new one, never half of one.
+It is written atomically (:func:`training.files.atomic_write`): a crash at any moment leaves either the
+previous checkpoint or the new one, never half of one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.files import atomic_write
 
 FORMAT = "castream-checkpoint"
 FORMAT_VERSION = 1
@@ -25,17 +25,8 @@ def is_checkpoint(obj: Any) -> bool:
 def save(state: dict[str, Any], path: str | Path) -> Path:
     """Writes ``state`` atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file)
     return path
 
 
