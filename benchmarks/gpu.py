@@ -16,9 +16,8 @@ from typing import Any
 
 from benchmarks.scaling import BATCH_SIZES, batch_sweep
 from benchmarks.sections import Context, Section, fmt, table
+from service.contract import CUDA
 from training.logs import setup_logging
-
-CUDA = "CUDAExecutionProvider"
 
 
 def describe() -> str:

@@ -26,9 +26,9 @@ from export.samples import Samples, load_samples
 from export.timing import time_sessions
 from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
 from export.verify import reference_outputs as torch_outputs
+from service.contract import POOLINGS
 from training import checkpoint
 from training.data import DEFAULT_CACHE
-from training.model import POOLINGS
 
 log = logging.getLogger(__name__)
 

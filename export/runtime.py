@@ -6,10 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.graph import INPUT
+from service.contract import CPU, CUDA, INPUT
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
+__all__ = ["CPU", "CUDA", "make_session", "run_batches"]
 
 
 def make_session(

@@ -17,7 +17,8 @@ import sys
 from export.agreement import Thresholds
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
 from export.verify import VerificationError
-from training.model import POOLINGS
+from service.contract import POOLINGS
+from training.logs import setup_logging
 
 QUIET_LOGGERS = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
 
@@ -90,7 +91,7 @@ def summary(report: ExportReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     options, verbose = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     for name in QUIET_LOGGERS if not verbose else ():
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger("export.to_onnx")

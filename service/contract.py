@@ -1,10 +1,14 @@
-"""The model-file contract (docs/onnx-model.md): tensor names, metadata keys, format version, poolings.
+"""The model-file contract (docs/onnx-model.md): tensor names, metadata keys, format version, poolings, the
+preprocessing record and the execution providers a model file is run with.
 
 Written once here and imported by both ``export/`` (which writes model files) and ``service/`` (which
 reads them). It imports neither torch nor onnx, so the serving image carries it with nothing else.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 # Graph tensors. ``class_maps`` is optional within format 1: files exported before it existed lack it.
 INPUT = "image"
@@ -34,6 +38,54 @@ PREPROCESSING_FIELDS = ("resize", "crop", "mean", "std", "interpolation")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # ``scale`` maps uint8 pixels to [0, 1] before normalising.
 INPUT_LAYOUT = {"layout": "NCHW", "dtype": "float32", "scale": 1 / 255}
+
+# ONNX Runtime's names of the execution providers that export checks on and the service chooses between.
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The preprocessing record: resize the shorter side, centre-crop (torchvision's eval transform), scale,
+    normalise. Checkpoints store :meth:`to_dict`; model files store it with :data:`INPUT_LAYOUT` added."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    scale: float = 1 / 255
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's fields (:data:`PREPROCESSING_FIELDS`), JSON-ready."""
+        values = {name: getattr(self, name) for name in PREPROCESSING_FIELDS}
+        return {**values, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """The record from a checkpoint's or a model file's dict, validated; ``ValueError`` names what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {data!r}")
+        layout, dtype = data.get("layout", "NCHW"), data.get("dtype", "float32")
+        if (layout, dtype) != ("NCHW", "float32"):
+            raise ValueError(f"layout/dtype {layout}/{dtype} is not supported; expected NCHW/float32")
+        try:
+            prep = cls(
+                resize=int(data["resize"]),
+                crop=int(data["crop"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                interpolation=str(data.get("interpolation", "bilinear")),
+                scale=float(data.get("scale", 1 / 255)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{data!r} lacks or mistypes a field ({exc}); expected resize, crop, mean, std") from None
+        if prep.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {prep.interpolation!r} is not one of {INTERPOLATIONS}")
+        if len(prep.mean) != 3 or len(prep.std) != 3 or min(prep.std) <= 0:
+            raise ValueError(f"mean {prep.mean} and std {prep.std} need 3 values each, std positive")
+        if prep.resize < 1 or prep.crop < 1:
+            raise ValueError(f"resize {prep.resize} and crop {prep.crop} must be positive")
+        return prep
 
 
 def output_names(pooling: str) -> tuple[str, ...]:

@@ -7,51 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import contract
-from service.contract import INTERPOLATIONS
+from service.contract import Preprocessing
 
-SUPPORTED_FORMAT = contract.FORMAT
+__all__ = ["ModelError", "ModelInfo", "Preprocessing", "parse_metadata"]
 
 
 class ModelError(RuntimeError):
     """The model file cannot be served; the message says what is wrong and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side, centre-crop, scale, normalise: torchvision's eval transform."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    scale: float = 1 / 255
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {data!r}")
-        layout, dtype = data.get("layout", "NCHW"), data.get("dtype", "float32")
-        if (layout, dtype) != ("NCHW", "float32"):
-            raise ValueError(f"layout/dtype {layout}/{dtype} is not supported; expected NCHW/float32")
-        try:
-            prep = cls(
-                resize=int(data["resize"]),
-                crop=int(data["crop"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
-                interpolation=str(data.get("interpolation", "bilinear")),
-                scale=float(data.get("scale", 1 / 255)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{data!r} lacks or mistypes a field ({exc}); expected resize, crop, mean, std") from None
-        if prep.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {prep.interpolation!r} is not one of {INTERPOLATIONS}")
-        if len(prep.mean) != 3 or len(prep.std) != 3 or min(prep.std) <= 0:
-            raise ValueError(f"mean {prep.mean} and std {prep.std} need 3 values each, std positive")
-        if prep.resize < 1 or prep.crop < 1:
-            raise ValueError(f"resize {prep.resize} and crop {prep.crop} must be positive")
-        return prep
 
 
 @dataclass(frozen=True)
@@ -92,8 +54,8 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
             raise ModelError(f"{source}: metadata property {key!r} is invalid: {exc}") from None
 
     fmt = need(contract.FORMAT_KEY)
-    if fmt != SUPPORTED_FORMAT:
-        raise ModelError(f"{source}: castream_format {fmt!r} is not supported; this service reads {SUPPORTED_FORMAT!r}")
+    if fmt != contract.FORMAT:
+        raise ModelError(f"{source}: castream_format {fmt!r} is not supported; this service reads {contract.FORMAT!r}")
     classes = parsed(contract.CLASSES_KEY, json.loads)
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ModelError(f"{source}: metadata 'classes' must be a non-empty JSON list of strings, got {classes!r}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.metadata import Preprocessing
+from service.contract import Preprocessing
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
+from service.contract import CPU, CUDA
 from service.metadata import ModelError
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 ALIASES = {
     "cpu": CPU,
     "cuda": CUDA,
