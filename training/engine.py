@@ -43,6 +43,14 @@ class StageSettings:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
+    # Progressive resizing: the first ``small_epochs`` epochs see the images downscaled to ``small_size`` px,
+    # a fraction of the cost; the later ones the full size, so BatchNorm and the features settle there.
+    small_size: int | None = None
+    small_epochs: int = 0
+
+    def image_size(self, epoch: int) -> int | None:
+        """The size images are downscaled to in ``epoch`` (0-based), or None for their own size."""
+        return self.small_size if self.small_size and epoch < self.small_epochs else None
 
 
 @dataclass
@@ -159,6 +167,16 @@ def evaluate(model: CAStreamNet, batches: Any, runtime: TrainingContext, pooling
     }
 
 
+def downscale(images: Tensor, size: int) -> Tensor:
+    """Images (N, 3, H, W) resized (antialiased) so that the shorter side is ``size``; unchanged if not larger."""
+    height, width = images.shape[-2:]
+    if min(height, width) <= size:
+        return images
+    shape = (size, round(width * size / height)) if height <= width else (round(height * size / width), size)
+    resized = nn.functional.interpolate(images, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return resized.contiguous(memory_format=torch.channels_last)
+
+
 def _to(inputs: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
     if isinstance(inputs, list):
         return [t.to(device, non_blocking=True) for t in inputs]
@@ -227,8 +245,11 @@ def train_stage(
         trainable_parameters(model, stage)  # evaluation switched modules to eval mode
         epoch_started, total_loss, images_seen = time.perf_counter(), 0.0, 0
         bar = _progress(train, runtime, f"{stage} {epoch + 1}/{settings.epochs}")
+        size = settings.image_size(epoch) if stage != "stream" else None
         for inputs, labels in bar:
             inputs, labels = _to(inputs, runtime.device), labels.to(runtime.device)
+            if size is not None:
+                inputs = downscale(inputs, size)
             loss = nn.functional.cross_entropy(objective(inputs).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -50,6 +50,8 @@ class FitOptions:
     lr: float | None = None  # default: the recipe's
     optimizer: str | None = None  # default: the recipe's
     baseline_epochs: int = 5
+    baseline_small_size: int | None = None  # progressive resizing of an end-to-end baseline; None: 4/7 of the crop
+    baseline_small_epochs: int = 3  # of baseline_epochs, the first ones at the small size; 0 turns it off
     baseline_lr: float | None = None
     baseline_optimizer: str = "adamw"
     baseline: str = "auto"  # auto, probe, full or none
@@ -62,7 +64,7 @@ class FitOptions:
     workers: int = 2
     cache_dir: str | None = str(DEFAULT_CACHE)
     progress: bool = True
-    synthetic_train: int = 6000
+    synthetic_train: int = 4000
     synthetic_val: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -147,9 +149,20 @@ def _plan(options: FitOptions, baseline: str) -> list[tuple[str, StageSettings]]
         adamw = options.baseline_optimizer == "adamw"
         lr = options.baseline_lr or (0.002 if adamw else 0.05 if baseline == "full" else 0.5)
         weight_decay = (0.05 if adamw else 5e-4) if baseline == "full" else 0.0
-        plan.append(
-            (baseline, StageSettings(options.baseline_epochs, lr, options.baseline_optimizer, 0.9, weight_decay, 0.3))
+        crop = _data_config(options).image_size
+        small = options.baseline_small_size or round(crop * 4 / 7)  # 64 px at 112, 128 at 224
+        small = small if baseline == "full" and small < crop else None  # a probe's features are fixed
+        settings = StageSettings(
+            options.baseline_epochs,
+            lr,
+            options.baseline_optimizer,
+            0.9,
+            weight_decay,
+            0.3,
+            small_size=small,
+            small_epochs=min(options.baseline_small_epochs, options.baseline_epochs - 1) if small else 0,
         )
+        plan.append((baseline, settings))
     stream = recipes.recipe(options.recipe)
     optimizer = options.optimizer or stream.optimizer
     lr = options.lr or (stream.lr if optimizer == stream.optimizer else recipes.DEFAULT_LR[optimizer])
