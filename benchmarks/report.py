@@ -216,15 +216,28 @@ def run(options: Options) -> dict[str, Any]:
     }
 
 
+# Everything after this line in BENCHMARKS.md was measured by its own command (named in each section) and is kept
+# when the report is regenerated.
+KEPT_MARKER = "<!-- Sections below are measured by their own commands; make bench keeps them. -->"
+
+
+def kept_sections(out: Path) -> str:
+    """The part of an existing ``out`` after :data:`KEPT_MARKER`, marker included (empty if none)."""
+    text = out.read_text() if out.is_file() else ""
+    return text[text.index(KEPT_MARKER) :] if KEPT_MARKER in text else ""
+
+
 def write(results: dict[str, Any], out: Path, plot: Path | None, json_path: Path | None) -> None:
     """``BENCHMARKS.md`` (and the plot and raw results, when paths are given)."""
+    kept = kept_sections(out)
     relative = None
     if plot is not None and render.plot_batches(results, plot):
         relative = os.path.relpath(plot, out.parent)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    out.write_text(render.render(results, SECTIONS, relative))
+    text = render.render(results, SECTIONS, relative)
+    out.write_text(f"{text.rstrip()}\n\n{kept}" if kept else text)
 
 
 def main(argv: list[str] | None = None) -> int:

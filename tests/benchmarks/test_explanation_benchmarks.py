@@ -45,3 +45,17 @@ def test_explanation_benchmark_reports_ratios_to_castream(monkeypatch: pytest.Mo
     )
     table = explain_speed.format_report([result])
     assert "| resnet18 64 px | pytorch-grad-cam GradCAM |" in table and "1 (reference)" in table
+
+
+def test_regenerating_the_report_keeps_the_separately_measured_sections(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import render, report
+
+    out = tmp_path / "BENCHMARKS.md"
+    kept = f"{report.KEPT_MARKER}\n\n## Explanations per second\n\n| a | b |\n"
+    out.write_text(f"# Benchmarks\n\nold generated part\n\n{kept}")
+    monkeypatch.setattr(render, "render", lambda results, sections, plot: "# Benchmarks\n\nnew generated part\n")
+    report.write({}, out, plot=None, json_path=None)
+    assert out.read_text() == f"# Benchmarks\n\nnew generated part\n\n{kept}"
+    fresh = tmp_path / "fresh.md"
+    report.write({}, fresh, plot=None, json_path=None)
+    assert fresh.read_text() == "# Benchmarks\n\nnew generated part\n"
