@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import ServiceError
+from service.errors import not_ready
 from service.runtime import Runtime
 
 
 async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
-        raise ServiceError(503, "starting", "the service is starting; retry shortly", {"Retry-After": "1"})
+        raise not_ready(request.app.state.settings.retry_after_s)
     return runtime
 
 

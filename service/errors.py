@@ -26,6 +26,11 @@ class ServiceError(Exception):
         self.status, self.code, self.detail, self.headers = status, code, detail, headers or {}
 
 
+def not_ready(retry_after_s: int) -> ServiceError:
+    """503 ``starting``: the model is not loaded or not warmed up yet; ``Retry-After`` is ``CASTREAM_RETRY_AFTER_S``."""
+    return ServiceError(503, "starting", "the model is loading; retry shortly", {"Retry-After": str(retry_after_s)})
+
+
 class ErrorBody(BaseModel):
     detail: str | list | dict
     code: str

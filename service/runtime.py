@@ -13,7 +13,7 @@ import numpy as np
 
 from service.batcher import Batcher
 from service.contract import CLASS_MAPS
-from service.errors import ServiceError
+from service.errors import ServiceError, not_ready
 from service.imaging import decode
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel, load_model
@@ -111,7 +111,7 @@ class Runtime:
     def admit(self, images: int) -> None:
         """Refuse early (503) when not ready or when the queue has no room, before any work is spent."""
         if self.batcher is None or self.model is None:
-            raise ServiceError(503, "starting", "the model is still warming up; retry shortly", {"Retry-After": "1"})
+            raise not_ready(self.settings.retry_after_s)
         self.batcher.admit(images)
 
     def require_class_maps(self) -> None:

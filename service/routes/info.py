@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import RuntimeDep
-from service.errors import ErrorBody, ServiceError
+from service.errors import ErrorBody, not_ready
 from service.model import INPUT
 from service.schemas import GridSize, InputSpec, ModelDescription
 
@@ -20,7 +20,7 @@ metrics_router = APIRouter(tags=["monitoring"])
 async def model(runtime: RuntimeDep) -> ModelDescription:
     """The model being served: labels, input size, attention grid, providers in use."""
     if runtime.model is None:
-        raise ServiceError(503, "starting", "the model is loading; retry shortly", {"Retry-After": "1"})
+        raise not_ready(runtime.settings.retry_after_s)
     info, s = runtime.model.info, runtime.settings
     crop = info.preprocessing.crop
     grid = runtime.model.attention_shape

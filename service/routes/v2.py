@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
-from service.errors import ServiceError
+from service.errors import ServiceError, not_ready
 from service.inputs import read_body
 from service.oip import (
     HEADER_LENGTH,
@@ -113,7 +113,7 @@ def _model(request: Request, name: str, version: str | None) -> Runtime:
     """The runtime when ``name`` (and ``version``, if given) is the model served; 404 otherwise."""
     runtime = _runtime(request)
     if runtime is None or runtime.model is None:
-        raise ServiceError(503, "starting", "the model is loading; retry shortly", {"Retry-After": "1"})
+        raise not_ready(request.app.state.settings.retry_after_s)
     info = runtime.model.info
     if name != info.name or (version not in (None, "") and version != info.version):
         wanted = name if version in (None, "") else f"{name}/{version}"

@@ -157,3 +157,12 @@ def test_a_client_that_disconnects_mid_body_gets_a_400_not_a_crash() -> None:
     with pytest.raises(ServiceError) as error:
         asyncio.run(read_body(request, 10_000))
     assert (error.value.status, error.value.code) == (400, "incomplete_body") and "100 bytes" in error.value.detail
+
+
+def test_before_the_model_is_loaded_every_route_says_when_to_retry_as_configured(model_path) -> None:
+    from service.app import create_app
+    from tests.service.servicetools import make_settings
+
+    client = TestClient(create_app(make_settings(model_path, retry_after_s=9)))  # no lifespan: nothing loaded
+    for response in (client.get("/v1/model"), client.get("/v2/models/any"), client.post("/classify", json={})):
+        assert response.status_code == 503 and response.headers["retry-after"] == "9", response.text

@@ -38,12 +38,13 @@ def test_readyz_is_503_until_warm_up_finishes(app_client, monkeypatch: pytest.Mo
         original(self, sizes)
 
     monkeypatch.setattr(OnnxModel, "warm_up", slow_warm_up)
-    client = app_client(ready=False)
+    client = app_client(ready=False, retry_after_s=7)
     starting = client.get("/readyz")
     assert starting.status_code == 503 and starting.json()["code"] == "starting"
     assert client.get("/healthz").status_code == 200
     refused = client.post("/classify", files=[("file", solid_png(COLOURS["red"]))])
-    assert refused.status_code == 503 and refused.json()["code"] == "starting" and refused.headers["retry-after"]
+    assert refused.status_code == 503 and refused.json()["code"] == "starting"
+    assert refused.headers["retry-after"] == "7"  # CASTREAM_RETRY_AFTER_S
     assert "castream_ready 0.0" in client.get("/metrics").text
     release.set()
     deadline = time.monotonic() + 10
