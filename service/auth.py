@@ -1,4 +1,4 @@
-"""Optional bearer-token check: when ``CASTREAM_API_KEY`` is set, ``/classify`` requires it."""
+"""Optional bearer-token check: when ``CASTREAM_API_KEY`` is set, ``/classify`` and ``/v2/.../infer`` require it."""
 
 from __future__ import annotations
 
