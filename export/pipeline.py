@@ -7,7 +7,6 @@ the same folder, renamed), so a failed or interrupted export never leaves a mode
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from export.verify import reference_outputs as torch_outputs
 from service.contract import POOLINGS
 from training import checkpoint
 from training.data import DEFAULT_CACHE
+from training.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +190,6 @@ def _fp16(
 
 def write_model(proto: onnx.ModelProto, path: Path) -> Path:
     """Writes ``proto`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        onnx.save(proto, str(partial))
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        file.write(proto.SerializeToString())
     return path
