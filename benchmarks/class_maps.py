@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
-from export.runtime import make_session
+from export.sessions import make_session
 from export.timing import Timings, time_sessions
 from training.model import CAStreamNet, ModelConfig
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
-from export.runtime import make_session
+from export.sessions import make_session
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger("benchmarks.explain_speed")

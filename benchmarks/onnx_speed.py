@@ -30,7 +30,7 @@ import torch
 from benchmarks.sections import Aim, Context, Section, dig, fmt, table
 from export.graph import export_graph
 from export.quantize import quantize_int8
-from export.runtime import make_session
+from export.sessions import make_session
 from export.timing import Timings, time_sessions
 from training.backbones import BACKBONES
 from training.logs import setup_logging

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
-from export.runtime import make_session, run_batches
 from export.samples import load_samples
+from export.sessions import make_session, run_batches
 from export.verify import FP32, reference_outputs, relative_errors
 from training import checkpoint
 from training.data import DEFAULT_CACHE

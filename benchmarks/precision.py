@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks.scaling import model_inputs
 from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
 from export.agreement import Thresholds
-from export.runtime import make_session
+from export.sessions import make_session
 from export.timing import time_sessions
 from service.model import load_model
 from training.logs import setup_logging

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from export.graph import stream_nodes, toposort
-from export.runtime import CPU, CUDA
+from export.sessions import CPU, CUDA
 from export.verify import VerificationError
 
 log = logging.getLogger(__name__)

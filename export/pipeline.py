@@ -20,8 +20,8 @@ from export import agreement, metadata
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
 from export.graph import ATTENTION, LOGITS, export_graph
 from export.quantize import is_quantized, quantize_int8
-from export.runtime import make_session, run_batches
 from export.samples import Samples, load_samples
+from export.sessions import make_session, run_batches
 from export.timing import time_sessions
 from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
 from export.verify import reference_outputs as torch_outputs

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from export.graph import ATTENTION, CLASS_MAPS, INPUT, LOGITS, output_names
-from export.runtime import run_batches
+from export.sessions import run_batches
 from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from benchmarks import class_maps, explain_speed
-from export.runtime import make_session
+from export.sessions import make_session
 from export.timing import time_sessions
 
 

@@ -9,8 +9,8 @@ import torch
 
 from export.graph import CLASS_MAPS, export_graph
 from export.pipeline import ExportReport
-from export.runtime import make_session, run_batches
 from export.samples import load_samples
+from export.sessions import make_session, run_batches
 from export.verify import FP32, VerificationError, allowed_logit_error, check_parity, reference_outputs
 from training import checkpoint
 

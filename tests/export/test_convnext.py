@@ -11,8 +11,8 @@ import torch
 
 from export import metadata
 from export.pipeline import ExportOptions, export_checkpoint
-from export.runtime import make_session
 from export.samples import load_samples
+from export.sessions import make_session
 from training import __version__, checkpoint, synthetic
 from training.data import DataConfig, Preprocessing
 from training.model import CAStreamNet, ModelConfig

@@ -11,8 +11,8 @@ from export.fp16 import check_fp16_structure, convert_fp16
 from export.graph import stream_nodes, toposort
 from export.pipeline import ExportReport
 from export.rewrite import attention_as_matmul, canonical, fold_linear_chains
-from export.runtime import make_session, run_batches
 from export.samples import load_samples
+from export.sessions import make_session, run_batches
 from export.verify import FP16, VerificationError, check_attention_maps, check_parity, check_structure
 
 

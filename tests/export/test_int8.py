@@ -10,8 +10,8 @@ from export import agreement, metadata
 from export.agreement import Agreement, Thresholds
 from export.pipeline import ExportReport
 from export.quantize import is_quantized
-from export.runtime import make_session
 from export.samples import load_samples
+from export.sessions import make_session
 from export.verify import VerificationError
 
 

@@ -25,7 +25,7 @@ def test_interleaved_alternates_the_order_and_keeps_to_the_rounds() -> None:
 
 
 def test_timing_interleaves_sessions_and_respects_round_limits(ca_export: ExportReport) -> None:
-    from export.runtime import make_session
+    from export.sessions import make_session
 
     session = make_session(onnx.load(str(ca_export.path)), threads=1)
     images = np.zeros((2, 3, 64, 64), np.float32)

@@ -14,8 +14,8 @@ import pytest
 from export import metadata, pipeline, to_onnx
 from export.graph import export_graph
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
-from export.runtime import make_session, run_batches
 from export.samples import load_samples
+from export.sessions import make_session, run_batches
 from export.verify import FP32, VerificationError, check_parity, check_structure, reference_outputs
 from training import checkpoint
 
