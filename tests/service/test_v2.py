@@ -227,3 +227,10 @@ def test_readiness_is_false_while_draining(client_v2: TestClient) -> None:
     assert client_v2.get("/v2/health/ready").json() == {"error": "not ready: draining"}
     assert client_v2.get(f"/v2/models/{MODEL}/ready").status_code == 400
     assert client_v2.get("/v2/health/live").status_code == 200
+
+
+def test_v2_bodies_share_the_byte_limit(app_client) -> None:
+    client = app_client(max_request_bytes=1024)
+    response = _infer(client, {"inputs": [_bytes_input(b"x" * 2000)]})
+    assert response.status_code == 413
+    assert "CASTREAM_MAX_REQUEST_BYTES" in response.json()["error"] and set(response.json()) == {"error"}
