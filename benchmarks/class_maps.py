@@ -28,6 +28,7 @@ import torch
 from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
 from export.sessions import make_session
 from export.timing import Timings, time_sessions
+from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger("benchmarks.class_maps")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=20.0, help="seconds of timing per model")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(logging.WARNING)
     costs = [measure(*spec, tuple(args.batch_sizes), args.threads, args.budget_s) for spec in MODELS]
     report = {"threads": args.threads, "models": [c.to_dict() for c in costs]}
     print(json.dumps(report, indent=2) if args.json else format_report(costs, args.threads))

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
 from export.sessions import make_session
+from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger("benchmarks.explain_speed")
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads for PyTorch and ONNX Runtime")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if "castream" not in args.methods:
