@@ -1,0 +1,38 @@
+"""The evaluation's report: the paper's table and the CA-against-GAP comparison, on scores made by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interpret import report, run
+
+
+def test_comparison_names_the_winner_of_each_metric_by_hand() -> None:
+    def scores(ad: list[float], insertion: list[float]) -> dict[str, torch.Tensor]:
+        return {"ad": torch.tensor(ad), "insertion": torch.tensor(insertion)}
+
+    results = run.Results(
+        scores={("gradcam", "gap"): scores([0.5, 0.3], [0.6, 0.6]), ("gradcam", "ca"): scores([0.2, 0.2], [0.5, 0.7])},
+        correct={"gap": torch.tensor([True, False]), "ca": torch.tensor([True, True])},
+        grid={},
+        predictions={},
+        settings={
+            "images": 2,
+            "image_size": [8, 8],
+            "pixels_per_step": 2,
+            "steps": 32,
+            "blur_kernel": 11,
+            "blur_sigma": 5.0,
+        },
+    )
+    assert results.mean(("gradcam", "gap"), "ad") == pytest.approx(40.0)
+    assert results.accuracy("ca") == 100.0
+    # AD: CA - GAP = -30 and -10 points: mean -20, paired standard error 10 / sqrt(2). Lower AD is better.
+    diff, error = results.paired_difference("gradcam", "ad")
+    assert (diff, error) == pytest.approx((-20.0, 10.0))
+    line = report.comparison(results)[0]
+    assert line.startswith("Grad-CAM: AD: CA beats GAP (-20.00 ± 10.00); insertion: tie (+0.00 ± 10.00)")
+    table = report.markdown(results)
+    assert "| Grad-CAM | GAP | 40.00 | 60.00 |" in table
+    assert "| Grad-CAM | CA | 20.00 | 60.00 |" in table
