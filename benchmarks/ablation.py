@@ -31,6 +31,7 @@ from interpret import saliency
 from training import checkpoint
 from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, SyntheticSource
 from training.engine import StageSettings, TrainingContext, train_stage
+from training.logs import setup_logging
 from training.model import CAStream, CAStreamNet
 from training.recipes import RECIPES, StreamRecipe
 from training.tapcache import CachedTaps
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         report = run(
             args.checkpoint, args.recipes, args.epochs, args.train_images, args.selection_images, seed=args.seed

@@ -24,6 +24,7 @@ from export.sessions import make_session, run_batches
 from export.verify import FP32, reference_outputs, relative_errors
 from training import checkpoint
 from training.data import DEFAULT_CACHE
+from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.parity")
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=512, help="validation images (default: %(default)s)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     report = run(args.checkpoint, args.images, args.batch_sizes)
     print(json.dumps(report, indent=2))
     return 0

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.scaling import interleaved
+from benchmarks.harness import interleaved
 from training.backbones import BACKBONES
 from training.engine import Objective, StageSettings, TrainingContext, make_optimizer, trainable_parameters
+from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
 from training.precision import PRECISIONS, describe
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", default="auto", choices=PRECISIONS, help="as training.fit: auto is bf16 only where it is native"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         result = run(args.backbone, args.image_size, args.batch_size, args.budget_s, args.precision)
     except ValueError as error:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,7 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
+from service import contract
 from training import synthetic
+from training.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +32,12 @@ DEFAULT_CACHE = Path(".cache/castream")  # generated synthetic splits, relative 
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """The inference transform: resize the shorter side, centre-crop, scale to [0, 1], normalise."""
+class Preprocessing(contract.Preprocessing):
+    """The model-file contract's preprocessing record (ImageNet statistics by default), with its torchvision
+    transforms: resize the shorter side, centre-crop, scale to [0, 1], normalise."""
 
-    resize: int
-    crop: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
     def eval_transform(self) -> transforms.Compose:
         mode = transforms.InterpolationMode(self.interpolation)
@@ -228,16 +219,9 @@ def load_synthetic(spec: synthetic.SyntheticSpec, cache_dir: Path | None) -> syn
     log.info("generating %d synthetic images of %d px (seed %d)", spec.count, spec.size, spec.seed)
     split = synthetic.generate(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of this process's own (not from a seeded RNG, which every DDP rank seeds alike), then an atomic
-    # rename: concurrent writers never clash and readers never see half a file.
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, images=split.images, labels=split.labels, masks=split.masks)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    # Each DDP rank writes a temporary file of its own, then renames it: readers never see half a file.
+    with atomic_write(path) as file:
+        np.savez(file, images=split.images, labels=split.labels, masks=split.masks)
     return split
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from training import checkpoint, precision
 from training.data import Data
+from training.devices import resolve_device
 from training.model import CAStreamNet
 from training.tapcache import cache_taps
 
@@ -146,7 +147,7 @@ def make_schedule(
 
 
 @torch.no_grad()
-def evaluate(model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...]) -> dict[str, float]:
+def top1(model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...]) -> dict[str, float]:
     """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks)."""
     model.eval()
     correct = torch.zeros(len(poolings), dtype=torch.float64)
@@ -263,7 +264,7 @@ def train_stage(
             "epoch": epoch + 1,
             "train_loss": round(total_loss / max(1, images_seen), 5),
             "train_images_per_second": round(images_seen * runtime.world / (time.perf_counter() - epoch_started), 1),
-            **evaluate(model, val, runtime, poolings),
+            **top1(model, val, runtime, poolings),
         }
         history.append(record)
         if runtime.main:
@@ -290,9 +291,7 @@ def setup_distributed(device_request: str) -> TrainingContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_request == "auto":
-        device_request = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_request)
+    device = resolve_device(device_request)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
         torch.cuda.set_device(device)

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from training.backbones import BACKBONES
+from training.logs import setup_logging
 from training.pipeline import FitOptions, fit
 from training.precision import PRECISIONS
 from training.recipes import RECIPES
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     options = parse_args(argv)
     try:
         fit(options)

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from service.contract import POOLINGS
 from training.backbones import CONVNEXTS, Backbone, check_backbone_name
 
-POOLINGS = ("ca", "gap")
 STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
 STREAM_INITS = ("paper", "identity", "gap")
 

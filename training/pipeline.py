@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,14 +21,15 @@ from training.engine import (
     StageSettings,
     TrainingContext,
     abandon_distributed,
-    evaluate,
     save_checkpoint,
     setup_distributed,
     teardown_distributed,
+    top1,
     train_stage,
 )
 from training.model import CAStreamNet, ModelConfig
 from training.recipes import DEFAULT_RECIPE
+from training.revision import git_revision
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +67,6 @@ class FitOptions:
     synthetic_train: int = 4000
     synthetic_val: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def git_revision() -> str:
-    """The source tree's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
 
 
 def _data_config(options: FitOptions) -> DataConfig:
@@ -274,7 +255,7 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
 
         result = train_stage(model, stage, data, settings, runtime, save, resume)
         completed[stage] = {"history": result.history, "seconds": round(result.seconds, 1)}
-    metrics = {**evaluate(model, data.val, runtime, ("gap", "ca")), "stages": completed}
+    metrics = {**top1(model, data.val, runtime, ("gap", "ca")), "stages": completed}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics["data_seconds"] = data_seconds  # generating or reading the data, before the first stage
     final = _state(model, data, config, "done", {"epoch": 0}, completed)
