@@ -101,7 +101,7 @@ class Results:
         return 100.0 * self.correct[pooling].double().mean().item()
 
 
-def load_samples(state: dict[str, Any], limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
+def evaluation_images(state: dict[str, Any], limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
     """A seeded random subset of ``limit`` images of the checkpoint's validation split, in index order.
 
     An ImageFolder's validation split is first narrowed to the images the training run validated on.
@@ -266,7 +266,7 @@ def run(options: EvalOptions) -> tuple[Results, LabelledImages, dict[str, Any]]:
     """Loads the checkpoint and its validation images, and evaluates; returns results, samples and state."""
     state = checkpoint.load(options.checkpoint)
     device = resolve_device(options.device)
-    samples = load_samples(state, options.limit, options.seed, options.cache_dir)
+    samples = evaluation_images(state, options.limit, options.seed, options.cache_dir)
     if len(samples.labels) < options.limit:
         log.warning("the validation split has %d images; evaluating all of them", len(samples.labels))
     model = checkpoint.build_model(state)

@@ -16,9 +16,9 @@ from training.data import DataConfig
 
 def test_samples_are_a_seeded_subset_of_the_validation_split_with_masks(synthetic_checkpoint: Path) -> None:
     state = checkpoint.load(synthetic_checkpoint)
-    first = run.load_samples(state, limit=5, seed=3)
-    again = run.load_samples(state, limit=5, seed=3)
-    other = run.load_samples(state, limit=5, seed=4)
+    first = run.evaluation_images(state, limit=5, seed=3)
+    again = run.evaluation_images(state, limit=5, seed=3)
+    other = run.evaluation_images(state, limit=5, seed=4)
     assert first.images.shape == (5, 3, 64, 64) and first.masks.shape == (5, 64, 64)
     assert first.masks.dtype == torch.bool and first.masks.any()
     torch.testing.assert_close(first.images, again.images)
