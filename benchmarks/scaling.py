@@ -140,16 +140,16 @@ def image_size_sweep(
     return points
 
 
-def _command(budget_s: float) -> Callable[[Context], str]:
-    return lambda context: f"python -m benchmarks.scaling --model {context.model} --budget-s {budget_s:g}"
+def _command(context: Context, budget_s: float) -> str:
+    return f"python -m benchmarks.scaling --model {context.model} --budget-s {budget_s:g}"
 
 
-def _budget_command(context: Context) -> str:
-    return _command(context.budget["budget_s"])(context)
+def _batch_command(context: Context) -> str:
+    return _command(context, context.budget["budget_s"])
 
 
 def _service_command(context: Context) -> str:
-    return _command(context.budget["seconds"] * 2)(context)  # the command gives the service sweep half its budget
+    return _command(context, context.budget["seconds"] * 2)  # the command gives the service sweep half its budget
 
 
 def _run_service_batch(context: Context) -> list[dict[str, Any]]:
@@ -158,7 +158,7 @@ def _run_service_batch(context: Context) -> list[dict[str, Any]]:
 
 
 def _image_command(context: Context) -> str:
-    return _command(context.budget["budget_s"] * 2)(context)
+    return _command(context, context.budget["budget_s"] * 2)  # and the image sweep half
 
 
 def _render_batches(raw: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
@@ -217,7 +217,7 @@ SECTIONS = (
         "Cost against batch size",
         full={"budget_s": 24.0},
         quick={"budget_s": 0.5},
-        command=_budget_command,
+        command=_batch_command,
         run=lambda context: batch_sweep(context.model, budget_s=context.budget["budget_s"]),
         render=_render_batches,
     ),
