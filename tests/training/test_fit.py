@@ -44,7 +44,7 @@ def test_run_folder_records_config_revision_checkpoint_and_metrics(tiny_run: Pat
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["model"] == {"backbone": "resnet18", "num_classes": 10, "stream_taps": "all"}
     assert config["runtime"]["precision"] == "auto" and config["runtime"]["autocast"] in ("fp32", "bf16")
-    assert config["options"]["recipe"] == "gap-start"
+    assert config["options"]["recipe"] == "paper" and config["plan"][-1][1]["optimizer"] == "sgd"
     assert config["options"]["epochs"] == 1
     assert config["git_revision"] and config["git_revision"] != ""
     assert [stage for stage, _ in config["plan"]] == ["full", "stream"]
