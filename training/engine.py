@@ -147,13 +147,21 @@ def make_schedule(
 
 
 @torch.no_grad()
-def top1(model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...]) -> dict[str, float]:
-    """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks)."""
+def top1(
+    model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...], size: int | None = None
+) -> dict[str, float]:
+    """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks).
+
+    ``size``: images downscaled to it first, as a progressively resized epoch saw them.
+    """
     model.eval()
     correct = torch.zeros(len(poolings), dtype=torch.float64)
     seen = torch.zeros((), dtype=torch.float64)
     for inputs, labels in _progress(batches, runtime, "validate"):
-        taps = frozen_taps(model, _to(inputs, runtime.device), runtime)
+        inputs = _to(inputs, runtime.device)
+        if size is not None and not isinstance(inputs, list):
+            inputs = downscale(inputs, size)
+        taps = frozen_taps(model, inputs, runtime)
         labels = labels.to(runtime.device)
         for index, pooling in enumerate(poolings):
             logits = model.forward_head(taps, pooling).logits
@@ -264,7 +272,8 @@ def train_stage(
             "epoch": epoch + 1,
             "train_loss": round(total_loss / max(1, images_seen), 5),
             "train_images_per_second": round(images_seen * runtime.world / (time.perf_counter() - epoch_started), 1),
-            **top1(model, val, runtime, poolings),
+            **({"image_size": size} if size is not None else {}),
+            **top1(model, val, runtime, poolings, size),
         }
         history.append(record)
         if runtime.main:
