@@ -51,11 +51,11 @@ class FitOptions:
     optimizer: str | None = None  # default: the recipe's
     baseline_epochs: int = 5
     baseline_small_size: int | None = None  # progressive resizing of an end-to-end baseline; None: 4/7 of the crop
-    baseline_small_epochs: int = 3  # of baseline_epochs, the first ones at the small size; 0 turns it off
+    baseline_small_epochs: int = 4  # of baseline_epochs, the first ones at the small size; 0 turns it off
     baseline_lr: float | None = None
     baseline_optimizer: str = "adamw"
     baseline: str = "auto"  # auto, probe, full or none
-    batch_size: int = 32
+    batch_size: int = 16
     out: str = "runs/default"
     resume: bool = False
     seed: int = 0
@@ -64,7 +64,7 @@ class FitOptions:
     workers: int = 2
     cache_dir: str | None = str(DEFAULT_CACHE)
     progress: bool = True
-    synthetic_train: int = 4000
+    synthetic_train: int = 3200
     synthetic_val: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
 
