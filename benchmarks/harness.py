@@ -4,6 +4,8 @@ Timing: on a shared machine the load changes from second to second, so things co
 round, each round running every one once, in alternating order (``interleaved``; ``export.timing`` holds
 it, since the export's own speed check uses it too).
 
+Inputs: ``make_images`` (JPEGs) and ``model_inputs`` (the same, preprocessed as the service does).
+
 Load: ``service`` starts ``python -m service`` on a free loopback port and ``closed_loop`` drives it with
 closed-loop clients on keep-alive connections, from prepared request bytes, so that the client costs little.
 """
@@ -27,6 +29,9 @@ import numpy as np
 from PIL import Image
 
 from export.timing import interleaved, round_order
+from service.imaging import decode
+from service.model import load_model
+from service.preprocess import Preprocessor
 
 __all__ = [
     "HOST",
@@ -37,6 +42,7 @@ __all__ = [
     "get_status",
     "interleaved",
     "make_images",
+    "model_inputs",
     "multipart_request",
     "percentile_ms",
     "round_order",
@@ -108,6 +114,13 @@ def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
+
+
+def model_inputs(model_path: Path, count: int) -> np.ndarray:
+    """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
+    info = load_model(model_path, ["cpu"]).info
+    prepare = Preprocessor(info.preprocessing)
+    return np.stack([prepare(decode(data, 10**8)).input for data in make_images(count, info.preprocessing.resize)])
 
 
 def free_port() -> int:

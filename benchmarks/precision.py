@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scaling import model_inputs
+from benchmarks.harness import model_inputs
 from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
 from export.agreement import Thresholds
 from export.sessions import make_session

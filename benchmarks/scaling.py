@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, service, summarise
+from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, model_inputs, service, summarise
 from benchmarks.sections import Context, Section, fmt, result_of, table
 from service.imaging import decode
 from service.model import load_model
@@ -38,13 +38,6 @@ log = logging.getLogger("benchmarks.scaling")
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 MEGAPIXELS = (0.3, 1.0, 4.0, 12.0)
-
-
-def model_inputs(model_path: Path, count: int) -> np.ndarray:
-    """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
-    info = load_model(model_path, ["cpu"]).info
-    prepare = Preprocessor(info.preprocessing)
-    return np.stack([prepare(decode(data, 10**8)).input for data in make_images(count, info.preprocessing.resize)])
 
 
 def batch_sweep(
