@@ -42,7 +42,7 @@ def test_load_refuses_missing_foreign_and_corrupt_files(tmp_path: Path) -> None:
 def test_trained_checkpoint_rebuilds_the_model_alone(tiny_checkpoint: Path) -> None:
     state = torch.load(tiny_checkpoint, weights_only=True)
     assert state["stage"] == "done"
-    assert state["model"] == {"backbone": "resnet18", "num_classes": 10}
+    assert state["model"] == {"backbone": "resnet18", "num_classes": 10, "stream_taps": "all"}
     assert len(state["classes"]) == 10
     assert state["preprocessing"]["crop"] == 64
     assert set(state["metrics"]) == {"val_top1_gap", "val_top1_ca"}
