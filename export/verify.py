@@ -1,7 +1,10 @@
 """Checks an exported graph before it is written: structure, then ONNX Runtime against PyTorch.
 
-Tolerances (``FP32``): logits within 1e-4 of PyTorch's, relative to the logits' scale (the largest
-absolute logit, at least 1), and attention within 1e-5 absolute. Both are checked at batch 1 and at
+Tolerances scale with the outputs (``FP32``): logits within 1e-4 of the logits' scale (the largest absolute
+logit, at least 1), attention within 1e-4 of its scale (the largest weight of the maps). Correct float32
+kernels add in different orders on different CPUs, and the differences grow with the values; the margin
+between that rounding and these tolerances is measured by ``python -m benchmarks.parity`` (docs/onnx-model.md),
+while a real error (one convolution's weights off by 1 %) exceeds them many times. Both are checked at batch 1 and at
 batch 8 on real images of the data set, so a graph whose batch axis is wrongly wired fails too.
 Class maps are held to the logits' tolerance, cell by cell and in their sums (plus the head's constant),
 since each map is one logit spread over the grid.
@@ -37,7 +40,7 @@ class VerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed differences to PyTorch: ``logits`` relative to the logit scale, ``attention`` absolute."""
+    """Allowed differences to PyTorch: ``logits`` relative to the logit scale, ``attention`` to the largest weight."""
 
     logits: float
     attention: float
@@ -45,7 +48,7 @@ class Tolerance:
 
 FP32 = Tolerance(logits=1e-4, attention=1e-4)
 # Half-precision convolutions keep ~3 significant digits; the stream itself stays float32.
-FP16 = Tolerance(logits=2e-2, attention=2e-3)
+FP16 = Tolerance(logits=2e-2, attention=1e-2)
 
 
 @dataclass(frozen=True)
