@@ -46,13 +46,12 @@ GRID: dict[str, tuple[StreamRecipe, int | None]] = {  # name: (recipe, input siz
     "identity-adamw": (StreamRecipe("identity", "adamw", 1e-3), None),
     "gap-start-sgd": (StreamRecipe("gap", "sgd", 0.1), None),
     "gap-start": (RECIPES["gap-start"], None),
-    "gap-start-lr3e-4": (StreamRecipe("gap", "adamw", 3e-4), None),
+    "gap-start-lr1e-3": (StreamRecipe("gap", "adamw", 1e-3), None),
     "gap-start-lr1e-4": (StreamRecipe("gap", "adamw", 1e-4), None),
-    "gap-start-last": (StreamRecipe("gap", "adamw", 1e-3, taps="last"), None),
-    "gap-start-last-lr3e-4": (StreamRecipe("gap", "adamw", 3e-4, taps="last"), None),
+    "gap-start-last": (StreamRecipe("gap", "adamw", 3e-4, taps="last"), None),
+    "gap-start-last-lr1e-3": (StreamRecipe("gap", "adamw", 1e-3, taps="last"), None),
     "paper-last": (StreamRecipe("paper", "sgd", 0.1, taps="last"), None),
     "gap-start-144px": (RECIPES["gap-start"], 144),
-    "gap-start-lr3e-4-144px": (StreamRecipe("gap", "adamw", 3e-4), 144),
     "paper-144px": (RECIPES["paper"], 144),
 }
 

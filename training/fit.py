@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> FitOptions:
         type=int,
         default=defaults.baseline_small_size,
         help="an end-to-end baseline sees images downscaled to this size in its first epochs, at a fraction of "
-        "the cost (default: 5/7 of the crop: 80 px at 112, 160 at 224)",
+        "the cost (default: 4/7 of the crop: 64 px at 112, 128 at 224)",
     )
     add(
         "--baseline-small-epochs",

@@ -49,9 +49,9 @@ class FitOptions:
     recipe: str = DEFAULT_RECIPE  # how the stream starts and learns (training.recipes)
     lr: float | None = None  # default: the recipe's
     optimizer: str | None = None  # default: the recipe's
-    baseline_epochs: int = 6
-    baseline_small_size: int | None = None  # progressive resizing of an end-to-end baseline; None: 5/7 of the crop
-    baseline_small_epochs: int = 3  # of baseline_epochs, the first ones at the small size; 0 turns it off
+    baseline_epochs: int = 8
+    baseline_small_size: int | None = None  # progressive resizing of an end-to-end baseline; None: 4/7 of the crop
+    baseline_small_epochs: int = 5  # of baseline_epochs, the first ones at the small size; 0 turns it off
     baseline_lr: float | None = None
     baseline_optimizer: str = "adamw"
     baseline: str = "auto"  # auto, probe, full or none
@@ -131,7 +131,7 @@ def _plan(options: FitOptions, baseline: str) -> list[tuple[str, StageSettings]]
         lr = options.baseline_lr or (0.002 if adamw else 0.05 if baseline == "full" else 0.5)
         weight_decay = (0.05 if adamw else 5e-4) if baseline == "full" else 0.0
         crop = _data_config(options).image_size
-        small = options.baseline_small_size or round(crop * 5 / 7)  # 80 px at 112, 160 at 224
+        small = options.baseline_small_size or round(crop * 4 / 7)  # 64 px at 112, 128 at 224
         small = small if baseline == "full" and small < crop else None  # a probe's features are fixed
         settings = StageSettings(
             options.baseline_epochs,

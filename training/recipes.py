@@ -41,7 +41,7 @@ class StreamRecipe:
 
 
 RECIPES = {
-    "gap-start": StreamRecipe(init="gap", optimizer="adamw", lr=1e-3),
+    "gap-start": StreamRecipe(init="gap", optimizer="adamw", lr=3e-4),
     "paper": StreamRecipe(init="paper", optimizer="sgd", lr=0.1),
 }
 DEFAULT_RECIPE = "gap-start"

@@ -83,7 +83,7 @@ def test_small_epochs_come_first_and_the_last_epoch_is_full_size() -> None:
 def test_the_default_plan_resizes_only_an_end_to_end_baseline() -> None:
     (full, full_settings), (stream, _) = _plan(FitOptions(), "full")
     assert (full, stream) == ("full", "stream")
-    assert (full_settings.small_size, full_settings.small_epochs) == (80, 3)  # 5/7 of 112 px, then full size
+    assert (full_settings.small_size, full_settings.small_epochs) == (64, 5)  # 4/7 of 112 px, then full size
     ((probe, probe_settings), _) = _plan(FitOptions(data="/data", image_size=224), "probe")
     assert probe == "probe" and probe_settings.small_size is None
     ((_, capped), _) = _plan(FitOptions(baseline_epochs=2, baseline_small_epochs=5), "full")
