@@ -175,11 +175,11 @@ def explain_and_score(
         for p in COMPARED:
             correct[p].append((logits[p].argmax(1) == labels).cpu())
             predictions[p].append(logits[p].argmax(1).cpu())
-        bar.set_postfix(stage="maps")
+        bar.set_postfix(stage="maps", refresh=False)
         maps = _explain(model, x, taps, classes, options, heads, mask, bar)
         for key in keys:
             method, pooling = key
-            bar.set_postfix(stage=f"{method}/{pooling}")
+            bar.set_postfix(stage=f"{method}/{pooling}", refresh=False)
             sal = saliency.to_saliency(maps[key], (height, width))
             o = single[pooling](mask(x, sal), classes[pooling])
             bar.update(len(x))

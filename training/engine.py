@@ -266,7 +266,7 @@ def train_stage(
             schedule.step()
             total_loss += loss.item() * len(labels)
             images_seen += len(labels)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
         record = {
             "stage": stage,
             "epoch": epoch + 1,
