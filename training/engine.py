@@ -32,8 +32,8 @@ from training.tapcache import cache_taps
 
 log = logging.getLogger(__name__)
 
-STAGES = ("probe", "full", "stream")
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # probe: classifier only; full: backbone + classifier end to end
+STAGES = ("probe", "full", "stream")  # probe: classifier only; full: backbone + classifier end to end
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)

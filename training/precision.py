@@ -64,9 +64,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if cpu_has_native_bf16():
         return torch.bfloat16
     if precision == "bf16":
-        log.warning("this CPU has no native bf16 (no AMX or AVX512-BF16): bf16 autocast is emulated and slow")
+        _warn_emulated_bf16()
         return torch.bfloat16
     return None
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    # Once per process: the dtype is resolved on every training step.
+    log.warning("this CPU has no native bf16 (no AMX or AVX512-BF16): bf16 autocast is emulated and slow")
 
 
 def _unsupported_cuda_bf16() -> torch.dtype:

@@ -28,6 +28,7 @@ def test_auto_is_bf16_only_on_a_cpu_that_has_it(native: bool) -> None:
 def test_explicit_bf16_is_honoured_everywhere_but_warned_about_where_emulated(
     native: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    precision._warn_emulated_bf16.cache_clear()
     assert precision.autocast_dtype("bf16", CPU) == torch.bfloat16
     assert ("emulated" in caplog.text) is not native
 
