@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ from torch import Tensor
 from interpret import metrics as xai_metrics
 from interpret import saliency
 from training import checkpoint
-from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, SyntheticSource
+from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
+from training.checkpoint import Checkpoint
+from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, SyntheticSource
 from training.engine import StageSettings, TrainingContext, train_stage
 from training.logs import setup_logging
 from training.model import CAStream, CAStreamNet
@@ -77,14 +79,13 @@ class Split:
 
 
 def _splits(
-    state: dict[str, Any], model: CAStreamNet, size: int, train_count: int, selection_count: int, cache: Path | None
+    state: Checkpoint, model: CAStreamNet, size: int, train_count: int, selection_count: int, cache: Path | None
 ) -> tuple[Split, Split, float]:
     """Taps of the training and selection splits at ``size`` px; and the backbone's images per second."""
-    config = DataConfig(**state["data"])
-    if config.kind != "synthetic":
+    if state.data.kind != "synthetic":
         raise ValueError("the ablation needs a checkpoint trained on the synthetic data (it scores against masks)")
-    config = DataConfig(**{**state["data"], "image_size": size})
-    preprocessing = Preprocessing.from_dict({**state["preprocessing"], "resize": size, "crop": size})
+    config = replace(state.data, image_size=size)
+    preprocessing = replace(state.preprocessing, resize=size, crop=size)
     splits, seconds, images = [], 0.0, 0
     for name, count in (("train", train_count), ("selection", selection_count)):
         source = SyntheticSource(config.synthetic_spec(name, count), preprocessing, cache)
@@ -179,9 +180,9 @@ def run(
     if unknown:
         raise ValueError(f"unknown recipes {unknown}; choose from {', '.join(GRID)}")
     state = checkpoint.load(checkpoint_path)
-    model = checkpoint.build_model(state)
+    model = state.build_model()
     model.requires_grad_(False)
-    trained_size = DataConfig(**state["data"]).image_size
+    trained_size = state.data.image_size
     rows, references, speeds, splits = [], {}, {}, {}
     for name in names:
         recipe, size = GRID[name]
@@ -252,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--checkpoint", default="runs/default/castream.pt", help="frozen backbone (default: %(default)s)"
-    )
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="frozen backbone (default: %(default)s)")
     parser.add_argument("--recipes", nargs="+", default=list(GRID), choices=list(GRID), help="default: all")
     parser.add_argument("--epochs", type=int, default=3, help="stream epochs per recipe (default: %(default)s)")
     parser.add_argument("--train-images", type=int, default=4000, help="default: %(default)s")

@@ -23,6 +23,7 @@ from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import FP32, reference_outputs, relative_errors
 from training import checkpoint
+from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.data import DEFAULT_CACHE
 from training.logs import setup_logging
 
@@ -31,7 +32,7 @@ log = logging.getLogger("benchmarks.parity")
 
 def run(path: str, images: int, batch_sizes: list[int], cache: Path | None = DEFAULT_CACHE) -> dict[str, Any]:
     state = checkpoint.load(path)
-    model = checkpoint.build_model(state)
+    model = state.build_model()
     samples = load_samples(state, "val", images, cache)
     proto = export_graph(model, "ca", samples.images.shape[-1])
     session = make_session(proto.SerializeToString(), threads=0)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default="runs/default/castream.pt")
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--images", type=int, default=512, help="validation images (default: %(default)s)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args(argv)

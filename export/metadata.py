@@ -15,6 +15,7 @@ import onnx
 from service import contract
 from service.contract import FORMAT, INPUT_LAYOUT, JSON_KEYS, PRECISIONS
 from training import __version__
+from training.checkpoint import Checkpoint
 
 __all__ = ["FORMAT", "INPUT_LAYOUT", "JSON_KEYS", "PRECISIONS", "attach", "default_name", "describe", "read"]
 
@@ -25,7 +26,7 @@ def default_name(backbone: str, pooling: str, precision: str) -> str:
 
 
 def describe(
-    state: dict[str, Any],
+    state: Checkpoint,
     pooling: str,
     precision: str,
     name: str | None = None,
@@ -34,7 +35,7 @@ def describe(
     """The metadata properties of a model exported from checkpoint ``state``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    backbone = state["model"]["backbone"]
+    backbone = state.model.backbone
     props = {
         contract.FORMAT_KEY: FORMAT,
         contract.VERSION_KEY: __version__,
@@ -42,11 +43,11 @@ def describe(
         contract.BACKBONE_KEY: backbone,
         contract.POOLING_KEY: pooling,
         contract.PRECISION_KEY: precision,
-        contract.CLASSES_KEY: json.dumps(list(state["classes"])),
-        contract.PREPROCESSING_KEY: json.dumps({**state["preprocessing"], **INPUT_LAYOUT}),
-        contract.DATASET_KEY: json.dumps(state["data"]),
+        contract.CLASSES_KEY: json.dumps(list(state.classes)),
+        contract.PREPROCESSING_KEY: json.dumps({**state.preprocessing.to_dict(), **INPUT_LAYOUT}),
+        contract.DATASET_KEY: json.dumps(state.data.to_dict()),
     }
-    top1 = (state.get("metrics") or {}).get(f"val_top1_{pooling}")
+    top1 = state.metrics.get(f"val_top1_{pooling}")
     if top1 is not None:
         props[contract.VAL_TOP1_KEY] = str(float(top1))
     if verification is not None:

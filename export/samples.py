@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from training.data import DataConfig
+from training.checkpoint import Checkpoint
 from training.images import SPLITS, load_images, seeded_subset
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ class Samples:
         return len(self.labels)
 
 
-def load_samples(state: dict[str, Any], split: str, count: int, cache_dir: Path | None = None) -> Samples:
+def load_samples(state: Checkpoint, split: str, count: int, cache_dir: Path | None = None) -> Samples:
     """Up to ``count`` images of ``split`` of the checkpoint's data set.
 
     Validation images are taken in order; training images are a seeded random subset, so that a
@@ -41,7 +40,7 @@ def load_samples(state: dict[str, Any], split: str, count: int, cache_dir: Path 
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if count < 1:
         raise ValueError(f"need at least one image, got count={count!r}")
-    seed = DataConfig(**state["data"]).seed
+    seed = state.data.seed
 
     def choose(size: int) -> torch.Tensor:
         if size == 0:
@@ -49,5 +48,5 @@ def load_samples(state: dict[str, Any], split: str, count: int, cache_dir: Path 
         return torch.arange(min(count, size)) if split == "val" else seeded_subset(size, count, seed)
 
     chosen = load_images(state, split, choose, cache_dir)
-    log.debug("%d %s images of %s data", len(chosen), split, state["data"]["kind"])
+    log.debug("%d %s images of %s data", len(chosen), split, state.data.kind)
     return Samples(np.ascontiguousarray(chosen.images.float().numpy()), chosen.labels.numpy().astype(np.int64))

@@ -327,9 +327,9 @@ def abandon_distributed(runtime: TrainingContext) -> None:
         dist.destroy_process_group()
 
 
-def save_checkpoint(path: Path, runtime: TrainingContext, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, runtime: TrainingContext, record: checkpoint.Checkpoint) -> None:
     """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint it may resume from."""
     if runtime.main:
-        checkpoint.save(state, path)
+        checkpoint.save(record, path)
     if runtime.world > 1:
         dist.barrier()

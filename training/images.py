@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets
 
-from training.data import DataConfig, Preprocessing, SyntheticSource
+from training.checkpoint import Checkpoint
+from training.data import Preprocessing, SyntheticSource
 
 SPLITS = ("train", "val")
 
@@ -46,7 +46,7 @@ class LabelledImages:
 
 
 def load_images(
-    state: dict[str, Any], split: str, choose: Callable[[int], Tensor], cache_dir: Path | None = None
+    state: Checkpoint, split: str, choose: Callable[[int], Tensor], cache_dir: Path | None = None
 ) -> LabelledImages:
     """The images ``choose(size)`` picks, by index, out of ``split`` of the checkpoint's data set.
 
@@ -54,9 +54,7 @@ def load_images(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    config = DataConfig(**state["data"])
-    preprocessing = Preprocessing.from_dict(state["preprocessing"])
-    classes = tuple(state.get("classes", ()))
+    config, preprocessing, classes = state.data, state.preprocessing, state.classes
     if config.kind == "synthetic":
         source = SyntheticSource(config.synthetic_spec(split), preprocessing, cache_dir)
         index = choose(len(source))

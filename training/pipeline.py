@@ -27,6 +27,7 @@ from training.engine import (
     top1,
     train_stage,
 )
+from training.files import write_text
 from training.model import CAStreamNet, ModelConfig
 from training.recipes import DEFAULT_RECIPE
 from training.revision import git_revision
@@ -69,6 +70,14 @@ class FitOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def recorded_options(config: dict[str, Any], **changes: Any) -> FitOptions:
+    """The options a run recorded in its configuration (``config.json``), with ``changes``."""
+    stored = dict(config["options"])
+    if "amp" in stored:  # runs started before the precision policy recorded a flag
+        stored["precision"] = "auto" if stored.pop("amp") else "fp32"
+    return FitOptions(**{**stored, **changes})
+
+
 def _data_config(options: FitOptions) -> DataConfig:
     if options.data:
         return DataConfig(
@@ -99,7 +108,7 @@ def _initial_model(options: FitOptions, data_classes: int, initial: weights.Init
         # The backbone and classifier carry over; the stream starts afresh as the recipe says (--resume continues one).
         state = {
             k: v
-            for k, v in initial.checkpoint["state_dict"].items()
+            for k, v in initial.checkpoint.state_dict.items()
             if k.startswith("backbone.") and (fits or not k.startswith(classifier))
         }
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -167,6 +176,7 @@ def _describe(
             "precision": runtime.precision,
             "autocast": precision.describe(runtime.dtype),
             "native_bf16_cpu": precision.cpu_has_native_bf16(),
+            "cpu": precision.cpu_model(),
         },
         "versions": {"castream": __version__, "torch": str(torch.__version__)},  # plain str: loads with weights_only
         "git_revision": git_revision(),
@@ -200,11 +210,8 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
     saved = None
     if options.resume and path.exists():
         saved = checkpoint.load(path)
-        stored = dict(saved["config"]["options"])
-        if "amp" in stored:  # runs started before the precision policy recorded a flag
-            stored["precision"] = "auto" if stored.pop("amp") else "fp32"
-        options = FitOptions(**{**stored, "out": options.out, "resume": True})
-        log.info("resuming %s (stage %s, epoch %s)", path, saved["stage"], saved["stage_state"]["epoch"])
+        options = recorded_options(saved.config, out=options.out, resume=True)
+        log.info("resuming %s (stage %s, epoch %s)", path, saved.stage, saved.resume_point["epoch"])
     elif options.resume:
         log.warning("--resume: no checkpoint at %s, starting a new run", path)
     torch.manual_seed(options.seed)
@@ -215,7 +222,7 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
         initial = weights.resolve(options.weights, options.backbone)
         preprocessing = preprocessing_for(initial.transforms, data_config.image_size)
         if initial.kind == "checkpoint":
-            stored = Preprocessing.from_dict(initial.checkpoint["preprocessing"])
+            stored = initial.checkpoint.preprocessing
             preprocessing = Preprocessing(
                 round(data_config.image_size * stored.resize / stored.crop),
                 data_config.image_size,
@@ -224,31 +231,31 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
                 stored.interpolation,
             )
     else:
-        preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+        preprocessing = saved.preprocessing
     data_started = time.perf_counter()
     data = load_data(data_config, preprocessing, cache, options.workers)
     data_seconds = round(time.perf_counter() - data_started, 1)
     if saved is None:
         model, baseline = _initial_model(options, len(data.classes), initial)
     else:
-        model = CAStreamNet(ModelConfig(**saved["model"]))
-        model.load_state_dict(saved["state_dict"])
-        baseline = saved["config"]["plan"][0][0] if len(saved["config"]["plan"]) > 1 else "none"
+        model = saved.build_model()
+        plan = saved.config["plan"]
+        baseline = plan[0][0] if len(plan) > 1 else "none"
     model.to(runtime.device)
     plan = _plan(options, baseline)
-    config = saved["config"] if saved else _describe(options, model, data, runtime, plan)
+    config = saved.config if saved else _describe(options, model, data, runtime, plan)
     data.train = Batches(data.train, options.batch_size, True, options.seed, runtime.rank, runtime.world)
     data.val = Batches(data.val, options.batch_size, False, options.seed, runtime.rank, runtime.world)
     if runtime.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
-    completed: dict[str, Any] = dict(saved["completed"]) if saved else {}
+    completed: dict[str, Any] = dict(saved.completed) if saved else {}
     started = time.perf_counter()
     for stage, settings in plan:
         if stage in completed:
             continue
-        resume = saved["stage_state"] if saved and saved["stage"] == stage else None
+        resume = saved.resume_point if saved and saved.stage == stage else None
 
         def save(stage_state: dict[str, Any], stage: str = stage) -> None:
             save_checkpoint(path, runtime, _state(model, data, config, stage, stage_state, completed))
@@ -258,11 +265,10 @@ def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
     metrics = {**top1(model, data.val, runtime, ("gap", "ca")), "stages": completed}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics["data_seconds"] = data_seconds  # generating or reading the data, before the first stage
-    final = _state(model, data, config, "done", {"epoch": 0}, completed)
-    final["metrics"] = {k: v for k, v in metrics.items() if k.startswith("val_")}
-    save_checkpoint(path, runtime, final)
+    recorded = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    save_checkpoint(path, runtime, _state(model, data, config, checkpoint.FINISHED, {"epoch": 0}, completed, recorded))
     if runtime.main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log.info("val top-1: GAP %.2f %%, CA %.2f %% -> %s", metrics["val_top1_gap"], metrics["val_top1_ca"], path)
     return metrics
 
@@ -274,17 +280,17 @@ def _state(
     stage: str,
     stage_state: dict[str, Any],
     completed: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "version": __version__,
-        "model": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "classes": list(data.classes),
-        "preprocessing": data.preprocessing.to_dict(),
-        "data": data.config.to_dict(),
-        "config": config,
-        "stage": stage,
-        "stage_state": stage_state,
-        "completed": completed,
-        "metrics": {},
-    }
+    metrics: dict[str, float] | None = None,
+) -> checkpoint.Checkpoint:
+    return checkpoint.Checkpoint(
+        model=model.config,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        classes=tuple(data.classes),
+        preprocessing=data.preprocessing,
+        data=data.config,
+        stage=stage,
+        metrics=metrics or {},
+        config=config,
+        resume_point=stage_state,
+        completed=dict(completed),
+    )

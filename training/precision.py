@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import platform
 from pathlib import Path
 
 import torch
@@ -32,6 +33,27 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         if key.strip() == "flags":
             return frozenset(value.split())
     return frozenset()
+
+
+# The instruction sets that decide how fast, and with which rounding, the CPU trains and serves.
+NAMED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as Linux reports it (else what :mod:`platform` knows), with its notable flags."""
+    name = ""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags(cpuinfo)
+    named = [flag for flag in NAMED_FLAGS if flag in flags]
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({', '.join(named)})" if named else name
 
 
 @functools.cache

@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from training import checkpoint
+from training.checkpoint import Checkpoint
 
 
 @dataclass
@@ -29,7 +30,7 @@ class InitialWeights:
     pretrained: bool
     num_classes: int | None = None
     state_dict: dict[str, torch.Tensor] | None = None
-    checkpoint: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     transforms: Any | None = None
     name: str | None = None
 
@@ -52,10 +53,12 @@ def _from_file(path: Path, backbone: str) -> InitialWeights:
     except Exception as error:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"could not read weights file {str(path)!r}: {error}") from error
     if checkpoint.is_checkpoint(loaded):
-        found = loaded["model"]["backbone"]
-        if found != backbone:
-            raise ValueError(f"checkpoint {str(path)!r} holds a {found} model, not --backbone {backbone}")
-        return InitialWeights("checkpoint", True, loaded["model"]["num_classes"], checkpoint=loaded, name=str(path))
+        record = checkpoint.parse(loaded, str(path))
+        if record.model.backbone != backbone:
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds a {record.model.backbone} model, not --backbone {backbone}"
+            )
+        return InitialWeights("checkpoint", True, record.model.num_classes, checkpoint=record, name=str(path))
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"{str(path)!r} is neither a state dict nor a castream checkpoint")
     state = {key.removeprefix("module."): value for key, value in loaded.items()}

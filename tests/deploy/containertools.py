@@ -120,8 +120,8 @@ class Container:
         return result.stdout + result.stderr
 
     def health(self) -> str:
-        state = inspect(self.name)["State"]
-        return state.get("Health", {}).get("Status", state["Status"])
+        status = inspect(self.name)["State"]
+        return status.get("Health", {}).get("Status", status["Status"])
 
     def wait_healthy(self, timeout: float = 120) -> None:
         """Waits for the image's own HEALTHCHECK to report healthy."""

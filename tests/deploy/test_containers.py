@@ -138,8 +138,8 @@ def test_docker_stop_drains_a_request_in_flight(runtime_image: BuiltImage, model
         (answer,) = answers
         assert isinstance(answer, httpx.Response), f"the request in flight failed: {answer!r}\n{container.logs()}"
         assert answer.status_code == 200, answer.text
-        state = inspect(container.name)["State"]
-        assert state["ExitCode"] == 0 and not state["OOMKilled"], container.logs()
+        ended = inspect(container.name)["State"]
+        assert ended["ExitCode"] == 0 and not ended["OOMKilled"], container.logs()
         assert stopped_after < 25, "the service exited on its own, before Docker's SIGKILL"
     finally:
         container.remove()

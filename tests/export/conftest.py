@@ -19,7 +19,7 @@ def export_tiny(checkpoint_path: Path, out: Path, **options: Any) -> ExportRepor
 
 
 @pytest.fixture(scope="session")
-def tiny_state(tiny_checkpoint: Path) -> dict[str, Any]:
+def tiny_state(tiny_checkpoint: Path) -> checkpoint.Checkpoint:
     return checkpoint.load(tiny_checkpoint)
 
 

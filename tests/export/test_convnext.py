@@ -13,7 +13,7 @@ from export import metadata
 from export.pipeline import ExportOptions, export_checkpoint
 from export.samples import load_samples
 from export.sessions import make_session
-from training import __version__, checkpoint, synthetic
+from training import checkpoint, synthetic
 from training.data import DataConfig, Preprocessing
 from training.model import CAStreamNet, ModelConfig
 
@@ -23,17 +23,15 @@ def convnext_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = CAStreamNet(ModelConfig("convnext_tiny", len(synthetic.CLASSES))).eval()
     data = DataConfig(kind="synthetic", image_size=64, train_count=32, val_count=16, seed=3)
-    state = {
-        "version": __version__,
-        "model": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "classes": list(synthetic.CLASSES),
-        "preprocessing": Preprocessing(resize=64, crop=64).to_dict(),
-        "data": data.to_dict(),
-        "metrics": {"val_top1_gap": 10.0, "val_top1_ca": 12.5},
-        "stage": "done",
-    }
-    return checkpoint.save(state, tmp_path_factory.mktemp("convnext") / "castream.pt")
+    record = checkpoint.Checkpoint(
+        model=model.config,
+        state_dict=model.state_dict(),
+        classes=tuple(synthetic.CLASSES),
+        preprocessing=Preprocessing(resize=64, crop=64),
+        data=data,
+        metrics={"val_top1_gap": 10.0, "val_top1_ca": 12.5},
+    )
+    return checkpoint.save(record, tmp_path_factory.mktemp("convnext") / "castream.pt")
 
 
 @pytest.mark.slow  # ~40 s: tracing ConvNeXt's 18 blocks dominates
@@ -47,7 +45,7 @@ def test_convnext_exports_logits_attention_and_class_maps(convnext_checkpoint: P
     logits, attention, maps = session.run(None, {"image": images})
     assert logits.shape == (3, len(synthetic.CLASSES)) and np.isfinite(logits).all()
     # LayerNorm head: the maps plus its constant (classifier of the norm's bias) still add up to the logits.
-    net = checkpoint.build_model(state)
+    net = state.build_model()
     norm, linear = net.backbone.head[0], net.backbone.classifier
     constant = (linear.weight @ norm.bias + linear.bias).detach().numpy()
     assert maps.shape == (3, len(synthetic.CLASSES), 2, 2)

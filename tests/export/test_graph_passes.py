@@ -14,6 +14,7 @@ from export.rewrite import attention_as_matmul, canonical, fold_linear_chains
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import FP16, VerificationError, check_attention_maps, check_parity, check_structure
+from training.checkpoint import Checkpoint
 
 
 def _einsum_graph(transposed: bool) -> onnx.ModelProto:
@@ -128,10 +129,12 @@ def test_toposort_orders_appended_nodes() -> None:
         toposort(graph)
 
 
-def test_fp16_graph_keeps_the_stream_float32_and_matches_pytorch(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_fp16_graph_keeps_the_stream_float32_and_matches_pytorch(
+    ca_export: ExportReport, tiny_state: Checkpoint
+) -> None:
     fp32 = onnx.load(str(ca_export.path))
     half = convert_fp16(fp32)
-    check_structure(half, "ca", len(tiny_state["classes"]), 64)
+    check_structure(half, "ca", len(tiny_state.classes), 64)
     check_fp16_structure(half)
     stream_params = [i for i in half.graph.initializer if i.name.startswith("model.stream.")]
     assert stream_params and all(i.data_type == TensorProto.FLOAT for i in stream_params)

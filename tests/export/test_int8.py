@@ -13,6 +13,7 @@ from export.quantize import is_quantized
 from export.samples import load_samples
 from export.sessions import make_session
 from export.verify import VerificationError
+from training.checkpoint import Checkpoint
 
 
 def test_int8_graph_is_quantised_and_keeps_float_io(int8_export: ExportReport) -> None:
@@ -40,10 +41,10 @@ def test_int8_attention_softmax_reads_float_scores(int8_export: ExportReport) ->
         assert "QuantizeLinear" not in consumers
 
 
-def test_int8_outputs_are_valid_attention_maps(int8_export: ExportReport, tiny_state: dict) -> None:
+def test_int8_outputs_are_valid_attention_maps(int8_export: ExportReport, tiny_state: Checkpoint) -> None:
     session = make_session(onnx.load(str(int8_export.path)))
     logits, attention = session.run(["logits", "attention"], {"image": load_samples(tiny_state, "val", 8).images})
-    assert logits.shape == (8, len(tiny_state["classes"])) and np.isfinite(logits).all()
+    assert logits.shape == (8, len(tiny_state.classes)) and np.isfinite(logits).all()
     assert attention.dtype == np.float32 and (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
 

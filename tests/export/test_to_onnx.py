@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +18,32 @@ from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import FP32, VerificationError, check_parity, check_structure, reference_outputs
 from training import checkpoint
+from training.checkpoint import Checkpoint
 
 
 def _session(report: ExportReport):
     return make_session(onnx.load(str(report.path)))
 
 
-def test_ca_graph_has_logits_attention_and_class_maps_for_any_batch(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_ca_graph_has_logits_attention_and_class_maps_for_any_batch(
+    ca_export: ExportReport, tiny_state: Checkpoint
+) -> None:
     session = _session(ca_export)
     assert [o.name for o in session.get_outputs()] == ["logits", "attention", "class_maps"]
     images = load_samples(tiny_state, "val", 5).images
     for count in (1, 2, 5):
         logits, attention, maps = session.run(None, {"image": images[:count]})
-        assert maps.shape == (count, len(tiny_state["classes"]), 2, 2)
-        assert logits.shape == (count, len(tiny_state["classes"]))
+        assert maps.shape == (count, len(tiny_state.classes), 2, 2)
+        assert logits.shape == (count, len(tiny_state.classes))
         assert attention.shape == (count, 2, 2)  # 64 px / 32
         assert np.isfinite(logits).all()
         assert (attention >= 0).all()
         np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
-def test_batch_one_and_batch_eight_give_the_same_per_image_results(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_batch_one_and_batch_eight_give_the_same_per_image_results(
+    ca_export: ExportReport, tiny_state: Checkpoint
+) -> None:
     session = _session(ca_export)
     images = load_samples(tiny_state, "val", 16).images
     single, batched = run_batches(session, images, 1), run_batches(session, images, 8)
@@ -60,11 +65,11 @@ def test_batch_axis_is_symbolic_and_shared_by_input_and_outputs(ca_export: Expor
     assert all(dim.dim_param == "N" and not dim.HasField("dim_value") for dim in first_dims)
 
 
-def test_a_fixed_batch_axis_is_refused(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_a_fixed_batch_axis_is_refused(ca_export: ExportReport, tiny_state: Checkpoint) -> None:
     proto = onnx.load(str(ca_export.path))
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 8
     with pytest.raises(VerificationError, match="not symbolic"):
-        check_structure(proto, "ca", len(tiny_state["classes"]), 64)
+        check_structure(proto, "ca", len(tiny_state.classes), 64)
 
 
 def test_attention_products_run_as_matmul(ca_export: ExportReport) -> None:
@@ -73,41 +78,41 @@ def test_attention_products_run_as_matmul(ca_export: ExportReport) -> None:
     assert ops.count("Softmax") == 5  # one per CA block: stem and four stages
 
 
-def test_metadata_reads_back(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_metadata_reads_back(ca_export: ExportReport, tiny_state: Checkpoint) -> None:
     props = metadata.read(ca_export.path)
     assert props["castream_format"] == "1"
     assert props["model_name"] == "castream-resnet18-ca"
     assert (props["backbone"], props["pooling"], props["precision"]) == ("resnet18", "ca", "fp32")
-    assert props["classes"] == list(tiny_state["classes"])
+    assert props["classes"] == list(tiny_state.classes)
     assert props["preprocessing"] == {
-        **json.loads(json.dumps(tiny_state["preprocessing"])),
+        **tiny_state.preprocessing.to_dict(),
         "layout": "NCHW",
         "dtype": "float32",
         "scale": 1 / 255,
     }
-    assert props["dataset"] == json.loads(json.dumps(tiny_state["data"]))
-    assert float(props["val_top1"]) == tiny_state["metrics"]["val_top1_ca"]
+    assert props["dataset"] == tiny_state.data.to_dict()
+    assert float(props["val_top1"]) == tiny_state.metrics["val_top1_ca"]
     assert props["verification"]["tolerance"] == {"logits": FP32.logits, "attention": FP32.attention}
 
 
-def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: Checkpoint) -> None:
     from service.metadata import parse_metadata
 
     raw = {p.key: p.value for p in onnx.load(str(ca_export.path), load_external_data=False).metadata_props}
     info = parse_metadata(raw, str(ca_export.path))
-    assert info.classes == tuple(tiny_state["classes"])
+    assert info.classes == tuple(tiny_state.classes)
     assert info.preprocessing.crop == 64
     assert info.has_attention
 
 
-def test_gap_graph_has_logits_only(gap_export: ExportReport, tiny_state: dict) -> None:
+def test_gap_graph_has_logits_only(gap_export: ExportReport, tiny_state: Checkpoint) -> None:
     session = _session(gap_export)
     assert [o.name for o in session.get_outputs()] == ["logits"]
     (logits,) = session.run(None, {"image": load_samples(tiny_state, "val", 3).images})
-    assert logits.shape == (3, len(tiny_state["classes"]))
+    assert logits.shape == (3, len(tiny_state.classes))
     props = metadata.read(gap_export.path)
     assert props["pooling"] == "gap"
-    assert float(props["val_top1"]) == tiny_state["metrics"]["val_top1_gap"]
+    assert float(props["val_top1"]) == tiny_state.metrics["val_top1_gap"]
     assert all(p.attention_error is None for p in gap_export.parity)
 
 
@@ -139,8 +144,8 @@ def test_a_broken_export_is_refused_and_nothing_is_written(
     assert "logits differ from PyTorch's by" in message and "allowed 0.0001 of the scale" in message
 
 
-def test_an_unfinished_run_is_refused_unless_asked(tiny_state: dict, tmp_path: Path) -> None:
-    path = checkpoint.save({**tiny_state, "stage": "stream"}, tmp_path / "unfinished.pt")
+def test_an_unfinished_run_is_refused_unless_asked(tiny_state: Checkpoint, tmp_path: Path) -> None:
+    path = checkpoint.save(replace(tiny_state, stage="stream"), tmp_path / "unfinished.pt")
     with pytest.raises(ValueError, match="--allow-unfinished"):
         export_checkpoint(ExportOptions(checkpoint=str(path), out=str(tmp_path / "m.onnx")))
     assert not (tmp_path / "m.onnx").exists()
@@ -160,10 +165,12 @@ def test_cli_rejects_int8_with_fp16(capsys: pytest.CaptureFixture) -> None:
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_rounding_level_differences_pass_and_real_errors_are_refused(ca_export: ExportReport, tiny_state: dict) -> None:
+def test_rounding_level_differences_pass_and_real_errors_are_refused(
+    ca_export: ExportReport, tiny_state: Checkpoint
+) -> None:
     session = _session(ca_export)
     images = load_samples(tiny_state, "val", 8).images
-    reference = reference_outputs(checkpoint.build_model(tiny_state), images, "ca")
+    reference = reference_outputs(tiny_state.build_model(), images, "ca")
     peak = float(reference["attention"].max())
     # Float32 kernels that add in another order: a few 1e-5 of the largest weight, as seen between CPUs.
     rounding = {**reference, "attention": reference["attention"] + 3e-5 * peak * np.sign(reference["attention"] - 0.1)}

@@ -23,7 +23,7 @@ def test_samples_are_a_seeded_subset_of_the_validation_split_with_masks(syntheti
     assert first.masks.dtype == torch.bool and first.masks.any()
     torch.testing.assert_close(first.images, again.images)
     assert not torch.equal(first.images, other.images)
-    split = synthetic.generate(DataConfig(**state["data"]).synthetic_spec("val"))
+    split = synthetic.generate(state.data.synthetic_spec("val"))
     index = [int(np.flatnonzero((split.images == p).all(axis=(1, 2, 3)))[0]) for p in first.pixels]
     assert first.labels.tolist() == split.labels[index].tolist()
     assert np.array_equal(first.masks.numpy(), split.masks[index])

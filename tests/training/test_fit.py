@@ -52,7 +52,7 @@ def test_run_folder_records_config_revision_checkpoint_and_metrics(tiny_run: Pat
     for key in ("val_top1_gap", "val_top1_ca"):
         assert 0.0 <= metrics[key] <= 100.0
     assert set(metrics["stages"]) == {"full", "stream"}
-    assert checkpoint.load(tiny_run / "castream.pt")["stage"] == "done"
+    assert checkpoint.load(tiny_run / "castream.pt").finished
 
 
 def _image_folder(root: Path, classes: int = 2, per_class: int = 6) -> Path:
@@ -97,12 +97,12 @@ def test_resnet50_on_an_image_folder_with_weights_from_a_local_file(tmp_path: Pa
         ]
     )
     assert code == 0
-    state = checkpoint.load(out / "castream.pt")
-    assert state["classes"] == ["class_0", "class_1"]
-    assert state["data"]["kind"] == "imagefolder"
+    record = checkpoint.load(out / "castream.pt")
+    assert record.classes == ("class_0", "class_1")
+    assert record.data.kind == "imagefolder"
     # A pretrained backbone whose classifier does not fit gets a linear probe, then the stream.
-    assert list(state["completed"]) == ["probe", "stream"]
-    assert state["preprocessing"] == {
+    assert list(record.completed) == ["probe", "stream"]
+    assert record.preprocessing.to_dict() == {
         "resize": 73,
         "crop": 64,
         "mean": [0.485, 0.456, 0.406],
@@ -110,7 +110,7 @@ def test_resnet50_on_an_image_folder_with_weights_from_a_local_file(tmp_path: Pa
         "interpolation": "bilinear",
     }
     original = torch.load(weights_file, weights_only=True)
-    trained = state["state_dict"]
+    trained = record.state_dict
     assert torch.equal(trained["backbone.net.layer3.0.conv1.weight"], original["layer3.0.conv1.weight"])
     assert torch.equal(trained["backbone.net.bn1.running_mean"], original["bn1.running_mean"])
     assert trained["backbone.net.fc.weight"].shape == (2, 2048)
@@ -148,15 +148,15 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(tmp_path: Path) -> None:
     process.send_signal(signal.SIGKILL)  # somewhere in the second epoch
     process.wait()
     interrupted = checkpoint.load(path)
-    assert interrupted["stage"] == "full" and interrupted["stage_state"]["epoch"] < 3
+    assert interrupted.stage == "full" and interrupted.resume_point["epoch"] < 3
     resumed = _run([*command, "--resume"])
     log = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, log
     assert "resuming" in log
     final = checkpoint.load(path)
-    assert final["stage"] == "done"
-    assert [r["epoch"] for r in final["completed"]["full"]["history"]] == [1, 2, 3]
-    assert [r["epoch"] for r in final["completed"]["stream"]["history"]] == [1, 2]
+    assert final.finished
+    assert [r["epoch"] for r in final.completed["full"]["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in final.completed["stream"]["history"]] == [1, 2]
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
@@ -229,11 +229,11 @@ def test_a_castream_checkpoint_as_weights_keeps_its_backbone_and_starts_a_new_st
         progress=False,
     )
     fit(options)
-    state = checkpoint.load(out / "castream.pt")
-    assert [stage for stage, _ in state["config"]["plan"]] == ["stream"]  # the classifier fits: no baseline
-    for key, value in source["state_dict"].items():
+    record = checkpoint.load(out / "castream.pt")
+    assert [stage for stage, _ in record.config["plan"]] == ["stream"]  # the classifier fits: no baseline
+    for key, value in source.state_dict.items():
         if key.startswith("backbone."):
-            assert torch.equal(state["state_dict"][key], value), key
-    last = state["state_dict"]["stream.blocks.4.proj.weight"]
-    assert not torch.equal(last, source["state_dict"]["stream.blocks.4.proj.weight"])
+            assert torch.equal(record.state_dict[key], value), key
+    last = record.state_dict["stream.blocks.4.proj.weight"]
+    assert not torch.equal(last, source.state_dict["stream.blocks.4.proj.weight"])
     assert not torch.equal(last, torch.eye(len(last)))  # the paper's Xavier start, not the default's identity

@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from training import synthetic
+from training.checkpoint import Checkpoint
 from training.data import DataConfig, Preprocessing
 from training.images import load_images
+from training.model import ModelConfig
 
 
 def test_the_chosen_images_come_with_their_pixels_masks_and_preprocessing() -> None:
     data = DataConfig(image_size=32, val_count=10)
     preprocessing = Preprocessing(resize=32, crop=32)
-    state = {"data": data.to_dict(), "preprocessing": preprocessing.to_dict(), "classes": list(synthetic.CLASSES)}
+    state = Checkpoint(ModelConfig(), {}, tuple(synthetic.CLASSES), preprocessing, data)  # no weights needed
     sizes: list[int] = []
 
     def choose(size: int) -> torch.Tensor:

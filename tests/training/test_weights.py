@@ -30,14 +30,14 @@ def test_torchvision_name_offline_says_which_file_to_put_where(tmp_path: Path, m
 
 def test_torchvision_name_loads_a_file_placed_in_the_hub_folder(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    state = torchvision.models.resnet18().state_dict()
+    saved = torchvision.models.resnet18().state_dict()
     target = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
     target.parent.mkdir()
-    torch.save(state, target)
+    torch.save(saved, target)
     loaded = weights.resolve("IMAGENET1K_V1", "resnet18")
     # torchvision verifies the file's hash prefix only when asked; the tensors are what we saved.
     assert loaded.kind == "torchvision" and loaded.pretrained and loaded.num_classes == 1000
-    assert torch.equal(loaded.state_dict["fc.weight"], state["fc.weight"])
+    assert torch.equal(loaded.state_dict["fc.weight"], saved["fc.weight"])
     assert loaded.transforms.crop_size == [224]
 
 
