@@ -26,12 +26,12 @@ class DrainingServer(uvicorn.Server):
         self.app, self.drain_delay_s, self._draining = app, drain_delay_s, False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        runtime = self.app.state.runtime
-        if sig != signal.SIGTERM or self._draining or self.drain_delay_s <= 0 or runtime is None:
+        lifecycle = self.app.state.lifecycle
+        if sig != signal.SIGTERM or self._draining or self.drain_delay_s <= 0:
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        runtime.drain()
+        lifecycle.drain()
         log.info("SIGTERM: draining for %.1f s before shutting down", self.drain_delay_s)
         timer = threading.Timer(self.drain_delay_s, super().handle_exit, args=(sig, frame))
         timer.daemon = True

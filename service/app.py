@@ -11,10 +11,10 @@ from fastapi_offline import FastAPIOffline
 from service import __version__
 from service.auth import require_api_key
 from service.errors import install_handlers
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
 from service.routes import GUARDED, OPEN
-from service.runtime import Runtime
 from service.settings import Settings, load_settings
 
 DESCRIPTION = (
@@ -27,20 +27,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model is loaded when its lifespan starts. Settings default to the environment."""
     settings = settings or load_settings()
     metrics = Metrics()
+    lifecycle = Lifecycle(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings, metrics)
         try:
-            await runtime.start()
-            app.state.runtime = runtime
+            await lifecycle.start()
             yield
         finally:
-            await runtime.stop()
+            await lifecycle.stop()
 
     # Swagger UI and ReDoc from assets inside the service (/static-offline-docs), not a CDN: /docs works offline.
     app = FastAPIOffline(title="castream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, None
+    app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     install_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # The token check joins the routes (and so the OpenAPI schema) only when a key is configured.

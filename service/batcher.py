@@ -1,9 +1,16 @@
 """Dynamic batching: images from concurrent requests share one ``run`` call.
 
-A batch closes when it holds ``max_batch_size`` images or when its oldest image has waited
-``max_delay_s``. Batches run one at a time in a worker thread; while one runs, the next fills up, so
-batches grow with load. The queue is bounded (a full queue refuses at once with 503) and each request
-carries a deadline: one that has not started by then is answered 504 and never run.
+No image waits for company. Whenever the runner is free, the batcher runs whatever is queued (up to
+``max_batch_size`` images); while a batch runs, arrivals queue and form the next one, so batches grow with
+load and a lone request runs at once. A positive ``max_delay_s`` is an opt-in: a batch that is not full then
+waits until its oldest image has waited that long (docs/service.md says when that pays).
+
+Admission happens once per request, before its body is read: ``admit`` reserves room in the bounded queue
+(a full queue refuses at once with 503 and ``Retry-After``) and returns a :class:`Ticket`, on which the
+request's images are later submitted. The room is held until the images are taken into a batch, so the
+queue bounds every image between admission and the model, decoding included. A request that has not
+started by its deadline is answered 504 and never run; a batch that fails fails only its own requests;
+``stop`` refuses new work and finishes what was accepted.
 
 A request may ask for extra outputs (``flags``, such as ``class_maps``): the batch it lands in runs with
 ``run(batch, flag=True)`` for every flag any of its requests asked for, and plain ``run(batch)`` otherwise.
@@ -18,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -30,16 +38,50 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class _Job:
-    """One request: its images, enqueue time, deadline and the future its handler awaits."""
+    """One request: its images, enqueue time, the future its handler awaits and the timer of its deadline."""
 
     inputs: list[np.ndarray]
     enqueued: float
-    deadline: float
     future: asyncio.Future
+    flags: frozenset[str] = frozenset()
     results: list[Any] = field(default_factory=list)
     pending: int = 0
     started: bool = False
-    flags: frozenset[str] = frozenset()
+    deadline: asyncio.TimerHandle | None = None
+
+
+class Ticket:
+    """Room for a request's images in the queue, from admission until they are taken into a batch.
+
+    Use it as a context manager: leaving the block without submitting (a bad image, a client gone) gives
+    the room back.
+    """
+
+    def __init__(self, batcher: Batcher, images: int):
+        self._batcher, self.images, self._held = batcher, images, True
+
+    def resize(self, images: int) -> None:
+        """Hold room for ``images`` instead (the count is known once the body is read); 503 if it does not fit."""
+        if images > self.images:
+            self._batcher._reserve(images - self.images)
+        else:
+            self._batcher._reserved -= self.images - images
+        self.images = images
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._batcher._reserved -= self.images
+
+    def _hand_over(self) -> None:
+        """The images are queued now; the batcher frees their room as it takes them."""
+        self._held = False
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
 
 
 class Batcher:
@@ -50,7 +92,7 @@ class Batcher:
         run: Callable[..., Sequence[Any]],
         *,
         max_batch_size: int,
-        max_delay_s: float,
+        max_delay_s: float = 0.0,
         max_queue: int,
         timeout_s: float,
         retry_after_s: int = 1,
@@ -65,6 +107,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self.runs = 0
         self._items: deque[tuple[_Job, int]] = deque()
+        self._reserved = 0  # images admitted and not yet taken into a batch (queued ones included)
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="castream-inference")
         self._task: asyncio.Task | None = None
@@ -72,8 +115,13 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Images waiting to be batched."""
+        """Images queued for a batch."""
         return len(self._items)
+
+    @property
+    def reserved(self) -> int:
+        """Images admitted and not yet in a batch: queued, or still being read and decoded."""
+        return self._reserved
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="castream-batcher")
@@ -89,47 +137,61 @@ class Batcher:
                 log.error("batcher did not drain within %.1f s; failing %d queued images", timeout_s, self.depth)
             for job, _ in self._items:
                 self._fail(job, ServiceError(503, "shutting_down", "the service stopped before running this request"))
+            self._reserved -= len(self._items)
             self._items.clear()
         self._executor.shutdown(wait=False)
 
-    def admit(self, images: int) -> None:
-        """Raise 503 unless ``images`` more fit in the queue now; cheap enough to call before decoding."""
+    def admit(self, images: int = 1) -> Ticket:
+        """Room for ``images`` now, or 503 at once; cheap enough to call before the body is read."""
+        self._reserve(images)
+        return Ticket(self, images)
+
+    def _reserve(self, images: int) -> None:
         if self._closing or self._task is None:
             raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
-        if self.depth + images > self.max_queue:
+        if self._reserved + images > self.max_queue:
             raise ServiceError(
                 503,
                 "queue_full",
-                f"the queue holds {self.depth} of {self.max_queue} images (CASTREAM_MAX_QUEUE); retry later",
+                f"the queue holds {self._reserved} of {self.max_queue} images (CASTREAM_MAX_QUEUE); retry later",
                 self._retry_headers(),
             )
+        self._reserved += images
 
-    async def submit(self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset()) -> list[Any]:
-        """Queue one request's images and wait for their outputs, in order; ``flags`` ask for extra outputs."""
-        self.admit(len(inputs))
-        now = time.monotonic()
-        future = asyncio.get_running_loop().create_future()
-        job = _Job(inputs, now, now + self.timeout_s, future, [None] * len(inputs), len(inputs), flags=flags)
+    async def submit(
+        self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset(), ticket: Ticket | None = None
+    ) -> list[Any]:
+        """Queue one request's images and wait for their outputs, in order; ``flags`` ask for extra outputs.
+
+        ``ticket`` is the request's admission; without one, the images are admitted here.
+        """
+        if ticket is None:
+            ticket = self.admit(len(inputs))
+        elif self._closing:
+            ticket.release()
+            raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
+        elif ticket.images != len(inputs):
+            ticket.resize(len(inputs))
+        ticket._hand_over()
+        loop = asyncio.get_running_loop()
+        job = _Job(inputs, time.monotonic(), loop.create_future(), flags, [None] * len(inputs), len(inputs))
+        job.deadline = loop.call_later(self.timeout_s, self._expire_waiting, job)
         self._items.extend((job, index) for index in range(len(inputs)))
-        self.metrics.queue_depth.set(self.depth)
+        self.metrics.queue_depth.set(len(self._items))
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except TimeoutError:
-            if not job.started:
-                self._expire(job)
-            return await future
-        except asyncio.CancelledError:
-            future.cancel()  # the client went away: its queued images are skipped
-            raise
+            return await job.future  # cancelled with the handler when the client goes: its images are skipped
+        finally:
+            job.deadline.cancel()
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
 
-    def _expire(self, job: _Job) -> None:
-        waited = time.monotonic() - job.enqueued
-        detail = f"waited {waited:.2f} s in the queue, past CASTREAM_REQUEST_TIMEOUT_MS; retry later"
-        self._fail(job, ServiceError(504, "timeout", detail))
+    def _expire_waiting(self, job: _Job) -> None:
+        if not job.started:
+            waited = time.monotonic() - job.enqueued
+            detail = f"waited {waited:.2f} s in the queue, past CASTREAM_REQUEST_TIMEOUT_MS; retry later"
+            self._fail(job, ServiceError(504, "timeout", detail))
 
     @staticmethod
     def _fail(job: _Job, exc: BaseException) -> None:
@@ -143,36 +205,39 @@ class Batcher:
                 await self._wakeup.wait()
             if not self._items:
                 return
-            close_at = self._items[0][0].enqueued + self.max_delay_s
-            while len(self._items) < self.max_batch_size and not self._closing:
-                remaining = close_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
+            if self.max_delay_s > 0:
+                await self._fill()
             batch = self._take()
             if batch:
                 await self._run(batch)
 
+    async def _fill(self) -> None:
+        """The opt-in delay: wait for a full batch until the oldest queued image has waited ``max_delay_s``."""
+        close_at = self._items[0][0].enqueued + self.max_delay_s
+        while len(self._items) < self.max_batch_size and not self._closing:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
     def _take(self) -> list[tuple[_Job, int]]:
-        """Pop up to one batch of live images; requests past their deadline are answered 504 here."""
+        """Pop up to one batch of live images, giving back their room; finished or expired requests are skipped."""
         batch: list[tuple[_Job, int]] = []
         now = time.monotonic()
         while self._items and len(batch) < self.max_batch_size:
             job, index = self._items.popleft()
+            self._reserved -= 1
             if job.future.done():
                 continue
             if not job.started:
-                if now > job.deadline:
-                    self._expire(job)
-                    continue
                 job.started = True
                 self.metrics.queue_wait_seconds.observe(now - job.enqueued)
             batch.append((job, index))
-        self.metrics.queue_depth.set(self.depth)
+        self.metrics.queue_depth.set(len(self._items))
         return batch
 
     async def _run(self, batch: list[tuple[_Job, int]]) -> None:

@@ -1,4 +1,4 @@
-"""Dependency aliases shared by the routers."""
+"""How routes reach the service: ``ServingDep`` (the warm model; 503 until it exists) and ``LifecycleDep``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,22 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import not_ready
-from service.runtime import Runtime
+from service.lifecycle import Lifecycle
+from service.serving import Serving
 
 
-async def get_runtime(request: Request) -> Runtime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise not_ready(request.app.state.settings.retry_after_s)
-    return runtime
+async def get_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+async def get_serving(request: Request) -> Serving:
+    """The serving object once the model is warm; 503 ``starting`` (with ``Retry-After``) before."""
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    serving = lifecycle.serving
+    if serving is None:
+        raise not_ready(lifecycle.settings.retry_after_s)
+    return serving
+
+
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     access_log: bool = False
 
     max_batch_size: int = Field(8, ge=1, le=1024)
-    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_batch_delay_ms: float = Field(0.0, ge=0, le=10_000)  # 0: never wait for company (an opt-in)
     max_queue: int = Field(64, ge=1, le=1_000_000)
     request_timeout_ms: float = Field(10_000, gt=0, le=3_600_000)
     retry_after_s: int = Field(1, ge=0, le=3600)

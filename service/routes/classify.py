@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.deps import RuntimeDep
+from service.deps import ServingDep
 from service.errors import ErrorBody
 from service.inputs import ImagesJSON, read_images
 from service.predict import Options
@@ -43,7 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=BODY)
 async def classify(
     request: Request,
-    runtime: RuntimeDep,
+    serving: ServingDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels per image (at most the class count)")] = 5,
     attention: Annotated[AttentionMode, Query(description="none, grid, or overlay (grid + PNG)")] = AttentionMode.grid,
     class_maps: Annotated[bool, Query(description="add each top-k class's map (logit units) as `map`")] = False,
@@ -55,13 +55,13 @@ async def classify(
     ] = OverlayArea.crop,
 ) -> Response:
     """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
-    s = runtime.settings
-    runtime.admit(1)  # under overload, refuse before reading the body
+    s = serving.settings
     explained: tuple[int, ...] = ()
     if class_maps or explain:
-        runtime.require_class_maps()  # before the body is read: the answer cannot depend on it
-        explained = runtime.class_indices(explain or [])
+        serving.require_class_maps()  # before the body is read: the answer cannot depend on it
+        explained = serving.class_indices(explain or [])
     options = Options(top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level)
-    images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
-    body = await runtime.classify(images, options)
+    with serving.admit() as ticket:  # under overload, refused here, before the body is read
+        images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
+        body = await serving.classify(ticket, images, options)
     return Response(body, media_type="application/json")

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import RuntimeDep
-from service.errors import ErrorBody, not_ready
+from service.deps import ServingDep
+from service.errors import ErrorBody
 from service.model import INPUT
 from service.schemas import GridSize, InputSpec, ModelDescription
 
@@ -17,13 +17,11 @@ metrics_router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/model", response_model=ModelDescription, responses={503: {"model": ErrorBody}})
-async def model(runtime: RuntimeDep) -> ModelDescription:
+async def model(serving: ServingDep) -> ModelDescription:
     """The model being served: labels, input size, attention grid, providers in use."""
-    if runtime.model is None:
-        raise not_ready(runtime.settings.retry_after_s)
-    info, s = runtime.model.info, runtime.settings
+    info, s = serving.model.info, serving.settings
     crop = info.preprocessing.crop
-    grid = runtime.model.attention_shape
+    grid = serving.model.attention_shape
     return ModelDescription(
         name=info.name,
         version=info.version,
@@ -33,9 +31,9 @@ async def model(runtime: RuntimeDep) -> ModelDescription:
         classes=list(info.classes),
         input=InputSpec(name=INPUT, shape=[None, 3, crop, crop], dtype="float32"),
         attention=GridSize(height=grid[0], width=grid[1]) if grid else None,
-        class_maps=runtime.model.has_class_maps,
+        class_maps=serving.model.has_class_maps,
         preprocessing=asdict(info.preprocessing),
-        providers=runtime.model.providers,
+        providers=serving.model.providers,
         val_top1=info.val_top1,
         dataset=info.dataset,
         max_batch_size=s.max_batch_size,

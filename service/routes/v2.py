@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
-from service.errors import ServiceError, not_ready
+from service.deps import LifecycleDep, ServingDep
+from service.errors import ServiceError
 from service.inputs import read_body
+from service.lifecycle import Phase
 from service.oip import (
     HEADER_LENGTH,
     InferRequest,
@@ -27,8 +29,8 @@ from service.oip import (
     encode_response,
     parse_request,
 )
-from service.runtime import Phase, Runtime
 from service.schemas import ProtocolErrorBody
+from service.serving import Serving
 
 IMAGE_BYTES = "image_bytes"
 EXTENSIONS = ["classification", "binary_tensor_data"]
@@ -105,25 +107,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _runtime(request: Request) -> Runtime | None:
-    return getattr(request.app.state, "runtime", None)
-
-
-def _model(request: Request, name: str, version: str | None) -> Runtime:
-    """The runtime when ``name`` (and ``version``, if given) is the model served; 404 otherwise."""
-    runtime = _runtime(request)
-    if runtime is None or runtime.model is None:
-        raise not_ready(request.app.state.settings.retry_after_s)
-    info = runtime.model.info
+def _check_name(serving: Serving, name: str, version: str | None) -> None:
+    """404 unless ``name`` (and ``version``, if given) is the model served."""
+    info = serving.model.info
     if name != info.name or (version not in (None, "") and version != info.version):
         wanted = name if version in (None, "") else f"{name}/{version}"
         raise ServiceError(404, "unknown_model", f"unknown model {wanted!r}; this server serves {info.name!r}")
-    return runtime
 
 
-def _outputs(runtime: Runtime) -> list[dict[str, Any]]:
-    model = runtime.model
-    assert model is not None
+def _outputs(serving: Serving) -> list[dict[str, Any]]:
+    model = serving.model
     classes, grid = len(model.info.classes), list(model.attention_shape or (-1, -1))
     outputs = [{"name": LOGITS, "datatype": "FP32", "shape": [-1, classes]}]
     if model.info.has_attention:
@@ -140,51 +133,50 @@ async def server_metadata() -> JSONResponse:
 
 
 @router.get("/health/live", response_class=Response, responses={**EMPTY, 400: ERROR})
-async def live(request: Request) -> Response:
+async def live(lifecycle: LifecycleDep) -> Response:
     """200 while the process can serve (as ``/healthz``)."""
-    runtime = _runtime(request)
-    if runtime is not None and runtime.phase is Phase.failed:
+    if lifecycle.phase is Phase.failed:
         return _error(400, "model warm-up failed; see the log")
     return Response(status_code=200)
 
 
 @router.get("/health/ready", response_class=Response, responses={**EMPTY, 400: ERROR})
-async def ready(request: Request) -> Response:
+async def ready(lifecycle: LifecycleDep) -> Response:
     """200 once the model is loaded and warmed up (as ``/readyz``); 400 (the protocol's false) otherwise."""
-    runtime = _runtime(request)
-    phase = runtime.phase if runtime is not None else Phase.starting
+    phase = lifecycle.phase
     return Response(status_code=200) if phase is Phase.ready else _error(400, f"not ready: {phase}")
 
 
 @router.get("/models/{model_name}", responses={404: ERROR, 503: ERROR})
 @router.get("/models/{model_name}/versions/{model_version}", responses={404: ERROR}, include_in_schema=False)
-async def model_metadata(request: Request, model_name: ModelName, model_version: str | None = None) -> JSONResponse:
+async def model_metadata(serving: ServingDep, model_name: ModelName, model_version: str | None = None) -> JSONResponse:
     """Model metadata: its inputs and outputs with datatypes and shapes (-1: any size)."""
-    runtime = _model(request, model_name, model_version)
-    assert runtime.model is not None
-    info, crop = runtime.model.info, runtime.model.info.preprocessing.crop
+    _check_name(serving, model_name, model_version)
+    info, crop = serving.model.info, serving.model.info.preprocessing.crop
     inputs = [
         {"name": INPUT, "datatype": "FP32", "shape": [-1, 3, crop, crop]},
         {"name": IMAGE_BYTES, "datatype": "BYTES", "shape": [-1]},
     ]
     body = {"name": info.name, "versions": [info.version], "platform": PLATFORM, "inputs": inputs}
-    return JSONResponse({**body, "outputs": _outputs(runtime)})
+    return JSONResponse({**body, "outputs": _outputs(serving)})
 
 
 @router.get(
     "/models/{model_name}/ready", response_class=Response, responses={**EMPTY, 400: ERROR, 404: ERROR, 503: ERROR}
 )
 @router.get("/models/{model_name}/versions/{model_version}/ready", include_in_schema=False)
-async def model_ready(request: Request, model_name: ModelName, model_version: str | None = None) -> Response:
-    """200 when this model is ready to infer; 400 while it warms up or drains."""
-    runtime = _model(request, model_name, model_version)
-    return Response(status_code=200) if runtime.phase is Phase.ready else _error(400, f"not ready: {runtime.phase}")
+async def model_ready(
+    serving: ServingDep, lifecycle: LifecycleDep, model_name: ModelName, model_version: str | None = None
+) -> Response:
+    """200 when this model is ready to infer; 400 while it drains (503 while it warms up)."""
+    _check_name(serving, model_name, model_version)
+    phase = lifecycle.phase
+    return Response(status_code=200) if phase is Phase.ready else _error(400, f"not ready: {phase}")
 
 
-async def _model_inputs(runtime: Runtime, tensor: Tensor) -> list[np.ndarray]:
+async def _model_inputs(serving: Serving, tensor: Tensor) -> list[np.ndarray]:
     """Model inputs [3, crop, crop] from one request tensor: preprocessed floats or encoded image files."""
-    assert runtime.model is not None
-    s, crop = runtime.settings, runtime.model.info.preprocessing.crop
+    s, crop = serving.settings, serving.model.info.preprocessing.crop
     count = tensor.shape[0] if tensor.shape else 0
     if count > s.max_images_per_request:
         raise ServiceError(
@@ -200,7 +192,7 @@ async def _model_inputs(runtime: Runtime, tensor: Tensor) -> list[np.ndarray]:
             raise ProtocolError(f"input {tensor.name!r}: encoded images take shape [N], got {tensor.shape}")
         assert isinstance(tensor.values, list)
         images = [(f"{tensor.name}[{i}]", data) for i, data in enumerate(tensor.values)]
-        return [p.input for p in await runtime.prepare(images)]
+        return [p.input for p in await serving.prepare(images)]
     if tensor.name != INPUT or tensor.shape[1:] != [3, crop, crop]:
         raise ProtocolError(
             f"input {tensor.name!r} {tensor.datatype} {tensor.shape}: expected {INPUT!r} FP32 [N, 3, {crop}, {crop}] "
@@ -213,15 +205,15 @@ async def _model_inputs(runtime: Runtime, tensor: Tensor) -> list[np.ndarray]:
     return list(array)
 
 
-def _wanted(request: InferRequest, runtime: Runtime) -> list[Requested]:
-    available = [o["name"] for o in _outputs(runtime)]
+def _wanted(request: InferRequest, serving: Serving) -> list[Requested]:
+    available = [o["name"] for o in _outputs(serving)]
     if request.outputs is None:
         return [Requested(name, request.binary_outputs) for name in available]
     for output in request.outputs:
         if output.name not in available:
             missing = (
-                f"model {runtime.model.info.name!r} has no class maps (GAP pooling, or exported before them)"
-                if output.name == CLASS_MAPS and runtime.model
+                f"model {serving.model.info.name!r} has no class maps (GAP pooling, or exported before them)"
+                if output.name == CLASS_MAPS
                 else f"unknown output {output.name!r}"
             )
             raise ProtocolError(f"{missing}; this model's outputs are {available}")
@@ -234,27 +226,28 @@ def _wanted(request: InferRequest, runtime: Runtime) -> list[Requested]:
     "/models/{model_name}/infer", response_class=Response, responses={200: INFER_OK, **ERRORS}, openapi_extra=INFER_BODY
 )
 @infer_router.post("/models/{model_name}/versions/{model_version}/infer", include_in_schema=False)
-async def infer(request: Request, model_name: ModelName, model_version: str | None = None) -> Response:
+async def infer(
+    request: Request, serving: ServingDep, model_name: ModelName, model_version: str | None = None
+) -> Response:
     """Run the model on one input tensor: ``image`` FP32 [N, 3, H, W] or ``image_bytes`` BYTES [N].
 
     Outputs: ``logits`` [N, classes], ``attention`` [N, h, w] and ``class_maps`` [N, classes, h, w] as the
     request's ``outputs`` list asks (all of them when it has none); ``parameters.classification: k`` on
     ``logits`` returns its top k as ``"value:index:label"`` strings.
     """
-    runtime = _model(request, model_name, model_version)
-    runtime.admit(1)  # under overload, refuse before reading the body
-    body = await read_body(request, runtime.settings.max_request_bytes)
-    try:
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-        if len(parsed.inputs) != 1:
-            raise ProtocolError(f"send exactly one input ({INPUT!r} or {IMAGE_BYTES!r}), got {len(parsed.inputs)}")
-        wanted = _wanted(parsed, runtime)
-        inputs = await _model_inputs(runtime, parsed.inputs[0])
-    except ProtocolError as exc:
-        raise ServiceError(exc.status, "invalid_request", str(exc)) from None
-    results = await runtime.infer(inputs, class_maps=any(o.name == CLASS_MAPS for o in wanted))
-    assert runtime.model is not None
-    info = runtime.model.info
+    _check_name(serving, model_name, model_version)
+    with serving.admit() as ticket:  # under overload, refused here, before the body is read
+        body = await read_body(request, serving.settings.max_request_bytes)
+        try:
+            parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+            if len(parsed.inputs) != 1:
+                raise ProtocolError(f"send exactly one input ({INPUT!r} or {IMAGE_BYTES!r}), got {len(parsed.inputs)}")
+            wanted = _wanted(parsed, serving)
+            inputs = await _model_inputs(serving, parsed.inputs[0])
+        except ProtocolError as exc:
+            raise ServiceError(exc.status, "invalid_request", str(exc)) from None
+        results = await serving.infer(ticket, inputs, class_maps=any(o.name == CLASS_MAPS for o in wanted))
+    info = serving.model.info
     arrays = {
         LOGITS: np.stack([r.logits for r in results]),
         ATTENTION: np.stack([r.attention for r in results]) if info.has_attention else None,

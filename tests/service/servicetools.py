@@ -154,7 +154,7 @@ class CountingSession:
 
 
 def count_runs(client: TestClient, delay_s: float = 0.0) -> CountingSession:
-    model = client.app.state.runtime.model
+    model = client.app.state.lifecycle.serving.model
     model.session = CountingSession(model.session, delay_s)
     return model.session
 

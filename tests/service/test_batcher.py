@@ -193,6 +193,105 @@ def test_a_cancelled_request_is_skipped() -> None:
     assert model.batches == [1, 1]
 
 
+def test_a_lone_request_runs_at_once_without_waiting_for_company() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> tuple[list[int], list[float]]:
+        # Room for 64 images per batch and no delay: nothing but a free runner decides when a batch runs.
+        batcher = make(model, max_batch_size=64, max_delay_s=0, timeout_s=3600)
+        batcher.start()
+        lone = asyncio.create_task(batcher.submit([np.float32(3)]))
+        while not model.batches:  # it reaches the model alone; a batcher that waited for company never would
+            await asyncio.sleep(0)
+        seen = list(model.batches)
+        gate.set()
+        result = await lone
+        await batcher.stop(5)
+        return seen, result
+
+    seen, result = run(main())
+    assert seen == [1] and result == [6.0]
+
+
+def test_a_burst_queued_behind_a_running_batch_forms_the_next_batch() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> list[list[float]]:
+        batcher = make(model, max_batch_size=4, max_delay_s=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([np.float32(0)]))
+        while not model.batches:  # the first request runs alone, and is held inside the model
+            await asyncio.sleep(0)
+        burst = [asyncio.create_task(batcher.submit([np.float32(i)])) for i in range(1, 6)]
+        while batcher.depth < 5:
+            await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(first, *burst)
+        await batcher.stop(5)
+        return results
+
+    assert run(main()) == [[2.0 * i] for i in range(6)]
+    assert model.batches == [1, 4, 1]  # the burst filled the next batch, the rest the one after
+
+
+def test_the_opt_in_delay_closes_a_batch_as_soon_as_it_is_full() -> None:
+    model = FakeModel()
+
+    async def main() -> list[list[float]]:
+        batcher = make(model, max_batch_size=3, max_delay_s=3600)  # only a full batch can close it
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.float32(i)]) for i in range(3)))
+        await batcher.stop(5)
+        return results
+
+    assert run(main()) == [[0.0], [2.0], [4.0]]
+    assert model.batches == [3]
+
+
+def test_admission_holds_room_until_the_images_are_taken_and_gives_it_back_when_unused() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+
+    async def main() -> tuple[list[int], ServiceError, ServiceError, list]:
+        batcher = make(model, max_batch_size=1, max_delay_s=0, max_queue=3, retry_after_s=2)
+        batcher.start()
+        held = batcher.admit()  # a request whose body is still being read
+        with batcher.admit() as dropped:  # one that fails before submitting (a bad image, say)
+            assert batcher.reserved == 2
+        counts = [batcher.reserved]
+        running = asyncio.create_task(batcher.submit([np.float32(1)]))
+        while not model.batches:
+            await asyncio.sleep(0)
+        counts.append(batcher.reserved)  # taken into a batch: its room is free again
+        other = asyncio.create_task(batcher.submit([np.float32(3)]))
+        while batcher.depth < 1:
+            await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as grown:
+            held.resize(3)  # its body holds three images: beside the queued one, no room
+        with pytest.raises(ServiceError) as full:
+            batcher.admit(2)
+        queued = asyncio.create_task(batcher.submit([np.float32(2)], ticket=held))
+        while batcher.depth < 2:
+            await asyncio.sleep(0)
+        counts.append(batcher.reserved)  # submitting on its ticket took no new room
+        gate.set()
+        results = await asyncio.gather(running, queued, other)
+        counts.append(batcher.reserved)
+        await batcher.stop(5)
+        assert not dropped._held
+        return counts, grown.value, full.value, results
+
+    counts, grown, full, results = run(main())
+    assert counts == [1, 1, 2, 0]
+    assert (grown.status, grown.code) == (503, "queue_full") and (full.code, full.headers) == (
+        "queue_full",
+        {"Retry-After": "2"},
+    )
+    assert results == [[2.0], [4.0], [6.0]]
+
+
 # Through the real app.
 
 NAMES = list(COLOURS)
@@ -214,6 +313,13 @@ def test_concurrent_requests_are_served_in_fewer_runs_with_their_own_results(app
     assert "castream_batch_size_images_count" in client.get("/metrics").text
 
 
+def test_a_lone_request_through_the_app_runs_alone_with_the_default_settings(app_client) -> None:
+    client = app_client(max_batch_delay_ms=0.0, max_batch_size=64)
+    session = count_runs(client)
+    assert post(client, "green").json()["predictions"][0]["top_k"][0]["label"] == "green"
+    assert session.batches == [1]
+
+
 def wait_for_runs(session, count: int) -> None:
     deadline = time.monotonic() + 10
     while len(session.batches) < count and time.monotonic() < deadline:
@@ -228,7 +334,7 @@ def test_full_queue_answers_503_at_once_and_the_service_recovers(app_client) -> 
         running = pool.submit(post, client, "red")
         wait_for_runs(session, 1)  # the first image is inside the model
         queued = pool.submit(post, client, "green")
-        while client.app.state.runtime.batcher.depth < 1:
+        while client.app.state.lifecycle.serving.batcher.depth < 1:
             time.sleep(0.005)
         refused = post(client, "blue")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"

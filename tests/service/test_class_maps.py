@@ -105,7 +105,7 @@ def test_an_older_model_file_without_the_output_still_serves(app_client, tmp_pat
 
 
 def test_class_maps_are_fetched_only_for_batches_that_need_them(client: TestClient) -> None:
-    model = client.app.state.runtime.model
+    model = client.app.state.lifecycle.serving.model
     fetched: list[list[str]] = []
     session = model.session
 

@@ -13,10 +13,10 @@ import time
 import httpx
 import pytest
 
+from service.lifecycle import batch_sizes
 from service.metadata import ModelError
 from service.model import OnnxModel
 from service.providers import check_loaded, requested_providers
-from service.runtime import batch_sizes
 from tests.service.servicetools import (
     COLOURS,
     PREPROCESSING,

@@ -223,7 +223,7 @@ def test_v2_requests_share_the_batcher_and_metrics(client_v2: TestClient) -> Non
 
 def test_readiness_is_false_while_draining(client_v2: TestClient) -> None:
     assert client_v2.get("/v2/health/ready").status_code == 200
-    client_v2.app.state.runtime.drain()
+    client_v2.app.state.lifecycle.drain()
     assert client_v2.get("/v2/health/ready").json() == {"error": "not ready: draining"}
     assert client_v2.get(f"/v2/models/{MODEL}/ready").status_code == 400
     assert client_v2.get("/v2/health/live").status_code == 200

@@ -1,0 +1,110 @@
+"""The service's lifecycle: load the model, warm it up, publish the serving object, drain, stop.
+
+Owned by the app's lifespan. ``serving`` stays None until warm-up has finished, then holds one immutable
+:class:`~service.serving.Serving` for the rest of the process; ``phase`` is what the probes report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+
+from service.batcher import Batcher
+from service.metrics import Metrics
+from service.model import OnnxModel, load_model
+from service.preprocess import Preprocessor
+from service.providers import CUDA
+from service.serving import Serving
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    starting = "starting"
+    ready = "ready"
+    draining = "draining"
+    failed = "failed"
+
+
+def batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Bucket sizes a batch is padded up to: powers of two below the maximum, and the maximum."""
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+class Lifecycle:
+    """Loads the model at start, warms it up in the background, then publishes ``serving`` until stopped."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.phase = Phase.starting
+        self.serving: Serving | None = None
+        self._warm_task: asyncio.Task | None = None
+        self._batcher: Batcher | None = None
+        self._decode_pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Load the model now (a bad file fails start-up); warm it up in the background.
+
+        A lifespan may run more than once (test transports restart apps): each start begins afresh.
+        """
+        self.phase, self.serving, self._batcher, self._decode_pool = Phase.starting, None, None, None
+        s = self.settings
+        model = await asyncio.to_thread(
+            load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
+        )
+        info = model.info
+        self.metrics.model_info.labels(
+            info.name, info.version, info.backbone, info.pooling, info.precision, model.providers[0]
+        ).set(1)
+        pad = s.pad_batches == "on" or (s.pad_batches == "auto" and model.providers[0] == CUDA)
+        model.buckets = batch_sizes(s.max_batch_size) if pad else ()
+        self._warm_task = asyncio.create_task(self._warm_up(model, sorted(model.buckets or {1, s.max_batch_size})))
+
+    async def _warm_up(self, model: OnnxModel, sizes: list[int]) -> None:
+        try:
+            await asyncio.to_thread(model.warm_up, sizes)
+        except Exception:
+            log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
+            self.phase = Phase.failed
+            return
+        s = self.settings
+        self._batcher = Batcher(
+            model.run,
+            max_batch_size=s.max_batch_size,
+            max_delay_s=s.max_batch_delay_ms / 1000,
+            max_queue=s.max_queue,
+            timeout_s=s.request_timeout_ms / 1000,
+            retry_after_s=s.retry_after_s,
+            metrics=self.metrics,
+        )
+        self._batcher.start()
+        self._decode_pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="castream-decode")
+        preprocessor = Preprocessor(model.info.preprocessing)
+        self.serving = Serving(s, self.metrics, model, preprocessor, self._batcher, self._decode_pool)
+        if self.phase is Phase.starting:
+            self.phase = Phase.ready
+            self.metrics.ready.set(1)
+            log.info("ready: %s on %s", model.info.name, model.providers)
+
+    def drain(self) -> None:
+        """Report unready from now on; accepted and new requests are still served until ``stop``."""
+        if self.phase is not Phase.failed:
+            self.phase = Phase.draining
+        self.metrics.ready.set(0)
+
+    async def stop(self) -> None:
+        self.drain()
+        if self._warm_task is not None and not self._warm_task.done():
+            self._warm_task.cancel()
+        if self._batcher is not None:
+            await self._batcher.stop(self.settings.shutdown_timeout_s)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
