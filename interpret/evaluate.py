@@ -1,10 +1,20 @@
 """Interpretability evaluation: the GAP baseline against the CA model of a checkpoint, on the paper's protocol.
 
-python -m interpret.evaluate                                  # the default run, runs/default/castream.pt
+python -m interpret.evaluate                                  # the shipped default model -> runs/default/
 python -m interpret.evaluate --checkpoint runs/birds/castream.pt --limit 500 --out results/birds
 python -m interpret.evaluate --methods gradcam attention --target predicted
+python -m interpret.evaluate --protocol rise                  # RISE's blur and pace instead of the authors'
 
-Writes interpretability.md / .csv / .json / .png into the checkpoint's folder (or --out).
+Protocols (insertion/deletion; see interpret/protocol.py):
+  ca-stream  the CA-Stream authors' evaluation: blur gkern(5, 5), 8 rows of pixels per step (imsize * 8:
+             1792 pixels, 28 steps at 224 px; 896 pixels, 14 steps at 112 px)
+  rise       RISE's evaluation notebook: blur gkern(11, 5), 1792 (224 * 8) pixels per step at every size
+             (28 steps at 224 px, 7 at 112 px)
+Both rank pixels as numpy's argsort leaves them, reversed, and upsample Score-CAM masks with
+align_corners=True.
+
+Writes interpretability.md / .csv / .json / .png into the checkpoint's folder (or --out; runs/default/ for the
+shipped model).
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import logging
 import sys
 from pathlib import Path
 
-from interpret import report, run
+from interpret import protocol, report, run
 from interpret.saliency import METHODS
+from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.logs import setup_logging
 
 log = logging.getLogger("interpret.evaluate")
@@ -37,19 +48,15 @@ def parse_args(argv: list[str] | None = None) -> run.EvalOptions:
         choices=run.TARGETS,
         help="explained class: the ground truth, or each model's prediction (default: %(default)s)",
     )
-    add("--pixels-per-step", type=int, default=None, help="insertion/deletion pace (default: 28 steps, as at 224 px)")
     add(
-        "--blur-kernel",
-        type=int,
-        default=defaults.blur_kernel,
-        help="Gaussian kernel of the insertion substrate (default: %(default)s, as RISE; the paper's code: 5)",
+        "--protocol",
+        default=defaults.protocol,
+        choices=sorted(protocol.PROTOCOLS),
+        help="insertion/deletion blur and pace, and Score-CAM upsampling, of a published code (default: %(default)s)",
     )
-    add(
-        "--blur-sigma",
-        type=float,
-        default=defaults.blur_sigma,
-        help="Gaussian sigma of the insertion substrate (default: %(default)s)",
-    )
+    add("--pixels-per-step", type=int, default=None, help="override the protocol's insertion/deletion pace")
+    add("--blur-kernel", type=int, default=None, help="override the protocol's blur kernel size (odd; gkern's klen)")
+    add("--blur-sigma", type=float, default=None, help="override the protocol's blur sigma (gkern's nsig)")
     add("--batch-size", type=int, default=defaults.batch_size, help="images per forward pass (default: %(default)s)")
     add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     add("--cache-dir", default=defaults.cache_dir, help="folder for cached synthetic images (default: %(default)s)")
@@ -64,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> run.EvalOptions:
         parser.error(str(error))
 
 
+def default_out(checkpoint_path: Path) -> Path:
+    """The checkpoint's folder, but never the shipped model's (its folder is part of the project): runs/default."""
+    shipped = Path(DEFAULT_CHECKPOINT)
+    if shipped.exists() and checkpoint_path.exists() and checkpoint_path.samefile(shipped):
+        return Path("runs/default")
+    return checkpoint_path.parent
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     options = parse_args(argv)
@@ -72,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
-    out = Path(options.out) if options.out else Path(options.checkpoint).parent
-    paths = report.write(results, samples, out, {"checkpoint_metrics": state.get("metrics", {})})
+    out = Path(options.out) if options.out else default_out(Path(options.checkpoint))
+    paths = report.write(results, samples, out, {"checkpoint_metrics": state.metrics})
     print(paths["md"].read_text())
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -3,8 +3,9 @@
 Faithfulness follows the evaluation protocol of the CA-Stream paper: Average Drop, Average Gain and
 Average Increase compare the class probability on an image with that on the image masked by its
 saliency; insertion and deletion (RISE) follow the probability while the most salient pixels are
-added to a blurred copy, or removed, a fixed number of pixels per step. Localisation needs object
-masks: the pointing game and the share of saliency energy inside the mask.
+added to a blurred copy, or removed, a fixed number of pixels per step. The blur and the pace of the
+published codes are named in :mod:`interpret.protocol`. Localisation needs object masks: the pointing
+game and the share of saliency energy inside the mask.
 
 Every model enters through a ``score`` callable: ``score(images (B, 3, H, W), classes (B,))`` returns
 the softmax probability (B,) of each image's class. Images are normalised tensors; saliency maps are
@@ -16,20 +17,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interpret.protocol import DEFAULT, PROTOCOLS
+
 Score = Callable[[Tensor, Tensor], Tensor]
 
-RISE_BLUR_KERNEL = 11
-RISE_BLUR_SIGMA = 5.0
-PAPER_STEPS = 28  # 224 * 8 = 1792 pixels per step over 224 x 224 pixels
+BLUR_KERNEL = PROTOCOLS[DEFAULT].blur_kernel
+BLUR_SIGMA = PROTOCOLS[DEFAULT].blur_sigma
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: the filter reaches 4 sigma
 
 
 def default_pixels_per_step(height: int, width: int) -> int:
-    """The paper's pace at any size: 1792 pixels per step at 224 x 224, i.e. 28 steps."""
-    return max(1, math.ceil(height * width / PAPER_STEPS))
+    """The CA-Stream authors' pace: 8 rows per step (``imsize * 8``), 1792 pixels (28 steps) at 224 x 224."""
+    return PROTOCOLS[DEFAULT].pixels_per_step(height, width)
 
 
 def mask_in_pixel_space(images: Tensor, saliency: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -64,25 +68,67 @@ def drop_gain_increase(p: Tensor, o: Tensor) -> dict[str, Tensor]:
     return {"drop": drop, "gain": gain, "increase": (o > p).to(p.dtype)}
 
 
-def gaussian_blur(images: Tensor, kernel_size: int = RISE_BLUR_KERNEL, sigma: float = RISE_BLUR_SIGMA) -> Tensor:
-    """RISE's insertion substrate: a normalised Gaussian, per channel, zero-padded like RISE's convolution.
+def _reflect(index: np.ndarray, length: int) -> np.ndarray:
+    """scipy.ndimage's ``reflect`` border (d c b a | a b c d | d c b a), repeated as far as an index reaches."""
+    index = np.mod(index, 2 * length)
+    return np.where(index < length, index, 2 * length - 1 - index)
+
+
+def point_blur_kernel(size: int, sigma: float, truncate: float = GAUSSIAN_TRUNCATE) -> Tensor:
+    """The published codes' ``gkern(size, sigma)``: a Gaussian filter of one point on a size x size grid.
+
+    The filter is scipy.ndimage's ``gaussian_filter`` (reflecting borders, a kernel truncated at
+    ``truncate`` sigma), computed here without scipy. When the Gaussian is wider than the grid the
+    reflections fold its tails back onto it, so for sigma 5 the kernel is nearly flat: ``(5, 5)`` is a
+    5 x 5 box to within 3e-6, ``(11, 5)`` runs from 0.00883 at the centre to 0.00774 in the corners.
+
+    Returns:
+        (size, size) float32 weights that sum to 1 (in float64, before the cast, as the references cast).
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"blur kernel size must be a positive odd number, got {size!r}")
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be positive, got {sigma!r}")
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    # A 1-D filter of a point at the centre c: out[i] = sum_k w[k] x[reflect(i + k)], and x is 1 only at c.
+    lands = _reflect(np.arange(size)[:, None] + offsets[None, :], size) == size // 2  # (size, 2 radius + 1)
+    line = (lands * weights).sum(axis=1)
+    # The filter is separable, and so is the point: filtering rows, then columns, gives the outer product.
+    return torch.from_numpy(np.outer(line, line).astype(np.float32))
+
+
+def gaussian_blur(images: Tensor, kernel_size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
+    """The insertion substrate: ``gkern(kernel_size, sigma)`` per channel, zero-padded by ``kernel_size // 2``.
 
     On normalised images the zero padding is the data set's mean colour.
     """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"blur kernel size must be a positive odd number, got {kernel_size!r}")
-    if sigma <= 0:
-        raise ValueError(f"blur sigma must be positive, got {sigma!r}")
-    offsets = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - kernel_size // 2
-    line = torch.exp(-(offsets**2) / (2 * sigma**2))
-    line = line / line.sum()
     channels = images.shape[1]
-    kernel = (line[:, None] * line[None, :]).expand(channels, 1, kernel_size, kernel_size)
+    kernel = point_blur_kernel(kernel_size, sigma).to(images.device, images.dtype)
+    kernel = kernel.expand(channels, 1, kernel_size, kernel_size)
     return F.conv2d(images, kernel, padding=kernel_size // 2, groups=channels)
 
 
+def salient_order(saliency: Tensor) -> Tensor:
+    """Pixel indices (N, H * W) from most to least salient, as the published codes order them.
+
+    That order is ``np.argsort`` (numpy's default kind, which is not stable) of each flattened float32
+    map, reversed: pixels of equal saliency come in whatever order numpy's sort leaves them, reversed.
+    It is computed with numpy itself so that ties fall exactly as they would in those codes on the same
+    machine (numpy's SIMD sorts can order ties differently on other CPUs or numpy versions).
+
+    Args:
+        saliency: (N, H, W); ranked as float32, the references' maps' type.
+    """
+    flat = saliency.detach().to("cpu", torch.float32).reshape(saliency.shape[0], -1).contiguous().numpy()
+    order = np.argsort(flat, axis=1)[:, ::-1]
+    return torch.from_numpy(order.copy()).to(saliency.device)
+
+
 def pixel_ranks(saliency: Tensor) -> Tensor:
-    """Rank of every pixel by decreasing saliency (0 is the most salient); ties keep raster order.
+    """Rank of every pixel in :func:`salient_order` (0 is the most salient).
 
     Args:
         saliency: (N, H, W).
@@ -90,9 +136,8 @@ def pixel_ranks(saliency: Tensor) -> Tensor:
     Returns:
         (N, H, W) integer ranks.
     """
-    flat = saliency.flatten(1)
-    order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    order = salient_order(saliency)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions).view_as(saliency)
 
 
@@ -122,8 +167,8 @@ def insertion_deletion(
     saliency: Tensor,
     pixels_per_step: int,
     *,
-    blur_kernel: int = RISE_BLUR_KERNEL,
-    blur_sigma: float = RISE_BLUR_SIGMA,
+    blur_kernel: int = BLUR_KERNEL,
+    blur_sigma: float = BLUR_SIGMA,
     batch_size: int = 32,
     original: Tensor | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -178,8 +223,8 @@ def reference_insertion_deletion(
     saliency: Tensor,
     pixels_per_step: int,
     *,
-    blur_kernel: int = RISE_BLUR_KERNEL,
-    blur_sigma: float = RISE_BLUR_SIGMA,
+    blur_kernel: int = BLUR_KERNEL,
+    blur_sigma: float = BLUR_SIGMA,
 ) -> tuple[Tensor, Tensor]:
     """The straightforward loop: one image, one step, one forward pass at a time (as RISE's code does).
 
@@ -193,7 +238,7 @@ def reference_insertion_deletion(
     """
     _check_inputs(image[None], cls.view(1), saliency[None], pixels_per_step)
     channels = image.shape[0]
-    order = torch.argsort(saliency.flatten(), descending=True, stable=True)
+    order = salient_order(saliency[None])[0]
     steps = math.ceil(order.numel() / pixels_per_step)
     blurred = gaussian_blur(image[None], blur_kernel, blur_sigma)[0]
     curves = []

@@ -65,8 +65,7 @@ def markdown(
         f"Checkpoint `{s.get('checkpoint', '?')}`, {s['images']} validation images at {s['image_size'][0]} x "
         f"{s['image_size'][1]} px, explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
         f"Top-1 on these images: GAP {results.accuracy('gap'):.2f} %, CA {results.accuracy('ca'):.2f} %{whole_split}.",
-        f"Insertion/deletion: {s['pixels_per_step']} pixels per step ({s['steps']} steps), insertion substrate "
-        f"blurred with a {s['blur_kernel']}-pixel Gaussian (sigma {s['blur_sigma']:g}). All values in %.",
+        protocol_line(s) + " All values in %.",
         "",
         "| Method | Pooling | " + " | ".join(HEADERS[m] for m in metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
@@ -78,6 +77,23 @@ def markdown(
     if findings:
         lines += ["", "## CA vs GAP, metric by metric", "", *[f"- {line}" for line in findings]]
     return "\n".join(lines) + "\n"
+
+
+def protocol_line(settings: dict[str, Any]) -> str:
+    """The protocol that produced a table: its name and the parameters it ran with."""
+    s = settings
+    overrides = s.get("overrides") or []
+    changed = f"; changed from the protocol: {', '.join(overrides)}" if overrides else ""
+    corners = s.get("scorecam_align_corners")
+    scorecam = "" if corners is None else f" Score-CAM masks upsampled with align_corners={corners}."
+    ties = f", ties ordered by {s['tie_order']}" if s.get("tie_order") else ""
+    return (
+        f"Protocol `{s.get('protocol', 'unnamed')}` for insertion/deletion: {s['pixels_per_step']} pixels per step "
+        f"({s['steps']} steps{', ' + s['pace'] if s.get('pace') and not overrides else ''}){ties}; insertion "
+        f"substrate blurred with gkern({s['blur_kernel']}, {s['blur_sigma']:g}) (the Gaussian filter of a point on a "
+        f"{s['blur_kernel']} x {s['blur_kernel']} grid, reflecting borders, truncated at 4 sigma), zero-padded"
+        f"{changed}.{scorecam}"
+    )
 
 
 def comparison(results: Results) -> list[str]:
@@ -106,20 +122,37 @@ def table_csv(results: Results) -> str:
     metrics = metrics_of(results)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "pooling", "images", *metrics, *[f"{m}_se" for m in metrics]])
+    s = results.settings
+    protocol = [s.get("protocol", ""), s["blur_kernel"], s["blur_sigma"], s["pixels_per_step"], s["steps"]]
+    writer.writerow(
+        [
+            "method",
+            "pooling",
+            "images",
+            *metrics,
+            *[f"{m}_se" for m in metrics],
+            "protocol",
+            "blur_kernel",
+            "blur_sigma",
+            "pixels_per_step",
+            "steps",
+        ]
+    )
     for key in results.rows:
         means = [f"{results.mean(key, m):.4f}" for m in metrics]
         errors = []
         for m in metrics:
             values = 100.0 * results.scores[key][m].double()
             errors.append(f"{values.std().item() / np.sqrt(len(values)):.4f}" if len(values) > 1 else "")
-        writer.writerow([LABELS[key[0]], key[1], len(next(iter(results.scores[key].values()))), *means, *errors])
+        images = len(next(iter(results.scores[key].values())))
+        writer.writerow([LABELS[key[0]], key[1], images, *means, *errors, *protocol])
     return buffer.getvalue()
 
 
 def summary(results: Results, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything in the table plus the settings, as plain JSON types."""
     return {
+        "protocol": protocol_line(results.settings),
         "settings": results.settings,
         "top1": {p: round(results.accuracy(p), 3) for p in COMPARED},
         "rows": [

@@ -21,9 +21,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from interpret import metrics, saliency
+from interpret import protocol as protocols
 from training import checkpoint
 from training.backbones import fold_batch_norm
-from training.data import DEFAULT_CACHE, DataConfig
+from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
+from training.checkpoint import Checkpoint
+from training.data import DEFAULT_CACHE
 from training.devices import resolve_device
 from training.images import LabelledImages, load_images, seeded_subset
 from training.model import CAStreamNet
@@ -43,14 +46,15 @@ GROUP = 8  # images explained together
 class EvalOptions:
     """The evaluation command's options (see ``python -m interpret.evaluate --help``)."""
 
-    checkpoint: str = "runs/default/castream.pt"
+    checkpoint: str = DEFAULT_CHECKPOINT
     out: str | None = None  # default: the checkpoint's folder
     limit: int = 64  # the default run (ResNet-18, 112 px): about 5 minutes on two idle CPU cores
     methods: tuple[str, ...] = saliency.METHODS
     target: str = "label"
-    pixels_per_step: int | None = None  # default: the paper's 28 steps at any image size
-    blur_kernel: int = metrics.RISE_BLUR_KERNEL
-    blur_sigma: float = metrics.RISE_BLUR_SIGMA
+    protocol: str = protocols.DEFAULT  # the blur, pace and Score-CAM upsampling of a published evaluation
+    pixels_per_step: int | None = None  # overrides of the protocol's settings; None: the protocol's
+    blur_kernel: int | None = None
+    blur_sigma: float | None = None
     batch_size: int = 32
     device: str = "auto"
     cache_dir: str | None = str(DEFAULT_CACHE)
@@ -66,11 +70,47 @@ class EvalOptions:
             )
         if self.target not in TARGETS:
             raise ValueError(f"unknown explained class {self.target!r}; expected one of {TARGETS}")
-        for name in ("limit", "batch_size", "blur_kernel"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.pixels_per_step is not None and self.pixels_per_step < 1:
-            raise ValueError(f"pixels_per_step must be at least 1, got {self.pixels_per_step!r}")
+        protocols.get(self.protocol)
+        for name in ("limit", "batch_size", "blur_kernel", "pixels_per_step"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if self.blur_kernel is not None and self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd (the substrate keeps the image size), got {self.blur_kernel!r}")
+        if self.blur_sigma is not None and self.blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma!r}")
+
+    def faithfulness_settings(self, height: int, width: int) -> dict[str, Any]:
+        """The protocol's settings at this image size, with the options that override them.
+
+        Returns:
+            ``protocol`` (its name, and "modified" if anything is overridden), ``blur_kernel``,
+            ``blur_sigma``, ``pixels_per_step``, ``steps``, ``tie_order``, ``scorecam_align_corners``
+            and ``overrides`` (the names of the settings changed from the protocol's).
+        """
+        base = protocols.get(self.protocol)
+        chosen = {
+            "blur_kernel": base.blur_kernel if self.blur_kernel is None else self.blur_kernel,
+            "blur_sigma": base.blur_sigma if self.blur_sigma is None else float(self.blur_sigma),
+            "pixels_per_step": base.pixels_per_step(height, width)
+            if self.pixels_per_step is None
+            else self.pixels_per_step,
+        }
+        protocol_values = {
+            "blur_kernel": base.blur_kernel,
+            "blur_sigma": base.blur_sigma,
+            "pixels_per_step": base.pixels_per_step(height, width),
+        }
+        overrides = [name for name, value in chosen.items() if value != protocol_values[name]]
+        return {
+            "protocol": base.name + (" (modified)" if overrides else ""),
+            **chosen,
+            "steps": math.ceil(height * width / chosen["pixels_per_step"]),
+            "pace": base.pace(),
+            "tie_order": protocols.TIE_ORDER,
+            "scorecam_align_corners": base.scorecam_align_corners,
+            "overrides": overrides,
+        }
 
 
 @dataclass
@@ -101,12 +141,12 @@ class Results:
         return 100.0 * self.correct[pooling].double().mean().item()
 
 
-def evaluation_images(state: dict[str, Any], limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
+def evaluation_images(state: Checkpoint, limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
     """A seeded random subset of ``limit`` images of the checkpoint's validation split, in index order.
 
     An ImageFolder's validation split is first narrowed to the images the training run validated on.
     """
-    config = DataConfig(**state["data"])
+    config = state.data
 
     def choose(size: int) -> Tensor:
         if size == 0:
@@ -145,8 +185,8 @@ def explain_and_score(
     model.requires_grad_(False)  # gradients are taken with respect to features only
     model.eval().to(device, memory_format=torch.channels_last)
     n, _, height, width = samples.images.shape
-    pixels_per_step = options.pixels_per_step or metrics.default_pixels_per_step(height, width)
-    steps = math.ceil(height * width / pixels_per_step)
+    protocol = options.faithfulness_settings(height, width)
+    pixels_per_step, steps = protocol["pixels_per_step"], protocol["steps"]
     keys = [(m, p) for m in options.methods for p in COMPARED if p == "ca" or m not in saliency.CA_ONLY]
     heads = Heads(model, COMPARED)
     single = {p: heads.single(p) for p in COMPARED}
@@ -176,7 +216,7 @@ def explain_and_score(
             correct[p].append((logits[p].argmax(1) == labels).cpu())
             predictions[p].append(logits[p].argmax(1).cpu())
         bar.set_postfix(stage="maps", refresh=False)
-        maps = _explain(model, x, taps, classes, options, heads, mask, bar)
+        maps = _explain(model, x, taps, classes, options, heads, mask, bar, protocol["scorecam_align_corners"])
         for key in keys:
             method, pooling = key
             bar.set_postfix(stage=f"{method}/{pooling}", refresh=False)
@@ -190,8 +230,8 @@ def explain_and_score(
                 classes[pooling],
                 sal,
                 pixels_per_step,
-                blur_kernel=options.blur_kernel,
-                blur_sigma=options.blur_sigma,
+                blur_kernel=protocol["blur_kernel"],
+                blur_sigma=protocol["blur_sigma"],
                 batch_size=options.batch_size,
                 original=original[pooling],
                 on_batch=bar.update,
@@ -216,11 +256,10 @@ def explain_and_score(
         settings={
             "images": n,
             "image_size": [height, width],
-            "pixels_per_step": pixels_per_step,
-            "steps": steps,
             "seconds": round(seconds, 1),
             "device": str(device),
-            **{k: v for k, v in asdict(options).items() if k not in ("progress", "out", "pixels_per_step")},
+            **{k: v for k, v in asdict(options).items() if k not in ("progress", "out", *protocol)},
+            **protocol,
         },
     )
 
@@ -234,6 +273,7 @@ def _explain(
     heads: Heads,
     mask: Any,
     bar: tqdm,
+    align_corners: bool,
 ) -> dict[tuple[str, str], Tensor]:
     """Raw maps at feature resolution for every (method, pooling) asked for."""
     methods = options.methods
@@ -251,7 +291,9 @@ def _explain(
         skipped = int((flat.amax(2) <= flat.amin(2)).sum())
         bar.total -= skipped  # flat channels mask nothing and are never scored
         both = torch.stack([classes[p] for p in COMPARED], dim=1)
-        cams = saliency.score_cam(features, x, both, heads, mask, options.batch_size, bar.update)
+        cams = saliency.score_cam(
+            features, x, both, heads, mask, options.batch_size, bar.update, align_corners=align_corners
+        )
         for index, pooling in enumerate(COMPARED):
             maps[("scorecam", pooling)] = cams[:, index]
     with torch.no_grad():
@@ -262,14 +304,14 @@ def _explain(
     return maps
 
 
-def run(options: EvalOptions) -> tuple[Results, LabelledImages, dict[str, Any]]:
+def run(options: EvalOptions) -> tuple[Results, LabelledImages, Checkpoint]:
     """Loads the checkpoint and its validation images, and evaluates; returns results, samples and state."""
     state = checkpoint.load(options.checkpoint)
     device = resolve_device(options.device)
     samples = evaluation_images(state, options.limit, options.seed, options.cache_dir)
     if len(samples.labels) < options.limit:
         log.warning("the validation split has %d images; evaluating all of them", len(samples.labels))
-    model = checkpoint.build_model(state)
+    model = state.build_model()
     log.debug("folded %d BatchNorm layers into convolutions", fold_batch_norm(model.backbone.net))
     log.info(
         "evaluating %s (%s) on %d images, methods %s",

@@ -39,9 +39,15 @@ def normalise(maps: Tensor) -> Tensor:
     return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), torch.zeros_like(maps))
 
 
-def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear (half-pixel centres) resize of maps (N, h, w) to ``size`` (H, W)."""
-    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+def upsample(maps: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of maps (N, h, w) to ``size`` (H, W).
+
+    Args:
+        align_corners: False (half-pixel centres, ``F.interpolate``'s default) for saliency maps, as the
+            authors' code resizes them; True (corner pixels aligned, ``nn.UpsamplingBilinear2d``) for
+            Score-CAM's channel masks, as the authors' code and pytorch-grad-cam resize those.
+    """
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=align_corners)[:, 0]
 
 
 def to_saliency(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -91,6 +97,8 @@ def score_cam(
     mask: Callable[[Tensor, Tensor], Tensor],
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
+    *,
+    align_corners: bool = True,
 ) -> Tensor:
     """Score-CAM: each channel, upsampled and min-max normalised, masks the image; its weight is the probability.
 
@@ -104,6 +112,8 @@ def score_cam(
         score: ``score(images (B, 3, H, W), classes (B, M))`` -> probabilities (B, M).
         mask: ``mask(images (B, 3, H, W), maps (B, H, W))`` -> masked images.
         on_batch: called with the number of masked images after each batch (progress).
+        align_corners: how channels are upsampled to masks; True as in the authors' code and
+            pytorch-grad-cam (``nn.UpsamplingBilinear2d``).
 
     Returns:
         Maps (N, M, h, w). Channels that are flat on an image get weight 0 (they mask nothing).
@@ -115,7 +125,7 @@ def score_cam(
     image, channel = torch.nonzero(flat.amax(2) > flat.amin(2), as_tuple=True)  # jobs: non-flat channels
     for first in range(0, len(image), batch_size):
         i, c = image[first : first + batch_size], channel[first : first + batch_size]
-        maps = upsample(features[i, c].float(), size)
+        maps = upsample(features[i, c].float(), size, align_corners)
         low = maps.amin(dim=(1, 2), keepdim=True)
         span = (maps.amax(dim=(1, 2), keepdim=True) - low).clamp(min=torch.finfo(maps.dtype).tiny)
         weights[i, :, c] = score(mask(images[i], (maps - low) / span), classes[i]).to(weights.dtype)

@@ -17,15 +17,14 @@ def save_checkpoint(path: Path, data: DataConfig) -> Path:
     """A ResNet-18 checkpoint with random weights: the evaluation's plumbing does not need a trained model."""
     torch.manual_seed(0)
     model = CAStreamNet(ModelConfig("resnet18", num_classes=len(synthetic.CLASSES)))
-    state = {
-        "model": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "classes": list(synthetic.CLASSES),
-        "preprocessing": Preprocessing(resize=data.image_size, crop=data.image_size).to_dict(),
-        "data": data.to_dict(),
-        "metrics": {},
-    }
-    return checkpoint.save(state, path)
+    record = checkpoint.Checkpoint(
+        model=model.config,
+        state_dict=model.state_dict(),
+        classes=tuple(synthetic.CLASSES),
+        preprocessing=Preprocessing(resize=data.image_size, crop=data.image_size),
+        data=data,
+    )
+    return checkpoint.save(record, path)
 
 
 @pytest.fixture(scope="module")

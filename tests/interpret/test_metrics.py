@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -102,30 +103,37 @@ def test_auc_is_the_trapezoid_over_the_unit_interval() -> None:
         xm.auc(torch.tensor([1.0]))
 
 
-def test_pixel_ranks_sort_by_saliency_and_keep_raster_order_in_ties() -> None:
-    saliency = torch.tensor([[[0.2, 0.9], [0.2, 0.5]]])
+def test_pixel_ranks_sort_by_saliency_and_leave_ties_as_numpy_argsort_reversed() -> None:
+    saliency = torch.tensor([[[0.2, 0.9], [0.1, 0.5]]])
     assert xm.pixel_ranks(saliency).tolist() == [[[2, 0], [3, 1]]]
+    ties = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0)).round(decimals=1)
+    expected = np.argsort(ties.numpy().reshape(2, -1), axis=1)[:, ::-1]
+    assert xm.salient_order(ties).tolist() == expected.tolist()
+    ranks = xm.pixel_ranks(ties).flatten(1)
+    assert ranks.gather(1, torch.from_numpy(expected.copy())).tolist() == [list(range(256))] * 2
 
 
-def test_default_pace_is_the_papers_28_steps() -> None:
-    assert xm.default_pixels_per_step(224, 224) == 1792
-    assert xm.default_pixels_per_step(112, 112) == 448
+def test_default_pace_is_the_authors_8_rows_per_step() -> None:
+    assert xm.default_pixels_per_step(224, 224) == 1792  # 28 steps
+    assert xm.default_pixels_per_step(112, 112) == 896  # 14 steps
 
 
-def test_gaussian_blur_is_a_normalised_gaussian_with_zero_padding() -> None:
-    delta = torch.zeros(1, 3, 9, 9)
-    delta[:, :, 4, 4] = 1
-    sigma = 1.5
-    blurred = xm.gaussian_blur(delta, kernel_size=5, sigma=sigma)
-    assert blurred.sum().item() == pytest.approx(3.0, abs=1e-5)  # nothing lost away from the border
-    ratio = blurred[0, 0, 4, 5] / blurred[0, 0, 4, 4]
-    assert ratio.item() == pytest.approx(math.exp(-1 / (2 * sigma**2)), rel=1e-5)
-    assert (blurred[0, 0, :, 7:] == 0).all()  # radius 2: nothing beyond
-    ones = xm.gaussian_blur(torch.ones(1, 3, 9, 9), kernel_size=5, sigma=sigma)
+def test_blur_kernel_is_nearly_flat_for_sigma_5_and_blurs_with_zero_padding() -> None:
+    for size, low, high in ((5, 0.0400003, 0.0400003), (11, 0.00774, 0.00883)):
+        kernel = xm.point_blur_kernel(size, 5.0)
+        assert kernel.shape == (size, size) and kernel.dtype == torch.float32
+        assert kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert kernel.min().item() == pytest.approx(low, abs=5e-6)
+        assert kernel.max().item() == pytest.approx(high, abs=5e-6)
+    torch.testing.assert_close(xm.point_blur_kernel(5, 5.0), torch.full((5, 5), 0.04), atol=3e-6, rtol=0)
+    ones = xm.gaussian_blur(torch.ones(1, 3, 9, 9), kernel_size=5, sigma=5.0)
+    assert ones.shape == (1, 3, 9, 9)
     assert ones[0, 0, 4, 4].item() == pytest.approx(1.0, abs=1e-6)
-    assert ones[0, 0, 0, 4].item() < 1.0  # zero padding darkens the border
+    assert ones[0, 0, 0, 4].item() == pytest.approx(0.6, abs=1e-5)  # zero padding: 2 of 5 kernel rows lost
     with pytest.raises(ValueError, match="odd"):
-        xm.gaussian_blur(delta, kernel_size=4)
+        xm.gaussian_blur(ones, kernel_size=4)
+    with pytest.raises(ValueError, match="sigma"):
+        xm.point_blur_kernel(5, 0.0)
 
 
 def test_deletion_and_insertion_curves_by_hand() -> None:
@@ -142,10 +150,10 @@ def test_deletion_and_insertion_curves_by_hand() -> None:
     expected_deletion[:2] = torch.tensor([1.0, 0.5])
     torch.testing.assert_close(deletion[0], expected_deletion)
     assert xm.auc(deletion)[0].item() == pytest.approx(1 / 22)
-    # The blur of a white image with zero padding, on a top-row pixel away from the corners: the vertical
-    # 3-tap kernel [a, 1, a] / (1 + 2a) loses its upper tap, so the pixel becomes (1 + a) / (1 + 2a).
-    a = math.exp(-1 / 2)
-    v = (1 + a) / (1 + 2 * a)
+    # The blur of a white image with zero padding, on a top-row pixel away from the corners: the kernel
+    # loses its top row to the padding, so the pixel becomes 1 minus that row's weight.
+    v = 1 - xm.point_blur_kernel(3, 1.0)[0].sum().item()
+    assert 0.6 < v < 0.95
     expected_insertion = torch.ones(23)
     expected_insertion[:2] = torch.tensor([v, (1 + v) / 2])
     torch.testing.assert_close(insertion[0], expected_insertion)

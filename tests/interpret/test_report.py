@@ -20,10 +20,7 @@ def test_comparison_names_the_winner_of_each_metric_by_hand() -> None:
         settings={
             "images": 2,
             "image_size": [8, 8],
-            "pixels_per_step": 2,
-            "steps": 32,
-            "blur_kernel": 11,
-            "blur_sigma": 5.0,
+            **run.EvalOptions(pixels_per_step=2).faithfulness_settings(8, 8),
         },
     )
     assert results.mean(("gradcam", "gap"), "ad") == pytest.approx(40.0)
@@ -36,3 +33,10 @@ def test_comparison_names_the_winner_of_each_metric_by_hand() -> None:
     table = report.markdown(results)
     assert "| Grad-CAM | GAP | 40.00 | 60.00 |" in table
     assert "| Grad-CAM | CA | 20.00 | 60.00 |" in table
+    # The table says which protocol made it, and what was changed from it.
+    assert "Protocol `ca-stream (modified)` for insertion/deletion: 2 pixels per step (32 steps)" in table
+    assert "gkern(5, 5)" in table and "changed from the protocol: pixels_per_step" in table
+    assert "align_corners=True" in table
+    csv_rows = report.table_csv(results).splitlines()
+    assert csv_rows[0].endswith(",protocol,blur_kernel,blur_sigma,pixels_per_step,steps")
+    assert csv_rows[1].endswith(",ca-stream (modified),5,5.0,2,32")
