@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-from export import agreement, metadata
+from export import agreement, metadata, triton
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
 from export.graph import ATTENTION, LOGITS, export_graph
 from export.quantize import is_quantized, quantize_int8
@@ -52,8 +52,12 @@ class ExportOptions:
     speed_budget_s: float = 10.0
     cache_dir: str | None = str(DEFAULT_CACHE)
     allow_unfinished: bool = False
+    triton_repository: str | None = None  # also write a Triton model repository for the file there
+    triton_kind: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.triton_kind not in triton.KINDS:
+            raise ValueError(f"unknown Triton instance kind {self.triton_kind!r}; expected one of {triton.KINDS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.precision not in PRECISIONS:
@@ -75,6 +79,7 @@ class ExportReport:
     fp16_checked_on: str | None = None
     fp16_parity: list[Parity] = field(default_factory=list)
     seconds: float = 0.0
+    triton: Path | None = None  # the Triton model folder, when one was asked for
 
 
 def export_checkpoint(options: ExportOptions) -> ExportReport:
@@ -117,6 +122,9 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     report.properties = metadata.describe(state, options.pooling, options.precision, options.name, verification)
     metadata.attach(proto, report.properties)
     write_model(proto, report.path)
+    if options.triton_repository:
+        kind = triton.TritonOptions(kind=options.triton_kind)
+        report.triton = triton.write_repository(report.path, options.triton_repository, kind)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -3,6 +3,7 @@
 python -m export.to_onnx                                     # runs/default/castream.pt -> models/castream.onnx
 python -m export.to_onnx --int8 --out models/castream-int8.onnx
 python -m export.to_onnx --pooling gap --out models/gap.onnx  # the baseline, for comparison
+python -m export.to_onnx --triton-repository triton-models    # and a Triton model repository for the file
 
 The model is written only if it passes every check; otherwise the command exits with status 1 and
 says which check failed and by how much. Status 2 means the inputs were wrong (missing checkpoint...).
@@ -16,6 +17,7 @@ import sys
 
 from export.agreement import Thresholds
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
+from export.triton import KINDS
 from export.verify import VerificationError
 from service.contract import POOLINGS
 from training.logs import setup_logging
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
     add("--min-speedup", type=float, default=thresholds.speedup, help="int8: minimum speed-up over fp32 (0: no check)")
     add("--threads", type=int, default=defaults.threads, help="CPU threads for the checks and timings (0: all cores)")
     add("--cache-dir", default=defaults.cache_dir, help="synthetic-image cache shared with training ('' for none)")
+    add("--triton-repository", default=None, help="also write a Triton model repository for the file (export.triton)")
+    add("--triton-kind", default=defaults.triton_kind, choices=KINDS, help="Triton instances: KIND_CPU or KIND_GPU")
     add("--allow-unfinished", action="store_true", help="export a checkpoint whose training has not finished")
     add("-v", "--verbose", action="store_true", help="log the exporter's and quantiser's own messages too")
     args = parser.parse_args(argv)
@@ -86,6 +90,8 @@ def summary(report: ExportReport) -> str:
         lines.append(f"  int8 speed-up over fp32: {report.speedup:.2f}x")
     if report.fp16_checked_on is not None:
         lines.append(f"  fp16 checked on: {report.fp16_checked_on}")
+    if report.triton is not None:
+        lines.append(f"  Triton model repository: {report.triton.parent} (model {report.triton.name})")
     return "\n".join(lines)
 
 

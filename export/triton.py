@@ -1,0 +1,296 @@
+"""A Triton Inference Server model repository for one castream model file (docs/deploy.md).
+
+python -m export.triton --model models/castream.onnx --out triton-models             # CPU instances
+python -m export.triton --model models/castream.onnx --out triton-models --kind gpu  # one instance per GPU
+
+Writes ``<out>/<name>/config.pbtxt``, ``<out>/<name>/labels.txt`` and ``<out>/<name>/<version>/model.onnx`` (a copy
+of the file, byte for byte). ``python -m export.to_onnx --triton-repository DIR`` does the same right after an
+export. Tensor names, types and shapes come from the ONNX graph; the labels from its metadata. The defaults of
+the batcher, the queue and the threads are those of castream's own service and its Kubernetes manifests, so
+both serve the file with the same limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from export import metadata
+from service import contract
+from training.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "onnxruntime_onnx"
+KINDS = ("cpu", "gpu")
+CONFIG, LABELS, MODEL = "config.pbtxt", "labels.txt", "model.onnx"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# ONNX element types and Triton's names for them.
+DATA_TYPES = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32",
+    onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.BFLOAT16: "TYPE_BF16",
+    onnx.TensorProto.DOUBLE: "TYPE_FP64",
+    onnx.TensorProto.INT8: "TYPE_INT8",
+    onnx.TensorProto.INT16: "TYPE_INT16",
+    onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.INT64: "TYPE_INT64",
+    onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.BOOL: "TYPE_BOOL",
+    onnx.TensorProto.STRING: "TYPE_STRING",
+}
+
+# Per kind: the service's own defaults on CPU (CASTREAM_MAX_BATCH_SIZE, CASTREAM_MAX_QUEUE) and deploy/k8s/gpu's on
+# GPU nodes; two intra-op threads as in the Kubernetes CPU pods.
+DEFAULTS = {
+    "cpu": {"max_batch_size": 8, "max_queue": 64, "intra_op_threads": 2},
+    "gpu": {"max_batch_size": 32, "max_queue": 256, "intra_op_threads": 2},
+}
+REQUEST_TIMEOUT_MS = 10_000  # CASTREAM_REQUEST_TIMEOUT_MS
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in the text format, not quoted."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as Triton sees it: the batch axis left out of ``dims``."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """What the repository's configuration says beyond the graph; ``None`` takes the kind's default."""
+
+    kind: str = "cpu"
+    name: str | None = None
+    version: int = 1
+    max_batch_size: int | None = None
+    max_queue: int | None = None
+    request_timeout_ms: int = REQUEST_TIMEOUT_MS
+    # Triton's own default, and castream's batching: a lone request never waits for others; those that arrive
+    # while an instance is busy form the next batch. A positive delay trades latency for fuller batches.
+    batch_delay_us: int = 0
+    instances: int = 1
+    intra_op_threads: int | None = None
+    inter_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown instance kind {self.kind!r}; expected one of {KINDS}")
+        if self.name is not None and not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"model name {self.name!r} is not a folder name; use letters, digits, '_', '.', '-'")
+        for field in ("version", "instances", "inter_op_threads", "request_timeout_ms"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be positive, got {getattr(self, field)!r}")
+        for field in ("max_batch_size", "max_queue", "intra_op_threads"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise ValueError(f"{field} must be positive, got {value!r}")
+        if self.batch_delay_us < 0:
+            raise ValueError(f"batch_delay_us must be 0 or more, got {self.batch_delay_us!r}")
+
+    def default(self, field: str) -> int:
+        value = getattr(self, field)
+        return DEFAULTS[self.kind][field] if value is None else value
+
+
+def tensors(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs and outputs; ``ValueError`` unless the first axis of each is one symbolic batch axis."""
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in initializers]
+    batch_axes = set()
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in DATA_TYPES:
+            raise ValueError(f"{value.name!r} has ONNX element type {tensor.elem_type}, which Triton has no type for")
+        dims = list(tensor.shape.dim)
+        if not dims or not dims[0].dim_param:
+            raise ValueError(
+                f"{value.name!r} has no symbolic batch axis first (shape {[d.dim_param or d.dim_value for d in dims]})"
+                "; Triton batches on the first axis of every input and output"
+            )
+        batch_axes.add(dims[0].dim_param)
+        # A symbolic axis other than the batch is variable for Triton (-1).
+        rest = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
+        return TensorSpec(value.name, DATA_TYPES[tensor.elem_type], rest)
+
+    specs = [spec(v) for v in inputs], [spec(v) for v in proto.graph.output]
+    if len(batch_axes) != 1:
+        raise ValueError(f"inputs and outputs name different batch axes {sorted(batch_axes)}; expected one")
+    return specs
+
+
+def labels(props: dict) -> list[str]:
+    """The class names in logit order, from the file's metadata."""
+    classes = props.get(contract.CLASSES_KEY)
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"the model has no {contract.CLASSES_KEY!r} metadata list; export it with python -m export")
+    for name in classes:
+        if not isinstance(name, str) or "\n" in name or not name.strip():
+            raise ValueError(f"class name {name!r} cannot be a line of {LABELS}")
+    return classes
+
+
+def model_config(proto: onnx.ModelProto, options: TritonOptions, name: str) -> dict:
+    """The model configuration as nested dicts and lists, in the fields of Triton's ``ModelConfig`` message."""
+    inputs, outputs = tensors(proto)
+    classes = labels(metadata.read(proto))
+    batch = options.default("max_batch_size")
+
+    def entry(tensor: TensorSpec) -> dict:
+        item = {"name": tensor.name, "data_type": Enum(tensor.data_type), "dims": list(tensor.dims)}
+        if tensor.name == contract.LOGITS:
+            if tensor.dims != (len(classes),):
+                raise ValueError(
+                    f"{contract.LOGITS!r} has dims {tensor.dims}; the metadata names {len(classes)} classes"
+                )
+            item["label_filename"] = LABELS  # the classification extension (class_count) answers with these
+        return item
+
+    kind = Enum("KIND_GPU" if options.kind == "gpu" else "KIND_CPU")
+    warm_batches = [1] if options.kind == "cpu" or batch == 1 else [1, batch]  # CUDA picks kernels per shape
+    warmup = [
+        {
+            "name": f"zero_image_batch_{size}",
+            "batch_size": size,
+            "inputs": [
+                {"key": t.name, "value": {"data_type": Enum(t.data_type), "dims": list(t.dims), "zero_data": True}}
+                for t in inputs
+            ],
+        }
+        for size in warm_batches
+    ]
+    if any(d < 0 for t in inputs for d in t.dims):
+        raise ValueError(f"inputs {inputs} have variable axes besides the batch; a zero warm-up image needs a size")
+    threads = {
+        "intra_op_thread_count": options.default("intra_op_threads"),
+        "inter_op_thread_count": options.inter_op_threads,
+    }
+    return {
+        "name": name,
+        "platform": PLATFORM,
+        "max_batch_size": batch,
+        "version_policy": {"specific": {"versions": [options.version]}},
+        "input": [entry(t) for t in inputs],
+        "output": [entry(t) for t in outputs],
+        "instance_group": [{"count": options.instances, "kind": kind}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": options.batch_delay_us,
+            "default_queue_policy": {
+                "timeout_action": Enum("REJECT"),
+                "default_timeout_microseconds": options.request_timeout_ms * 1000,
+                "allow_timeout_override": True,
+                "max_queue_size": options.default("max_queue"),
+            },
+        },
+        "parameters": [{"key": k, "value": {"string_value": str(v)}} for k, v in threads.items()],
+        "model_warmup": warmup,
+    }
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {value!r} in the protobuf text format")
+
+
+def to_pbtxt(message: dict, indent: int = 0) -> str:
+    """``message`` in the protobuf text format: dicts are messages, lists repeated fields (maps as key/value)."""
+    pad, lines = "  " * indent, []
+    for field, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{field} {{", to_pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            blocks = [f"{pad}  {{\n{to_pbtxt(item, indent + 2)}\n{pad}  }}" for item in value]
+            lines += [f"{pad}{field} [", ",\n".join(blocks), f"{pad}]"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{field}: [ {', '.join(_scalar(item) for item in value)} ]")
+        else:
+            lines.append(f"{pad}{field}: {_scalar(value)}")
+    return "\n".join(lines)
+
+
+def write_repository(model: str | Path, out: str | Path, options: TritonOptions | None = None) -> Path:
+    """Writes the model folder for ``model`` into the repository ``out``; returns the folder."""
+    options = options or TritonOptions()
+    model = Path(model)
+    if not model.is_file():
+        raise FileNotFoundError(f"no model file at {model}; export one first (python -m export.to_onnx)")
+    proto = onnx.load(str(model), load_external_data=False)
+    props = metadata.read(proto)
+    name = options.name or props.get(contract.NAME_KEY) or model.stem
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"model name {name!r} is not a folder name; pass --name")
+    config = model_config(proto, options, name)
+    folder = Path(out) / name
+    with atomic_write(folder / str(options.version) / MODEL) as file, model.open("rb") as source:
+        shutil.copyfileobj(source, file, 1 << 20)
+    with atomic_write(folder / LABELS) as file:
+        file.write("".join(f"{label}\n" for label in labels(props)).encode())
+    # The configuration last: a Triton polling the repository sees the folder complete once it has one.
+    with atomic_write(folder / CONFIG) as file:
+        file.write(f"# {name}: written by python -m export.triton from {model.name}\n{to_pbtxt(config)}\n".encode())
+    log.info("wrote the Triton model %s (%s instances) to %s", name, options.kind, folder)
+    return folder
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, str, TritonOptions]:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.triton", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--model", default="models/castream.onnx", help="castream ONNX file")
+    add("--out", required=True, help="model repository folder (Triton's --model-repository, KServe's storageUri)")
+    add("--kind", default="cpu", choices=KINDS, help="instance kind: KIND_CPU or KIND_GPU")
+    add("--name", default=None, help="model name in Triton (default: the file's model_name, as castream's /v2)")
+    add("--version", type=int, default=1, help="model version folder")
+    add("--max-batch-size", type=int, default=None, help="largest batch (default 8 on CPU, 32 on GPU)")
+    add("--max-queue", type=int, default=None, help="requests queued before Triton rejects (default 64 / 256)")
+    add("--request-timeout-ms", type=int, default=REQUEST_TIMEOUT_MS, help="queue wait before a request is rejected")
+    add("--batch-delay-us", type=int, default=0, help="wait for fuller batches (0: never delay a request)")
+    add("--instances", type=int, default=1, help="model instances (per GPU with --kind gpu)")
+    add("--intra-op-threads", type=int, default=None, help="ONNX Runtime threads per instance (default 2)")
+    add("--inter-op-threads", type=int, default=1, help="ONNX Runtime inter-op threads per instance")
+    args = parser.parse_args(argv)
+    fields = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
+    try:
+        return args.model, args.out, TritonOptions(**fields)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None) -> int:
+    model, out, options = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        folder = write_repository(model, out, options)
+    except (ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+    print(f"wrote {folder} ({CONFIG}, {LABELS}, {options.version}/{MODEL}); serve it with "
+          f"tritonserver --model-repository={Path(out)}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
