@@ -3,7 +3,7 @@
 python -m export.to_onnx                                     # runs/default/castream.pt -> models/castream.onnx
 python -m export.to_onnx --int8 --out models/castream-int8.onnx
 python -m export.to_onnx --pooling gap --out models/gap.onnx  # the baseline, for comparison
-python -m export.to_onnx --triton-repository triton-models    # and a Triton model repository for the file
+python -m export.to_onnx --triton-repository models/triton    # and a Triton model repository for the file
 
 The model is written only if it passes every check; otherwise the command exits with status 1 and
 says which check failed and by how much. Status 2 means the inputs were wrong (missing checkpoint...).

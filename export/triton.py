@@ -1,7 +1,7 @@
 """A Triton Inference Server model repository for one castream model file (docs/deploy.md).
 
-python -m export.triton --model models/castream.onnx --out triton-models             # CPU instances
-python -m export.triton --model models/castream.onnx --out triton-models --kind gpu  # one instance per GPU
+python -m export.triton --model models/castream.onnx --out models/triton             # CPU instances
+python -m export.triton --model models/castream.onnx --out models/triton --kind gpu  # one instance per GPU
 
 Writes ``<out>/<name>/config.pbtxt``, ``<out>/<name>/labels.txt`` and ``<out>/<name>/<version>/model.onnx`` (a copy
 of the file, byte for byte). ``python -m export.to_onnx --triton-repository DIR`` does the same right after an
