@@ -31,6 +31,7 @@ def describe(
     precision: str,
     name: str | None = None,
     verification: dict[str, Any] | None = None,
+    samples: list[dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """The metadata properties of a model exported from checkpoint ``state``."""
     if precision not in PRECISIONS:
@@ -46,7 +47,10 @@ def describe(
         contract.CLASSES_KEY: json.dumps(list(state.classes)),
         contract.PREPROCESSING_KEY: json.dumps({**state.preprocessing.to_dict(), **INPUT_LAYOUT}),
         contract.DATASET_KEY: json.dumps(state.data.to_dict()),
+        contract.TRAINED_ON_KEY: state.data.describe(state.classes),
     }
+    if samples:
+        props[contract.SAMPLES_KEY] = json.dumps(samples)
     top1 = state.metrics.get(f"val_top1_{pooling}")
     if top1 is not None:
         props[contract.VAL_TOP1_KEY] = str(float(top1))

@@ -20,26 +20,28 @@ from export import agreement, metadata, triton
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
 from export.graph import ATTENTION, LOGITS, export_graph
 from export.quantize import is_quantized, quantize_int8
-from export.samples import Samples, load_samples
+from export.samples import Samples, gallery, load_samples
 from export.sessions import make_session, run_batches
 from export.timing import time_sessions
 from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
 from export.verify import reference_outputs as torch_outputs
 from service.contract import POOLINGS
 from training import checkpoint
-from training.data import DEFAULT_CACHE
+from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
+from training.data import DEFAULT_CACHE, DataConfig
 from training.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = metadata.PRECISIONS
+DEFAULT_SAMPLES = 12
 
 
 @dataclass
 class ExportOptions:
     """The export command's options (see ``python -m export.to_onnx --help``)."""
 
-    checkpoint: str = "runs/default/castream.pt"
+    checkpoint: str = DEFAULT_CHECKPOINT
     out: str = "models/castream.onnx"
     pooling: str = "ca"
     precision: str = "fp32"
@@ -52,6 +54,7 @@ class ExportOptions:
     speed_budget_s: float = 10.0
     cache_dir: str | None = str(DEFAULT_CACHE)
     allow_unfinished: bool = False
+    samples: int | None = None  # labelled validation images for the service's page (see sample_count)
     triton_repository: str | None = None  # also write a Triton model repository for the file there
     triton_kind: str = "cpu"
 
@@ -62,6 +65,8 @@ class ExportOptions:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        if self.samples is not None and self.samples < 0:
+            raise ValueError(f"samples must be 0 or more, got {self.samples!r}")
         for name in ("verify_images", "calibration_images", "agreement_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -86,20 +91,20 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     """Exports, checks and writes the model of ``options.checkpoint``; raises :class:`VerificationError`."""
     started = time.perf_counter()
     state = checkpoint.load(options.checkpoint)
-    if state.get("stage") != "done" and not options.allow_unfinished:
+    if not state.finished and not options.allow_unfinished:
         raise ValueError(
-            f"checkpoint {options.checkpoint!r} is from an unfinished run (stage {state.get('stage')!r}); finish "
+            f"checkpoint {options.checkpoint!r} is from an unfinished run (stage {state.stage!r}); finish "
             f"it with `python -m training.fit --resume --out {Path(options.checkpoint).parent}`, "
             "or pass --allow-unfinished"
         )
-    model = checkpoint.build_model(state)
-    size, classes = int(state["preprocessing"]["crop"]), len(state["classes"])
+    model = state.build_model()
+    size, classes = state.preprocessing.crop, len(state.classes)
     cache = Path(options.cache_dir) if options.cache_dir else None
     wanted = max(options.verify_images, options.agreement_images if options.precision == "int8" else 0)
     val = load_samples(state, "val", wanted, cache)
     images = val.images[: options.verify_images]
 
-    log.info("exporting %s with %s pooling at %d px", state["model"]["backbone"], options.pooling, size)
+    log.info("exporting %s with %s pooling at %d px", state.model.backbone, options.pooling, size)
     proto = export_graph(model, options.pooling, size)
     check_structure(proto, options.pooling, classes, size)
     reference = torch_outputs(model, images, options.pooling, threads=options.threads)
@@ -119,7 +124,10 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         proto, verification["fp16"] = _fp16(proto, reference, images, options.threads, report)
         check_structure(proto, options.pooling, classes, size)
 
-    report.properties = metadata.describe(state, options.pooling, options.precision, options.name, verification)
+    samples = gallery(state, sample_count(options.samples, state.data), cache)
+    report.properties = metadata.describe(
+        state, options.pooling, options.precision, options.name, verification, samples
+    )
     metadata.attach(proto, report.properties)
     write_model(proto, report.path)
     if options.triton_repository:
@@ -127,6 +135,14 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         report.triton = triton.write_repository(report.path, options.triton_repository, kind)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def sample_count(requested: int | None, data: DataConfig) -> int:
+    """How many sample images go into the file: as asked, else 12 for the synthetic data and none for a user's own
+    (their images would travel inside every copy of the model file)."""
+    if requested is not None:
+        return requested
+    return DEFAULT_SAMPLES if data.kind == "synthetic" else 0
 
 
 def _int8(

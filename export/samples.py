@@ -6,12 +6,15 @@ the inference transform, not the training augmentation, since that is what the m
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from training.checkpoint import Checkpoint
 from training.images import SPLITS, load_images, seeded_subset
@@ -50,3 +53,31 @@ def load_samples(state: Checkpoint, split: str, count: int, cache_dir: Path | No
     chosen = load_images(state, split, choose, cache_dir)
     log.debug("%d %s images of %s data", len(chosen), split, state.data.kind)
     return Samples(np.ascontiguousarray(chosen.images.float().numpy()), chosen.labels.numpy().astype(np.int64))
+
+
+def gallery(state: Checkpoint, limit: int, cache_dir: Path | None = None) -> list[dict[str, str]]:
+    """Up to ``limit`` validation images, one per class in class order, as ``{"label", "png"}`` (base64 PNG).
+
+    The service offers them on its page, so that people trying the model see what it knows. The images are
+    the crops the model sees, picked from a seeded random subset of the split, the same on every export.
+    """
+    if limit < 1:
+        return []
+    wanted = min(limit, len(state.classes))
+
+    def choose(size: int) -> torch.Tensor:
+        if size == 0:
+            raise ValueError("the validation split is empty; export needs real images to verify the model")
+        return seeded_subset(size, min(size, 50 * wanted), state.data.seed).sort().values
+
+    chosen = load_images(state, "val", choose, cache_dir)
+    first: dict[int, int] = {}
+    for row, label in enumerate(chosen.labels.tolist()):
+        first.setdefault(label, row)
+    samples = []
+    for label in sorted(first)[:wanted]:
+        buffer = io.BytesIO()
+        Image.fromarray(chosen.pixels[first[label]]).save(buffer, format="PNG", optimize=True)
+        samples.append({"label": state.classes[label], "png": base64.b64encode(buffer.getvalue()).decode()})
+    log.debug("%d sample images for the service's page", len(samples))
+    return samples

@@ -1,6 +1,6 @@
 """Export a training checkpoint to one verified ONNX model (docs/onnx-model.md).
 
-python -m export.to_onnx                                     # runs/default/castream.pt -> models/castream.onnx
+python -m export.to_onnx                                     # the shipped default -> models/castream.onnx
 python -m export.to_onnx --int8 --out models/castream-int8.onnx
 python -m export.to_onnx --pooling gap --out models/gap.onnx  # the baseline, for comparison
 python -m export.to_onnx --triton-repository models/triton    # and a Triton model repository for the file
@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
     add("--cache-dir", default=defaults.cache_dir, help="synthetic-image cache shared with training ('' for none)")
     add("--triton-repository", default=None, help="also write a Triton model repository for the file (export.triton)")
     add("--triton-kind", default=defaults.triton_kind, choices=KINDS, help="Triton instances: KIND_CPU or KIND_GPU")
+    add(
+        "--samples",
+        type=int,
+        default=None,
+        help="labelled validation images embedded for the service's page, one per class (default: up to 12 for "
+        "the synthetic data, 0 for your own data, whose images would travel inside the model file)",
+    )
     add("--allow-unfinished", action="store_true", help="export a checkpoint whose training has not finished")
     add("-v", "--verbose", action="store_true", help="log the exporter's and quantiser's own messages too")
     args = parser.parse_args(argv)

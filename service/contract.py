@@ -31,7 +31,9 @@ PREPROCESSING_KEY = "preprocessing"
 VAL_TOP1_KEY = "val_top1"
 DATASET_KEY = "dataset"
 VERIFICATION_KEY = "verification"
-JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY)
+TRAINED_ON_KEY = "trained_on"  # a sentence saying what the model knows, for people
+SAMPLES_KEY = "samples"  # a few labelled images of the training data, [{"label": ..., "png": <base64>}, ...]
+JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY, SAMPLES_KEY)
 
 # The preprocessing record: torchvision's eval transform, then the graph's input layout.
 PREPROCESSING_FIELDS = ("resize", "crop", "mean", "std", "interpolation")

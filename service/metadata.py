@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -9,11 +10,21 @@ from typing import Any
 from service import contract
 from service.contract import Preprocessing
 
-__all__ = ["ModelError", "ModelInfo", "Preprocessing", "parse_metadata"]
+__all__ = ["ModelError", "ModelInfo", "Preprocessing", "Sample", "parse_metadata"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ModelError(RuntimeError):
     """The model file cannot be served; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A labelled image of the training data, as PNG bytes, for people trying the model."""
+
+    label: str
+    png: bytes
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,8 @@ class ModelInfo:
     preprocessing: Preprocessing
     val_top1: float | None
     dataset: dict[str, Any] | None
+    trained_on: str | None = None
+    samples: tuple[Sample, ...] = ()
 
     @property
     def has_attention(self) -> bool:
@@ -63,6 +76,7 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
     if pooling not in contract.POOLINGS:
         raise ModelError(f"{source}: metadata 'pooling' is {pooling!r}; expected one of {contract.POOLINGS}")
     dataset = parsed(contract.DATASET_KEY, json.loads) if contract.DATASET_KEY in props else None
+    samples = parsed(contract.SAMPLES_KEY, _samples) if contract.SAMPLES_KEY in props else ()
     return ModelInfo(
         name=need(contract.NAME_KEY),
         version=props.get(contract.VERSION_KEY, "unknown"),
@@ -73,4 +87,22 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         preprocessing=parsed(contract.PREPROCESSING_KEY, lambda text: Preprocessing.from_dict(json.loads(text))),
         val_top1=parsed(contract.VAL_TOP1_KEY, float) if contract.VAL_TOP1_KEY in props else None,
         dataset=dataset if isinstance(dataset, dict) else None,
+        trained_on=props.get(contract.TRAINED_ON_KEY),
+        samples=samples,
     )
+
+
+def _samples(text: str) -> tuple[Sample, ...]:
+    """The ``samples`` property: a JSON list of ``{"label", "png"}`` with base64 PNG images."""
+    entries = json.loads(text)
+    if not isinstance(entries, list):
+        raise ValueError(f"expected a JSON list, got {type(entries).__name__}")
+    samples = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str) or "png" not in entry:
+            raise ValueError(f"expected {{'label': <str>, 'png': <base64>}} entries, got {str(entry)[:80]!r}")
+        png = base64.b64decode(entry["png"], validate=True)
+        if not png.startswith(PNG_SIGNATURE):
+            raise ValueError(f"the image of {entry['label']!r} is not a PNG")
+        samples.append(Sample(entry["label"], png))
+    return tuple(samples)

@@ -95,9 +95,17 @@ class ModelDescription(BaseModel):
     providers: list[str] = Field(description="execution providers in use, preferred first")
     val_top1: float | None
     dataset: dict[str, Any] | None
+    trained_on: str | None = Field(description="what the model was trained on, in a sentence (what it knows)")
+    samples: int = Field(description="labelled training-data images the service offers at /v1/samples")
     max_batch_size: int
     max_images_per_request: int
     auth_required: bool
+
+
+class SampleRef(BaseModel):
+    index: int
+    label: str = Field(description="the image's class")
+    url: str = Field(description="the PNG image, relative to the service's root")
 
 
 class Status(BaseModel):

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.files import unreadable
 from service.overlay import PNG_LEVEL
 
 PREFIX = "CASTREAM_"
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     def _model_exists(cls, path: Path) -> Path:
         if not path.is_file():
             raise ValueError(f"no model file at {str(path)!r}; build one with `make export` or point to a .onnx file")
+        reason = unreadable(path)
+        if reason:
+            raise ValueError(reason)
         return path
 
     @field_validator("providers")

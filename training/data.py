@@ -182,6 +182,18 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self, classes: tuple[str, ...]) -> str:
+        """What a model trained on this data knows, in a sentence for the people who try it."""
+        names = ", ".join(classes[:12]) + (f" and {len(classes) - 12} more" if len(classes) > 12 else "")
+        if self.kind == "synthetic":
+            return (
+                f"castream's synthetic shapes: {len(classes)} classes ({names}), one shape per image on textured "
+                f"clutter, {self.train_count:,} training images of {self.image_size} px generated from seed {self.seed}"
+            )
+        subset = f", {self.train_count:,} training images" if self.train_count else ""
+        folder = Path(self.root or "").name or self.root
+        return f"the ImageFolder data set {folder!r}: {len(classes)} classes ({names}){subset}"
+
     def synthetic_spec(self, split: str, count: int | None = None) -> synthetic.SyntheticSpec:
         """The synthetic ``split``: ``train``, ``val`` (what runs report) or ``selection``.
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import ServingDep
-from service.errors import ErrorBody
+from service.errors import ErrorBody, ServiceError
 from service.model import INPUT
-from service.schemas import GridSize, InputSpec, ModelDescription
+from service.schemas import GridSize, InputSpec, ModelDescription, SampleRef
 
 router = APIRouter(prefix="/v1", tags=["model"])
 metrics_router = APIRouter(tags=["monitoring"])
@@ -36,10 +36,34 @@ async def model(serving: ServingDep) -> ModelDescription:
         providers=serving.model.providers,
         val_top1=info.val_top1,
         dataset=info.dataset,
+        trained_on=info.trained_on,
+        samples=len(info.samples),
         max_batch_size=s.max_batch_size,
         max_images_per_request=s.max_images_per_request,
         auth_required=s.api_key is not None,
     )
+
+
+@router.get("/samples", response_model=list[SampleRef], responses={503: {"model": ErrorBody}})
+async def samples(serving: ServingDep) -> list[SampleRef]:
+    """Labelled images of the model's training data, to try it with (empty for files that carry none)."""
+    return [
+        SampleRef(index=i, label=sample.label, url=f"v1/samples/{i}.png")
+        for i, sample in enumerate(serving.model.info.samples)
+    ]
+
+
+@router.get(
+    "/samples/{index}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def sample(index: int, serving: ServingDep) -> Response:
+    """One of the sample images, as PNG."""
+    images = serving.model.info.samples
+    if not 0 <= index < len(images):
+        raise ServiceError(404, "no_sample", f"no sample image {index}; this model has {len(images)} (GET /v1/samples)")
+    return Response(images[index].png, media_type="image/png")
 
 
 @metrics_router.get(

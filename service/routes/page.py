@@ -22,11 +22,20 @@ PAGE = """<!doctype html>
   #error { color: #b00020; }
   td { padding: .15rem .75rem .15rem 0; }
   .muted { color: #666; }
+  #samples { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0 1rem; }
+  #samples button { padding: 0; border: 2px solid transparent; border-radius: 6px; background: none; cursor: pointer; }
+  #samples button:hover, #samples button:focus { border-color: #3b6fb6; }
+  #samples img { width: 64px; height: 64px; display: block; }
 </style>
 </head>
 <body>
 <h1>castream</h1>
 <p id="model" class="muted">loading model information...</p>
+<p id="trained-on" hidden></p>
+<section id="sample-row" hidden>
+  <p class="muted">Try one of the images it knows (click to classify):</p>
+  <div id="samples"></div>
+</section>
 <form id="form">
   <input type="file" id="file" accept="image/*" required>
   <label>top-k <input type="number" id="topk" value="5" min="1" max="1000" style="width: 4rem"></label>
@@ -58,7 +67,34 @@ fetch("v1/model").then((r) => r.json()).then((m) => {
   classMaps = Boolean(m.class_maps);
   $("explain-row").hidden = !classMaps;
   for (const label of m.classes || []) $("explain").append(new Option(label, label));
+  if (m.trained_on) {
+    $("trained-on").textContent = `Trained on ${m.trained_on}. It knows only these ${m.classes.length} classes: `
+      + "any other picture still gets one of them.";
+    $("trained-on").hidden = false;
+  }
+  if (m.samples) showSamples();
 }).catch(() => { $("model").textContent = "model information unavailable"; });
+
+async function showSamples() {
+  const samples = await (await fetch("v1/samples")).json();
+  const buttons = samples.map((sample) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = `a ${sample.label}`;
+    button.dataset.label = sample.label;
+    const image = document.createElement("img");
+    image.src = sample.url;
+    image.alt = `sample: ${sample.label}`;
+    button.append(image);
+    button.addEventListener("click", async () => {
+      const blob = await (await fetch(sample.url)).blob();
+      classify(new File([blob], `${sample.label}.png`, { type: "image/png" }));
+    });
+    return button;
+  });
+  $("samples").replaceChildren(...buttons);
+  $("sample-row").hidden = buttons.length === 0;
+}
 
 function query() {
   const params = new URLSearchParams({ top_k: $("topk").value || "5", attention: "overlay" });
@@ -68,10 +104,13 @@ function query() {
   return params.toString();
 }
 
-$("form").addEventListener("submit", async (event) => {
+$("form").addEventListener("submit", (event) => {
   event.preventDefault();
   const file = $("file").files[0];
-  if (!file) return;
+  if (file) classify(file);
+});
+
+async function classify(file) {
   $("error").textContent = "";
   $("submit").disabled = true;
   const body = new FormData();
@@ -91,7 +130,7 @@ $("form").addEventListener("submit", async (event) => {
   } finally {
     $("submit").disabled = false;
   }
-});
+}
 
 function show(file, prediction) {
   const best = prediction.top_k[0];

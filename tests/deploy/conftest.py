@@ -52,11 +52,13 @@ def runtime_image() -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def model_folder(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding ``castream.onnx``: the tiny CA-Stream run exported, readable by the image's uid 10001."""
-    folder = tmp_path_factory.mktemp("container-models")
+    """A folder holding ``castream.onnx``: the tiny CA-Stream run exported, mounted exactly as export wrote it.
+
+    Export creates the folder itself, as ``make export`` creates ``models/``; the image's uid 10001 must be able
+    to read both without help.
+    """
+    folder = tmp_path_factory.mktemp("container") / "models"
     export_tiny(tiny_checkpoint, folder / "castream.onnx")
-    folder.chmod(0o755)
-    (folder / "castream.onnx").chmod(0o644)
     return folder
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["red", "green", "blue", "dark"]
+SAMPLES = ("green", "blue")  # the labelled images the tiny model carries for the page
 PREPROCESSING = {
     "resize": 36,
     "crop": 32,
@@ -96,6 +98,10 @@ def build_model(kind: str = "ca", class_maps: bool = True, **metadata: str | Non
         "preprocessing": json.dumps(PREPROCESSING),
         "val_top1": "100.0",
         "dataset": json.dumps({"kind": "synthetic", "seed": 0}),
+        "trained_on": "solid colours: 4 classes (red, green, blue, dark)",
+        "samples": json.dumps(
+            [{"label": label, "png": base64.b64encode(solid_png(COLOURS[label])).decode()} for label in SAMPLES]
+        ),
     }
     for key, value in metadata.items():
         if value is None:

@@ -111,3 +111,17 @@ def test_api_docs_render_with_the_network_closed(browser, live_server) -> None:
     expect(page.locator(".opblock-summary-path", has_text="/v2/models/{model_name}/infer")).to_be_visible()
     assert outside == [], f"the docs page tried to reach {outside}"
     context.close()
+
+
+def test_the_page_says_what_the_model_knows_and_classifies_a_sample_in_one_click(browser, live_server) -> None:
+    server = live_server()
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#trained-on")).to_contain_text("Trained on solid colours: 4 classes")
+    expect(page.locator("#trained-on")).to_contain_text("any other picture still gets one of them")
+    samples = page.locator("#samples button")
+    expect(samples).to_have_count(2)
+    page.wait_for_function("[...document.querySelectorAll('#samples img')].every((i) => i.naturalWidth > 0)")
+    samples.nth(1).click()  # the blue one
+    expect(page.locator("#top-label")).to_contain_text("blue")
+    expect(page.locator("#overlay")).to_be_visible()
