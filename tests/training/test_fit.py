@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import torchvision
 from PIL import Image
 
 from training import checkpoint
+from training.files import umask
 from training.fit import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,8 @@ def test_run_folder_records_config_revision_checkpoint_and_metrics(tiny_run: Pat
         assert 0.0 <= metrics[key] <= 100.0
     assert set(metrics["stages"]) == {"full", "stream"}
     assert checkpoint.load(tiny_run / "castream.pt").finished
+    for name in ("castream.pt", "config.json", "metrics.json"):  # readable by others, as open() would make them
+        assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask(), name
 
 
 def _image_folder(root: Path, classes: int = 2, per_class: int = 6) -> Path:
