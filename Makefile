@@ -9,7 +9,7 @@ CHECKPOINT := checkpoints/default/castream.pt
 # The demo's last step; a test replaces it with a readiness check.
 SERVE ?= $(BIN)/python -m service
 
-.PHONY: demo test lint train export serve bench clean chromium containers
+.PHONY: demo test lint train export serve bench clean chromium wrk containers
 
 $(SERVE_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ demo: serve
 
 # Every speed figure in one run (under 15 minutes on 2 cores, loopback only): rewrites BENCHMARKS.md, its plot and
 # benchmarks/results.json. Run it on an otherwise idle machine.
-bench: models/castream.onnx models/castream-int8.onnx | $(STAMP)
+bench: models/castream.onnx models/castream-int8.onnx wrk | $(STAMP)
 	$(BIN)/python -m benchmarks.report --model models/castream.onnx --int8-model models/castream-int8.onnx
 
 lint: $(STAMP)
@@ -56,6 +56,10 @@ lint: $(STAMP)
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# The load benchmark drives the service from outside with Debian's wrk; install it once where it is missing.
+wrk:
+	@command -v wrk >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
+
 # The images for real (root): starts a Docker engine where none runs (deploy/offline/docker-engine.sh), provides the
 # base image where no registry answers (deploy/offline/standin-base.sh), builds and runs the CPU image with a tiny
 # model, with Prometheus scraping it. Part of the slow suites below.
@@ -63,7 +67,7 @@ containers: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests/deploy
 
 # Slow suites (long end-to-end runs) join the default run in CI, or with `make test SLOW=1`.
-test: $(STAMP) lint chromium
+test: $(STAMP) lint chromium wrk
 	$(BIN)/python -m pytest $(if $(or $(CI),$(SLOW)),,-m "not slow")
 
 clean:

@@ -6,14 +6,19 @@ it, since the export's own speed check uses it too).
 
 Inputs: ``make_images`` (JPEGs) and ``model_inputs`` (the same, preprocessed as the service does).
 
-Load: ``service`` starts ``python -m service`` on a free loopback port and ``closed_loop`` drives it with
-closed-loop clients on keep-alive connections, from prepared request bytes, so that the client costs little.
+Load: ``service`` starts ``python -m service`` on a free loopback port (``service_process`` also gives its
+process id, to sample its memory) and ``closed_loop`` drives it from Python with clients on keep-alive
+connections, from prepared request bytes (multipart or JSON base64), closed-loop or paced at a rate.
+``benchmarks.load`` drives it with ``wrk`` instead where that is installed, so that the client's own CPU is
+not Python's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import os
 import signal
 import socket
@@ -40,13 +45,17 @@ __all__ = [
     "closed_loop",
     "free_port",
     "get_status",
+    "json_request",
     "interleaved",
+    "json_body",
     "make_images",
     "model_inputs",
     "multipart_request",
     "percentile_ms",
+    "phase_of",
     "round_order",
     "service",
+    "service_process",
     "summarise",
 ]
 
@@ -74,14 +83,19 @@ class LoadConfig:
     model: Path
     batch_size: int = 8
     concurrency: int = 8
+    high_concurrency: int = 32
     requests: int = 400  # per phase
     seconds: float = 20.0  # per phase
     images: int = 32  # distinct images, cycled
-    max_batch_delay_ms: float = 5.0
+    image_width: int = 451  # benchmarks.load's images; the others use the model's resize
+    image_height: int = 300
+    max_batch_delay_ms: float = 0.0  # the service's default: a batch runs as soon as the model is free
     threads: int = 0  # ONNX Runtime intra-op threads for both sides; 0 = its default
-    overload_queue: int = 4
-    overload_concurrency: int = 48
-    overload_requests: int = 600
+    client: str = "auto"  # benchmarks.load: wrk where installed, else Python; or "wrk", "python"
+    overload_factor: float = 2.0  # requests offered, as a multiple of the measured capacity
+    overload_queue: int = 16
+    overload_concurrency: int = 64  # connections offering the overload
+    overload_requests: int = 20000
     start_timeout_s: float = 60.0
 
 
@@ -100,16 +114,19 @@ class Phase:
     retry_after: str | None = None
 
 
-def make_images(count: int, size: int, seed: int = 0) -> list[bytes]:
-    """Deterministic JPEGs with smooth structure and noise, ``size`` pixels on the shorter side."""
+def make_images(count: int, size: int, seed: int = 0, width: int | None = None) -> list[bytes]:
+    """Deterministic JPEGs with smooth structure and noise, ``size`` pixels on the shorter side.
+
+    Their widths vary (1, 1.25 and 1.5 times ``size``) unless ``width`` fixes it.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        height, width = size, int(size * (1 + 0.25 * (i % 3)))
-        y, x = np.mgrid[0:height, 0:width]
+        height, wide = size, width or int(size * (1 + 0.25 * (i % 3)))
+        y, x = np.mgrid[0:height, 0:wide]
         phase = rng.uniform(0, 6.28, 3)
         waves = [127 + 100 * np.sin(x / (7 + 3 * c) + y / (11 + c) + phase[c]) for c in range(3)]
-        pixels = np.stack(waves, axis=-1) + rng.normal(0, 12, (height, width, 3))
+        pixels = np.stack(waves, axis=-1) + rng.normal(0, 12, (height, wide, 3))
         buffer = io.BytesIO()
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -132,6 +149,13 @@ def free_port() -> int:
 @contextmanager
 def service(config: LoadConfig, **env: str) -> Iterator[int]:
     """``python -m service`` on a free loopback port; yields the port once /readyz is 200."""
+    with service_process(config, **env) as (port, _):
+        yield port
+
+
+@contextmanager
+def service_process(config: LoadConfig, **env: str) -> Iterator[tuple[int, int]]:
+    """As :func:`service`, yielding ``(port, process id)``."""
     port = free_port()
     variables = {
         "CASTREAM_MODEL_PATH": str(config.model),
@@ -150,7 +174,7 @@ def service(config: LoadConfig, **env: str) -> Iterator[int]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
             time.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -179,6 +203,22 @@ def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
     return head.encode() + body
 
 
+def json_request(port: int, image: bytes, query: str = "") -> bytes:
+    """The raw bytes of one ``POST /classify[?query]`` with the image as JSON base64, built once and replayed."""
+    body = json_body(image)
+    target = f"/classify?{query}" if query else "/classify"
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def json_body(image: bytes) -> bytes:
+    """``{"images": ["<base64>"]}`` for one image file."""
+    return json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
+
+
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -201,16 +241,27 @@ async def get_status(port: int, path: str) -> int:
 
 
 async def closed_loop(
-    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = ""
+    port: int,
+    images: list[bytes],
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    query: str = "",
+    body: str = "multipart",
+    rate: float = 0.0,
 ) -> Phase:
     """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
 
-    ``query`` is added to every request's URL (``attention=overlay``, ...).
+    ``query`` is added to every request's URL (``attention=overlay``, ...); ``body`` is ``multipart`` or
+    ``json`` (base64). With a ``rate`` (requests per second, all clients together) request ``i`` is not sent
+    before ``i / rate`` seconds into the phase: an open loop, as long as a client is free at that time.
     """
-    prepared = [multipart_request(port, image, query) for image in images]
+    build = json_request if body == "json" else multipart_request
+    prepared = [build(port, image, query) for image in images]
     records: list[tuple[int, float, str | None]] = []
     sent = 0
-    deadline = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    deadline = begin + seconds
 
     async def client() -> None:
         nonlocal sent
@@ -218,15 +269,20 @@ async def closed_loop(
         try:
             while sent < requests and time.perf_counter() < deadline:
                 index, sent = sent, sent + 1
+                if rate > 0:
+                    await asyncio.sleep(max(0.0, begin + index / rate - time.perf_counter()))
                 start = time.perf_counter()
                 status, headers = await _exchange(reader, writer, prepared[index % len(prepared)])
                 records.append((status, time.perf_counter() - start, headers.get("retry-after")))
         finally:
             writer.close()
 
-    start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    return phase_of(records, time.perf_counter() - begin)
+
+
+def phase_of(records: list[tuple[int, float, str | None]], elapsed: float) -> Phase:
+    """A phase's summary from ``(status, latency in seconds, Retry-After)`` per answer, over ``elapsed`` seconds."""
     ok = [latency for status, latency, _ in records if status == 200]
     rejected = [latency for status, latency, _ in records if status == 503]
     statuses: dict[str, int] = {}
