@@ -15,16 +15,17 @@ import numpy as np
 
 from export.graph import ATTENTION, LOGITS
 from export.verify import VerificationError
+from training.options import option
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Minimum agreement of an int8 graph with float32, and minimum speed-up over it on this CPU."""
 
-    top1: float = 0.99
-    peak: float = 0.95
-    correlation: float = 0.95
-    speedup: float = 1.2
+    top1: float = option(0.99, "int8: minimum top-1 agreement with fp32 (fraction)", flags=("--min-top1",))
+    peak: float = option(0.95, "int8: minimum attention-peak agreement (fraction)", flags=("--min-peak",))
+    correlation: float = option(0.95, "int8: minimum mean attention correlation", flags=("--min-correlation",))
+    speedup: float = option(1.2, "int8: minimum speed-up over fp32 (0: no check)", flags=("--min-speedup",))
 
     def __post_init__(self) -> None:
         for name in ("top1", "peak", "correlation"):

@@ -30,6 +30,7 @@ from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.data import DEFAULT_CACHE, DataConfig
 from training.files import atomic_write
+from training.options import option
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,28 @@ DEFAULT_SAMPLES = 12
 
 @dataclass
 class ExportOptions:
-    """The export command's options (see ``python -m export.to_onnx --help``)."""
+    """The export command's options (``python -m export.to_onnx --help`` lists them from these fields)."""
 
-    checkpoint: str = DEFAULT_CHECKPOINT
-    out: str = "models/castream.onnx"
-    pooling: str = "ca"
-    precision: str = "fp32"
-    name: str | None = None
-    verify_images: int = 64
-    calibration_images: int = 256
-    agreement_images: int = 1000
+    checkpoint: str = option(DEFAULT_CHECKPOINT, "castream checkpoint to export")
+    out: str = option("models/castream.onnx", "ONNX file to write")
+    pooling: str = option("ca", "ca: logits, attention, class maps; gap: logits", choices=POOLINGS)
+    precision: str = "fp32"  # the command's --int8 / --fp16
+    name: str | None = option(None, "model name reported by the service (default castream-<backbone>-<pooling>)")
+    verify_images: int = option(64, "validation images compared with PyTorch")
+    calibration_images: int = option(256, "int8: training images to calibrate on")
+    agreement_images: int = option(1000, "int8: validation images to compare on")
     thresholds: agreement.Thresholds = field(default_factory=agreement.Thresholds)
-    threads: int = 1
+    threads: int = option(1, "CPU threads for the checks and timings (0: all cores)")
     speed_budget_s: float = 10.0
-    cache_dir: str | None = str(DEFAULT_CACHE)
-    allow_unfinished: bool = False
-    samples: int | None = None  # labelled validation images for the service's page (see sample_count)
-    triton_repository: str | None = None  # also write a Triton model repository for the file there
-    triton_kind: str = "cpu"
+    cache_dir: str | None = option(str(DEFAULT_CACHE), "synthetic-image cache shared with training ('' for none)")
+    allow_unfinished: bool = option(False, "export a checkpoint whose training has not finished")
+    samples: int | None = option(
+        None,
+        "labelled validation images embedded for the service's page, one per class (default: up to 12 for "
+        "the synthetic data, 0 for your own data, whose images would travel inside the model file)",
+    )
+    triton_repository: str | None = option(None, "also write a Triton model repository for the file (export.triton)")
+    triton_kind: str = option("cpu", "Triton instances: KIND_CPU or KIND_GPU", choices=triton.KINDS)
 
     def __post_init__(self) -> None:
         if self.triton_kind not in triton.KINDS:

@@ -12,7 +12,6 @@ both serve the file with the same limits.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shutil
@@ -25,6 +24,7 @@ import onnx
 from export import metadata
 from service import contract
 from training.files import atomic_write
+from training.options import command_parser, from_args, option
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,18 @@ class TensorSpec:
 class TritonOptions:
     """What the repository's configuration says beyond the graph; ``None`` takes the kind's default."""
 
-    kind: str = "cpu"
-    name: str | None = None
-    version: int = 1
-    max_batch_size: int | None = None
-    max_queue: int | None = None
-    request_timeout_ms: int = REQUEST_TIMEOUT_MS
+    kind: str = option("cpu", "instance kind: KIND_CPU or KIND_GPU", choices=KINDS)
+    name: str | None = option(None, "model name in Triton (default: the file's model_name, as castream's /v2)")
+    version: int = option(1, "model version folder")
+    max_batch_size: int | None = option(None, "largest batch (default 8 on CPU, 32 on GPU)")
+    max_queue: int | None = option(None, "requests queued before Triton rejects (default 64 / 256)")
+    request_timeout_ms: int = option(REQUEST_TIMEOUT_MS, "queue wait before a request is rejected")
     # Triton's own default, and castream's batching: a lone request never waits for others; those that arrive
     # while an instance is busy form the next batch. A positive delay trades latency for fuller batches.
-    batch_delay_us: int = 0
-    instances: int = 1
-    intra_op_threads: int | None = None
-    inter_op_threads: int = 1
+    batch_delay_us: int = option(0, "wait for fuller batches (0: never delay a request)")
+    instances: int = option(1, "model instances (per GPU with --kind gpu)")
+    intra_op_threads: int | None = option(None, "ONNX Runtime threads per instance (default 2)")
+    inter_op_threads: int = option(1, "ONNX Runtime inter-op threads per instance")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -255,28 +255,13 @@ def write_repository(model: str | Path, out: str | Path, options: TritonOptions 
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, str, TritonOptions]:
-    parser = argparse.ArgumentParser(
-        prog="python -m export.triton", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = command_parser("export.triton", __doc__, TritonOptions)
+    parser.add_argument("--model", default="models/castream.onnx", help="castream ONNX file")
+    parser.add_argument(
+        "--out", required=True, help="model repository folder (Triton's --model-repository, KServe's storageUri)"
     )
-    add = parser.add_argument
-    add("--model", default="models/castream.onnx", help="castream ONNX file")
-    add("--out", required=True, help="model repository folder (Triton's --model-repository, KServe's storageUri)")
-    add("--kind", default="cpu", choices=KINDS, help="instance kind: KIND_CPU or KIND_GPU")
-    add("--name", default=None, help="model name in Triton (default: the file's model_name, as castream's /v2)")
-    add("--version", type=int, default=1, help="model version folder")
-    add("--max-batch-size", type=int, default=None, help="largest batch (default 8 on CPU, 32 on GPU)")
-    add("--max-queue", type=int, default=None, help="requests queued before Triton rejects (default 64 / 256)")
-    add("--request-timeout-ms", type=int, default=REQUEST_TIMEOUT_MS, help="queue wait before a request is rejected")
-    add("--batch-delay-us", type=int, default=0, help="wait for fuller batches (0: never delay a request)")
-    add("--instances", type=int, default=1, help="model instances (per GPU with --kind gpu)")
-    add("--intra-op-threads", type=int, default=None, help="ONNX Runtime threads per instance (default 2)")
-    add("--inter-op-threads", type=int, default=1, help="ONNX Runtime inter-op threads per instance")
     args = parser.parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
-    try:
-        return args.model, args.out, TritonOptions(**fields)
-    except ValueError as error:
-        parser.error(str(error))
+    return args.model, args.out, from_args(parser, TritonOptions, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,56 +19,21 @@ shipped model).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
-from interpret import protocol, report, run
-from interpret.saliency import METHODS
+from interpret import report, run
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.logs import setup_logging
+from training.options import command_parser, from_args
 
 log = logging.getLogger("interpret.evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> run.EvalOptions:
-    defaults = run.EvalOptions()
-    parser = argparse.ArgumentParser(
-        prog="python -m interpret.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add = parser.add_argument
-    add("--checkpoint", default=defaults.checkpoint, help="castream checkpoint (default: %(default)s)")
-    add("--out", default=None, help="folder for the table and picture (default: the checkpoint's folder)")
-    add("--limit", type=int, default=defaults.limit, help="validation images to explain (default: %(default)s)")
-    add("--methods", nargs="+", default=list(defaults.methods), choices=METHODS, help="saliency methods (default: all)")
-    add(
-        "--target",
-        default=defaults.target,
-        choices=run.TARGETS,
-        help="explained class: the ground truth, or each model's prediction (default: %(default)s)",
-    )
-    add(
-        "--protocol",
-        default=defaults.protocol,
-        choices=sorted(protocol.PROTOCOLS),
-        help="insertion/deletion blur and pace, and Score-CAM upsampling, of a published code (default: %(default)s)",
-    )
-    add("--pixels-per-step", type=int, default=None, help="override the protocol's insertion/deletion pace")
-    add("--blur-kernel", type=int, default=None, help="override the protocol's blur kernel size (odd; gkern's klen)")
-    add("--blur-sigma", type=float, default=None, help="override the protocol's blur sigma (gkern's nsig)")
-    add("--batch-size", type=int, default=defaults.batch_size, help="images per forward pass (default: %(default)s)")
-    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    add("--cache-dir", default=defaults.cache_dir, help="folder for cached synthetic images (default: %(default)s)")
-    add("--grid-images", type=int, default=defaults.grid_images, help="rows of the picture grid (default: %(default)s)")
-    add("--seed", type=int, default=defaults.seed, help="seed of the random validation subset (default: %(default)s)")
-    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_args(argv)
-    args.methods = tuple(dict.fromkeys(args.methods))
-    try:
-        return run.EvalOptions(**vars(args))
-    except ValueError as error:
-        parser.error(str(error))
+    parser = command_parser("interpret.evaluate", __doc__, run.EvalOptions)
+    return from_args(parser, run.EvalOptions, parser.parse_args(argv))
 
 
 def default_out(checkpoint_path: Path) -> Path:

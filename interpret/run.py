@@ -30,6 +30,7 @@ from training.data import DEFAULT_CACHE
 from training.devices import resolve_device
 from training.images import LabelledImages, load_images, seeded_subset
 from training.model import CAStreamNet
+from training.options import option
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +45,31 @@ GROUP = 8  # images explained together
 
 @dataclass
 class EvalOptions:
-    """The evaluation command's options (see ``python -m interpret.evaluate --help``)."""
+    """The evaluation command's options (``python -m interpret.evaluate --help`` lists them from these fields)."""
 
-    checkpoint: str = DEFAULT_CHECKPOINT
-    out: str | None = None  # default: the checkpoint's folder
-    limit: int = 64  # the default run (ResNet-18, 112 px): about 5 minutes on two idle CPU cores
-    methods: tuple[str, ...] = saliency.METHODS
-    target: str = "label"
-    protocol: str = protocols.DEFAULT  # the blur, pace and Score-CAM upsampling of a published evaluation
-    pixels_per_step: int | None = None  # overrides of the protocol's settings; None: the protocol's
-    blur_kernel: int | None = None
-    blur_sigma: float | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    cache_dir: str | None = str(DEFAULT_CACHE)
-    grid_images: int = 6
-    seed: int = 0
-    progress: bool = True
+    checkpoint: str = option(DEFAULT_CHECKPOINT, "castream checkpoint (default: %(default)s)")
+    out: str | None = option(None, "folder for the table and picture (default: the checkpoint's folder)")
+    # The default run (ResNet-18, 112 px): about 5 minutes on two idle CPU cores.
+    limit: int = option(64, "validation images to explain (default: %(default)s)")
+    methods: tuple[str, ...] = option(saliency.METHODS, "saliency methods (default: all)", choices=saliency.METHODS)
+    target: str = option(
+        "label", "explained class: the ground truth, or each model's prediction (default: %(default)s)", choices=TARGETS
+    )
+    protocol: str = option(
+        protocols.DEFAULT,
+        "insertion/deletion blur and pace, and Score-CAM upsampling, of a published code (default: %(default)s)",
+        choices=sorted(protocols.PROTOCOLS),
+    )
+    # Overrides of the protocol's settings; None: the protocol's.
+    pixels_per_step: int | None = option(None, "override the protocol's insertion/deletion pace")
+    blur_kernel: int | None = option(None, "override the protocol's blur kernel size (odd; gkern's klen)")
+    blur_sigma: float | None = option(None, "override the protocol's blur sigma (gkern's nsig)")
+    batch_size: int = option(32, "images per forward pass (default: %(default)s)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    cache_dir: str | None = option(str(DEFAULT_CACHE), "folder for cached synthetic images (default: %(default)s)")
+    grid_images: int = option(6, "rows of the picture grid (default: %(default)s)")
+    seed: int = option(0, "seed of the random validation subset (default: %(default)s)")
+    progress: bool = option(True, "no progress bar")
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in saliency.METHODS]

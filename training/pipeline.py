@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from training import __version__, checkpoint, precision, recipes, weights
+from training.backbones import BACKBONES
 from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
 from training.engine import (
     StageSettings,
@@ -29,7 +30,9 @@ from training.engine import (
 )
 from training.files import write_text
 from training.model import CAStreamNet, ModelConfig
-from training.recipes import DEFAULT_RECIPE
+from training.options import option
+from training.precision import PRECISIONS
+from training.recipes import DEFAULT_RECIPE, OPTIMIZERS, RECIPES
 from training.revision import git_revision
 
 log = logging.getLogger(__name__)
@@ -39,34 +42,65 @@ CHECKPOINT_NAME = "castream.pt"
 
 @dataclass
 class FitOptions:
-    """The training command's options (see ``python -m training.fit --help``)."""
+    """The training command's options (``python -m training.fit --help`` lists them from these fields)."""
 
-    backbone: str = "resnet18"
-    weights: str | None = None
-    data: str | None = None
-    image_size: int | None = None
-    limit: int | None = None
-    epochs: int = 3
-    recipe: str = DEFAULT_RECIPE  # how the stream starts and learns (training.recipes)
-    lr: float | None = None  # default: the recipe's
-    optimizer: str | None = None  # default: the recipe's
-    baseline_epochs: int = 8
-    baseline_small_size: int | None = None  # progressive resizing of an end-to-end baseline; None: 4/7 of the crop
-    baseline_small_epochs: int = 5  # of baseline_epochs, the first ones at the small size; 0 turns it off
-    baseline_lr: float | None = None
-    baseline_optimizer: str = "adamw"
-    baseline: str = "auto"  # auto, probe, full or none
-    batch_size: int = 32
-    out: str = "runs/default"
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 only where the hardware has it natively (training.precision)
-    workers: int = 2
-    cache_dir: str | None = str(DEFAULT_CACHE)
-    progress: bool = True
-    synthetic_train: int = 4000
-    synthetic_val: int = 1000
+    backbone: str = option("resnet18", "torchvision backbone", choices=BACKBONES)
+    weights: str | None = option(
+        None,
+        "torchvision weights name (IMAGENET1K_V2...), a state-dict file or a castream checkpoint; "
+        "default: random initialisation",
+    )
+    data: str | None = option(None, "ImageFolder root with train/ and val/; default: synthetic data")
+    image_size: int | None = option(None, "crop size (default 224, or 112 for the synthetic data)", minimum=1)
+    limit: int | None = option(None, "at most this many images per split (quick runs)", minimum=1)
+    epochs: int = option(3, "epochs of stream training", minimum=0)
+    recipe: str = option(
+        DEFAULT_RECIPE,
+        "how the stream starts and learns: gap-start (starts as the GAP prediction, AdamW) or paper "
+        "(Xavier or truncated-normal projections, SGD lr 0.1) (default: %(default)s)",
+        choices=tuple(RECIPES),
+    )
+    lr: float | None = option(None, "stream learning rate (default: the recipe's)")
+    optimizer: str | None = option(None, "stream optimiser (default: the recipe's)", choices=OPTIMIZERS)
+    baseline: str = option(
+        "auto",
+        "baseline stage before the stream: a linear probe, end-to-end training, or none "
+        "(auto: none when the classifier fits the data, a probe for pretrained weights, else full)",
+        choices=("auto", "probe", "full", "none"),
+    )
+    baseline_epochs: int = option(8, "epochs of the baseline stage", minimum=0)
+    baseline_small_size: int | None = option(
+        None,
+        "an end-to-end baseline sees images downscaled to this size in its first epochs, at a fraction of "
+        "the cost (default: 4/7 of the crop: 64 px at 112, 128 at 224)",
+        minimum=1,
+    )
+    baseline_small_epochs: int = option(
+        5,
+        "how many of the baseline's epochs run at the small size, 0 for none; the last always runs at full "
+        "size (default: %(default)s)",
+        minimum=0,
+    )
+    baseline_lr: float | None = option(
+        None, "baseline learning rate (default 0.002 with adamw; with sgd 0.05 full, 0.5 probe)"
+    )
+    baseline_optimizer: str = option("adamw", "baseline optimiser", choices=OPTIMIZERS)
+    batch_size: int = option(32, "images per step on each process", minimum=1)
+    out: str = option("runs/default", "run folder (checkpoint, config.json, metrics.json)")
+    resume: bool = option(False, "continue the run in --out after its last finished epoch")
+    seed: int = option(0, "seed of the data, the initialisation and the shuffling (default: %(default)s)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = option(
+        "auto",
+        "autocast: auto is bf16 on CPUs with native bf16 (AMX, AVX512-BF16) and on GPUs (fp16 where bf16 "
+        "is missing), float32 on other CPUs (default: %(default)s)",
+        choices=PRECISIONS,
+    )
+    workers: int = option(2, "data-loading processes for ImageFolder data")
+    cache_dir: str | None = option(str(DEFAULT_CACHE), "folder to cache generated synthetic images in ('' for none)")
+    progress: bool = option(True, "no progress bars")
+    synthetic_train: int = option(4000, "synthetic training images", minimum=1)
+    synthetic_val: int = option(1000, "synthetic validation images", minimum=1)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

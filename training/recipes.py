@@ -16,11 +16,13 @@ from typing import Any
 
 from training.model import STREAM_INITS, STREAM_TAPS
 
+OPTIMIZERS = ("sgd", "adamw")
+
 
 @dataclass(frozen=True)
 class StreamRecipe:
     init: str  # one of STREAM_INITS
-    optimizer: str  # "sgd" or "adamw"
+    optimizer: str  # one of OPTIMIZERS
     lr: float
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -31,7 +33,7 @@ class StreamRecipe:
             raise ValueError(f"unknown stream init {self.init!r}; expected one of {STREAM_INITS}")
         if self.taps not in STREAM_TAPS:
             raise ValueError(f"unknown stream taps {self.taps!r}; expected one of {STREAM_TAPS}")
-        if self.optimizer not in ("sgd", "adamw"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected 'sgd' or 'adamw'")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
