@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -97,6 +97,7 @@ class Batcher:
         timeout_s: float,
         retry_after_s: int = 1,
         metrics: Metrics | None = None,
+        executor: Executor | None = None,
     ):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size={max_batch_size} and max_queue={max_queue} must both be at least 1")
@@ -109,7 +110,8 @@ class Batcher:
         self._items: deque[tuple[_Job, int]] = deque()
         self._reserved = 0  # images admitted and not yet taken into a batch (queued ones included)
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="castream-inference")
+        # One thread runs the batches, one at a time; ``executor`` may provide it (it is shut down with the batcher).
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="castream-inference")
         self._task: asyncio.Task | None = None
         self._closing = False
 

@@ -18,6 +18,7 @@ from service.preprocess import Preprocessor
 from service.providers import CUDA
 from service.serving import Serving
 from service.settings import Settings
+from service.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Lifecycle:
         self._warm_task: asyncio.Task | None = None
         self._batcher: Batcher | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
+        self._inference: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         """Load the model now (a bad file fails start-up); warm it up in the background.
@@ -57,8 +59,12 @@ class Lifecycle:
         """
         self.phase, self.serving, self._batcher, self._decode_pool = Phase.starting, None, None, None
         s = self.settings
-        model = await asyncio.to_thread(
-            load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
+        # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
+        # own threads inherit.
+        self._inference = worker_pool(1, "castream-inference")
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(
+            self._inference, load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
         )
         info = model.info
         self.metrics.model_info.labels(
@@ -70,7 +76,7 @@ class Lifecycle:
 
     async def _warm_up(self, model: OnnxModel, sizes: list[int]) -> None:
         try:
-            await asyncio.to_thread(model.warm_up, sizes)
+            await asyncio.get_running_loop().run_in_executor(self._inference, model.warm_up, sizes)
         except Exception:
             log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
             self.phase = Phase.failed
@@ -84,9 +90,10 @@ class Lifecycle:
             timeout_s=s.request_timeout_ms / 1000,
             retry_after_s=s.retry_after_s,
             metrics=self.metrics,
+            executor=self._inference,
         )
         self._batcher.start()
-        self._decode_pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="castream-decode")
+        self._decode_pool = worker_pool(s.decode_workers, "castream-decode")
         preprocessor = Preprocessor(model.info.preprocessing)
         self.serving = Serving(s, self.metrics, model, preprocessor, self._batcher, self._decode_pool)
         if self.phase is Phase.starting:
@@ -105,6 +112,8 @@ class Lifecycle:
         if self._warm_task is not None and not self._warm_task.done():
             self._warm_task.cancel()
         if self._batcher is not None:
-            await self._batcher.stop(self.settings.shutdown_timeout_s)
+            await self._batcher.stop(self.settings.shutdown_timeout_s)  # shuts the inference thread down too
+        elif self._inference is not None:
+            self._inference.shutdown(wait=False, cancel_futures=True)
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
