@@ -31,7 +31,7 @@ from interpret import saliency
 from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.checkpoint import Checkpoint
-from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, SyntheticSource
+from training.data import DEFAULT_CACHE, Batches, SyntheticSource
 from training.engine import StageSettings, TrainingContext, train_stage
 from training.logs import setup_logging
 from training.model import CAStream, CAStreamNet
@@ -153,16 +153,13 @@ def train_recipe(
     backbone = model.backbone
     model.stream = CAStream(backbone.widths, backbone.head_width, recipe.taps, recipe.init, model.paper_init)
     model.config = type(model.config)(**{**model.config.to_dict(), "stream_taps": recipe.taps})
-    data = Data(
-        train=Batches(CachedTaps(train.taps, train.labels), batch_size, True, seed),
-        val=Batches(CachedTaps(selection.taps, selection.labels), batch_size, False, seed),
-        classes=(),
-        preprocessing=None,  # type: ignore[arg-type]  # not used by the loop
-        config=DataConfig(),
-    )
+    train_batches = Batches(CachedTaps(train.taps, train.labels), batch_size, True, seed)
+    selection_batches = Batches(CachedTaps(selection.taps, selection.labels), batch_size, False, seed)
     settings = StageSettings(epochs, recipe.lr, recipe.optimizer, recipe.momentum, recipe.weight_decay)
     context = TrainingContext(torch.device("cpu"), precision="fp32", progress=False)
-    result = train_stage(model, "stream", data, settings, context, save=lambda state: None, cache=False)
+    result = train_stage(
+        model, "stream", train_batches, selection_batches, settings, context, save=lambda state: None, cache=False
+    )
     return result.seconds
 
 

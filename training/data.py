@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from service import contract
@@ -84,10 +84,24 @@ def preprocessing_for(weights_transforms: Any | None, image_size: int) -> Prepro
     )
 
 
-class Batches:
-    """Iterates (images, labels) batches over one split; ``set_epoch`` reshuffles deterministically."""
+class Source(Protocol):
+    """One split's items: ``load`` gives the (inputs, labels) of each batch of indices it is handed, in order."""
 
-    def __init__(self, source: Any, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+    deterministic: bool  # whether an item is the same tensor every epoch (no augmentation)
+
+    def __len__(self) -> int: ...
+
+    def load(self, order: Iterable[Tensor]) -> Iterator[tuple[Any, Tensor]]: ...
+
+
+class Batches:
+    """(inputs, labels) batches over one split, this rank's shard of it; ``set_epoch`` reshuffles deterministically.
+
+    The order is :class:`torch.utils.data.DistributedSampler`'s: a permutation seeded by ``seed + epoch``, padded by
+    wrapping so that every rank sees as many batches, then every ``world``-th index from ``rank``.
+    """
+
+    def __init__(self, source: Source, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.source, self.batch_size, self.shuffle, self.seed = source, batch_size, shuffle, seed
         self.rank, self.world, self.epoch = rank, world, 0
 
@@ -100,12 +114,31 @@ class Batches:
     def _shard_size(self) -> int:
         return math.ceil(len(self.source) / self.world)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.source.iterate(self)
+    def order(self) -> Iterator[Tensor]:
+        """The indices of each of this rank's batches in this epoch."""
+        size = len(self.source)
+        order = torch.arange(size)
+        if self.shuffle:
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        shard = self._shard_size()
+        order = torch.cat([order, order[: shard * self.world - len(order)]])[self.rank :: self.world]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def over(self, source: Source) -> Batches:
+        """The same batching (size, shuffle, shard, epoch) over another source of the same items."""
+        batches = Batches(source, self.batch_size, self.shuffle, self.seed, self.rank, self.world)
+        batches.set_epoch(self.epoch)
+        return batches
+
+    def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
+        return self.source.load(self.order())
 
 
 class SyntheticSource:
     """In-memory synthetic split; images are generated once (or read from the on-disk cache)."""
+
+    deterministic = True  # no augmentation: an image gives the same tensor every epoch
 
     def __init__(self, spec: synthetic.SyntheticSpec, preprocessing: Preprocessing, cache_dir: Path | None):
         split = load_synthetic(spec, cache_dir)
@@ -117,28 +150,14 @@ class SyntheticSource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    deterministic = True  # no augmentation: an image gives the same tensor every epoch
-
-    def iterate(self, batches: Batches) -> Iterator[tuple[Tensor, Tensor]]:
-        for index in shard_order(batches, len(self)):
+    def load(self, order: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in order:
             yield self.preprocessing.normalize(self.images[index]), self.labels[index]
 
     def in_order(self, batch_size: int) -> Iterator[Tensor]:
         """Every normalised image once, in index order."""
         for start in range(0, len(self), batch_size):
             yield self.preprocessing.normalize(self.images[start : start + batch_size])
-
-
-def shard_order(batches: Batches, size: int) -> Iterator[Tensor]:
-    """The indices of each of this rank's batches, reshuffled by epoch when ``batches.shuffle``."""
-    order = torch.arange(size)
-    if batches.shuffle:
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(batches.seed + batches.epoch))
-    # Pad by wrapping so that every rank sees the same number of batches (as DistributedSampler does).
-    shard = batches._shard_size()
-    order = torch.cat([order, order[: shard * batches.world - len(order)]])[batches.rank :: batches.world]
-    for start in range(0, len(order), batches.batch_size):
-        yield order[start : start + batches.batch_size]
 
 
 class FolderSource:
@@ -152,18 +171,9 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def iterate(self, batches: Batches) -> Iterator[tuple[Tensor, Tensor]]:
-        sampler = DistributedSampler(
-            self.dataset, num_replicas=batches.world, rank=batches.rank, shuffle=batches.shuffle, seed=batches.seed
-        )
-        sampler.set_epoch(batches.epoch)
-        loader = DataLoader(
-            self.dataset,
-            batch_size=batches.batch_size,
-            sampler=sampler,
-            num_workers=self.workers,
-            persistent_workers=False,
-        )
+    def load(self, order: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = [index.tolist() for index in order]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, persistent_workers=False)
         for images, labels in loader:
             yield images.contiguous(memory_format=torch.channels_last), labels
 
@@ -212,8 +222,8 @@ class DataConfig:
 class Data:
     """The two splits, their class names, and the preprocessing that the deployed model will use."""
 
-    train: Any
-    val: Any
+    train: Source
+    val: Source
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     config: DataConfig

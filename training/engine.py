@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training import checkpoint, precision
-from training.data import Data
+from training.data import Batches
 from training.devices import resolve_device
 from training.model import CAStreamNet
 from training.tapcache import cache_taps
@@ -54,11 +54,12 @@ class StageSettings:
         return self.small_size if self.small_size and epoch < self.small_epochs else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingContext:
     """Where and how the loop runs: device, precision and the DDP group (rank 0 writes files).
 
-    ``precision`` is a policy (see :mod:`training.precision`); ``dtype`` is what it resolved to here.
+    ``precision`` is a policy (see :mod:`training.precision`); ``dtype`` is what it resolved to on this device,
+    once, when the context is made.
     """
 
     device: torch.device
@@ -66,14 +67,15 @@ class TrainingContext:
     rank: int = 0
     world: int = 1
     progress: bool = True
+    dtype: torch.dtype | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        dtype = precision.autocast_dtype(precision.check_precision(self.precision), self.device)
+        object.__setattr__(self, "dtype", dtype)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return precision.autocast_dtype(self.precision, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return precision.autocast(self.device, self.dtype)
@@ -148,7 +150,7 @@ def make_schedule(
 
 @torch.no_grad()
 def top1(
-    model: CAStreamNet, batches: Any, runtime: TrainingContext, poolings: tuple[str, ...], size: int | None = None
+    model: CAStreamNet, batches: Batches, runtime: TrainingContext, poolings: tuple[str, ...], size: int | None = None
 ) -> dict[str, float]:
     """Top-1 accuracy in percent for each pooling, over the whole split (summed across ranks).
 
@@ -214,14 +216,15 @@ class StageResult:
 def train_stage(
     model: CAStreamNet,
     stage: str,
-    data: Data,
+    train: Batches,
+    val: Batches,
     settings: StageSettings,
     runtime: TrainingContext,
     save: Callable[[dict[str, Any]], None],
     resume: dict[str, Any] | None = None,
     cache: bool = True,
 ) -> StageResult:
-    """Runs ``settings.epochs`` epochs of ``stage``, saving a checkpoint after each one.
+    """Runs ``settings.epochs`` epochs of ``stage`` on ``train``, validating on ``val``, saving after each epoch.
 
     Args:
         save: called on every rank with the stage's training state after each epoch (rank 0 writes it).
@@ -230,7 +233,7 @@ def train_stage(
     """
     params = trainable_parameters(model, stage)
     optimizer = make_optimizer(params, settings)
-    schedule = make_schedule(optimizer, settings, len(data.train))
+    schedule = make_schedule(optimizer, settings, len(train))
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume is not None:
@@ -239,7 +242,6 @@ def train_stage(
         history, start_epoch = list(resume["history"]), resume["epoch"]
         torch.set_rng_state(resume["rng"])
         log.info("%s: resuming after epoch %d of %d", stage, start_epoch, settings.epochs)
-    train, val = data.train, data.val
     if stage == "stream" and cache:
         # The backbone is frozen from here on: where its inputs never change, its taps never change either.
         train = cache_taps(model, train, runtime.device, runtime.dtype) or train
@@ -296,8 +298,8 @@ def train_stage(
     return StageResult(history, time.perf_counter() - started)
 
 
-def setup_distributed(device_request: str) -> TrainingContext:
-    """Joins the process group when started by ``torchrun``; picks the device."""
+def setup_distributed(device_request: str, policy: str = "auto", progress: bool = True) -> TrainingContext:
+    """Joins the process group when started by ``torchrun``; picks the device; autocasts as ``policy`` says."""
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -310,7 +312,7 @@ def setup_distributed(device_request: str) -> TrainingContext:
     if world > 1 and not dist.is_initialized():
         # A rank that dies leaves its peers waiting in a collective: time out rather than wait forever.
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    return TrainingContext(device=device, rank=rank, world=world)
+    return TrainingContext(device, policy, rank, world, progress)
 
 
 def teardown_distributed() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,10 +218,54 @@ def _describe(
     }
 
 
+@dataclass(frozen=True)
+class Start:
+    """How a run begins: a fresh run from its initial weights, or a resumed one from its last checkpoint.
+
+    ``model`` builds the model for the data's number of classes and names the baseline stage it needs.
+    """
+
+    options: FitOptions
+    preprocessing: Preprocessing
+    model: Callable[[int], tuple[CAStreamNet, str]]
+    config: dict[str, Any] | None = None  # the configuration recorded by the run; None: a new run, described here
+    completed: dict[str, Any] = field(default_factory=dict)  # finished stages: their history and seconds
+    stage: str | None = None  # the stage that was running, continued from ``resume_point``
+    resume_point: dict[str, Any] | None = None
+
+
+def fresh_start(options: FitOptions) -> Start:
+    """A new run: the initial weights resolved, and the preprocessing they were trained with."""
+    initial = weights.resolve(options.weights, options.backbone)
+    size = _data_config(options).image_size
+    preprocessing = preprocessing_for(initial.transforms, size)
+    if initial.kind == "checkpoint":
+        stored = initial.checkpoint.preprocessing
+        preprocessing = Preprocessing(
+            round(size * stored.resize / stored.crop), size, stored.mean, stored.std, stored.interpolation
+        )
+    return Start(options, preprocessing, lambda classes: _initial_model(options, classes, initial))
+
+
+def resumed_start(saved: checkpoint.Checkpoint, out: str) -> Start:
+    """The run ``saved`` belongs to, with the options it recorded, after its last finished epoch."""
+    options = recorded_options(saved.config, out=out, resume=True)
+    plan = saved.config["plan"]
+    baseline = plan[0][0] if len(plan) > 1 else "none"
+    return Start(
+        options,
+        saved.preprocessing,
+        lambda classes: (saved.build_model(), baseline),
+        saved.config,
+        dict(saved.completed),
+        saved.stage,
+        saved.resume_point,
+    )
+
+
 def fit(options: FitOptions) -> dict[str, Any]:
     """Trains (or resumes) the run in ``options.out``; returns the final metrics."""
-    runtime = setup_distributed(options.device)
-    runtime.precision, runtime.progress = precision.check_precision(options.precision), options.progress
+    runtime = setup_distributed(options.device, options.precision, options.progress)
     chosen = precision.describe(runtime.dtype)
     log.info(
         "precision %s: %s on %s",
@@ -228,8 +273,17 @@ def fit(options: FitOptions) -> dict[str, Any]:
         "float32" if chosen == "fp32" else f"{chosen} autocast",
         runtime.device,
     )
+    path = Path(options.out) / CHECKPOINT_NAME
     try:
-        metrics = _fit(options, runtime)
+        if options.resume and path.exists():
+            saved = checkpoint.load(path)
+            log.info("resuming %s (stage %s, epoch %s)", path, saved.stage, saved.resume_point["epoch"])
+            start = resumed_start(saved, options.out)
+        else:
+            if options.resume:
+                log.warning("--resume: no checkpoint at %s, starting a new run", path)
+            start = fresh_start(options)
+        metrics = run(start, runtime)
     except BaseException:
         # No barrier on the way out: the other ranks may never reach it. torchrun ends them once this one exits.
         abandon_distributed(runtime)
@@ -238,65 +292,39 @@ def fit(options: FitOptions) -> dict[str, Any]:
     return metrics
 
 
-def _fit(options: FitOptions, runtime: TrainingContext) -> dict[str, Any]:
+def run(start: Start, runtime: TrainingContext) -> dict[str, Any]:
+    """Runs the stages ``start`` has not finished, saving after every epoch; returns the final metrics."""
+    options = start.options
     out = Path(options.out)
     path = out / CHECKPOINT_NAME
-    saved = None
-    if options.resume and path.exists():
-        saved = checkpoint.load(path)
-        options = recorded_options(saved.config, out=options.out, resume=True)
-        log.info("resuming %s (stage %s, epoch %s)", path, saved.stage, saved.resume_point["epoch"])
-    elif options.resume:
-        log.warning("--resume: no checkpoint at %s, starting a new run", path)
     torch.manual_seed(options.seed)
     cache = Path(options.cache_dir) if options.cache_dir else None
-    data_config = _data_config(options)
-
-    if saved is None:
-        initial = weights.resolve(options.weights, options.backbone)
-        preprocessing = preprocessing_for(initial.transforms, data_config.image_size)
-        if initial.kind == "checkpoint":
-            stored = initial.checkpoint.preprocessing
-            preprocessing = Preprocessing(
-                round(data_config.image_size * stored.resize / stored.crop),
-                data_config.image_size,
-                stored.mean,
-                stored.std,
-                stored.interpolation,
-            )
-    else:
-        preprocessing = saved.preprocessing
     data_started = time.perf_counter()
-    data = load_data(data_config, preprocessing, cache, options.workers)
+    data = load_data(_data_config(options), start.preprocessing, cache, options.workers)
     data_seconds = round(time.perf_counter() - data_started, 1)
-    if saved is None:
-        model, baseline = _initial_model(options, len(data.classes), initial)
-    else:
-        model = saved.build_model()
-        plan = saved.config["plan"]
-        baseline = plan[0][0] if len(plan) > 1 else "none"
+    model, baseline = start.model(len(data.classes))
     model.to(runtime.device)
     plan = _plan(options, baseline)
-    config = saved.config if saved else _describe(options, model, data, runtime, plan)
-    data.train = Batches(data.train, options.batch_size, True, options.seed, runtime.rank, runtime.world)
-    data.val = Batches(data.val, options.batch_size, False, options.seed, runtime.rank, runtime.world)
+    config = start.config or _describe(options, model, data, runtime, plan)
+    train = Batches(data.train, options.batch_size, True, options.seed, runtime.rank, runtime.world)
+    val = Batches(data.val, options.batch_size, False, options.seed, runtime.rank, runtime.world)
     if runtime.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
-    completed: dict[str, Any] = dict(saved.completed) if saved else {}
+    completed = dict(start.completed)
     started = time.perf_counter()
     for stage, settings in plan:
         if stage in completed:
             continue
-        resume = saved.resume_point if saved and saved.stage == stage else None
 
         def save(stage_state: dict[str, Any], stage: str = stage) -> None:
             save_checkpoint(path, runtime, _state(model, data, config, stage, stage_state, completed))
 
-        result = train_stage(model, stage, data, settings, runtime, save, resume)
+        resume = start.resume_point if stage == start.stage else None
+        result = train_stage(model, stage, train, val, settings, runtime, save, resume)
         completed[stage] = {"history": result.history, "seconds": round(result.seconds, 1)}
-    metrics = {**top1(model, data.val, runtime, ("gap", "ca")), "stages": completed}
+    metrics = {**top1(model, val, runtime, ("gap", "ca")), "stages": completed}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics["data_seconds"] = data_seconds  # generating or reading the data, before the first stage
     recorded = {k: v for k, v in metrics.items() if k.startswith("val_")}

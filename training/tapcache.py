@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from training.data import Batches, shard_order
+from training.data import Batches
 from training.model import CAStreamNet
 from training.precision import autocast
 
@@ -41,8 +41,8 @@ class CachedTaps:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.taps)
 
-    def iterate(self, batches: Batches) -> Iterator[tuple[list[Tensor], Tensor]]:
-        for index in shard_order(batches, len(self)):
+    def load(self, order: Iterable[Tensor]) -> Iterator[tuple[list[Tensor], Tensor]]:
+        for index in order:
             yield [t[index] for t in self.taps], self.labels[index]
 
 
@@ -100,4 +100,4 @@ def cache_taps(
     taps = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
     cached = CachedTaps(taps, source.labels)
     log.info("cached the frozen backbone's taps of %d images (%.2f GB)", len(cached), cached.nbytes / 1e9)
-    return Batches(cached, batches.batch_size, batches.shuffle, batches.seed, batches.rank, batches.world)
+    return batches.over(cached)

@@ -59,7 +59,7 @@ def test_the_shipped_model_scores_exactly_its_recorded_validation_top1(shipped: 
     val = SyntheticSource(shipped.data.synthetic_spec("val"), shipped.preprocessing, DEFAULT_CACHE)
     options = shipped.config["options"]
     batches = Batches(val, options["batch_size"], False, options["seed"])
-    context = TrainingContext(device=torch.device("cpu"), precision=shipped.config["runtime"]["precision"])
-    context.progress = False
+    policy = shipped.config["runtime"]["precision"]
+    context = TrainingContext(device=torch.device("cpu"), precision=policy, progress=False)
     measured = top1(shipped.build_model(), batches, context, ("gap", "ca"))
     assert measured == shipped.metrics
