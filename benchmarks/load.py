@@ -161,8 +161,15 @@ class Memory:
         self.samples.append(self.rss_mib())
 
     def summary(self) -> dict[str, float]:
-        start, end = self.samples[0], self.samples[-1]
-        return {"start_mib": start, "peak_mib": max(self.samples), "end_mib": end, "growth": end / start - 1}
+        """Resident MiB at the start, peak and end, and the growth over the whole and over its second half."""
+        start, middle, end = self.samples[0], self.samples[len(self.samples) // 2], self.samples[-1]
+        return {
+            "start_mib": start,
+            "peak_mib": max(self.samples),
+            "end_mib": end,
+            "growth": end / start - 1,
+            "second_half_growth": end / middle - 1,
+        }
 
 
 def run(config: LoadConfig) -> dict[str, Any]:
@@ -199,7 +206,8 @@ def run(config: LoadConfig) -> dict[str, Any]:
         rate = config.overload_factor * capacity
         queue = {"CASTREAM_MAX_QUEUE": str(config.overload_queue), "CASTREAM_MAX_IMAGES_PER_REQUEST": "1"}
         with service_process(config, **queue) as (port, pid):
-            phase(port, config.concurrency, config.concurrency * 4, min(3.0, config.seconds))  # warm-up
+            # Warm-up at the overload itself, so that the phase measures the steady state (buffers, arenas).
+            phase(port, config.overload_concurrency, config.overload_requests, min(3.0, config.seconds), rate)
             log.info("overload: %.0f requests/s on %d connections, queue of %d", rate, config.overload_concurrency,
                      config.overload_queue)  # fmt: skip
             with Memory(pid) as memory:
@@ -345,8 +353,10 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
         f"capacity; {pct(burst['rejected_share'])} answered 503 (p50 {fmt(burst['rejected_p50_ms'], 2)} ms, p99 "
         f"**{fmt(burst['rejected_p99_ms'], 2)} ms**, `Retry-After: {burst['retry_after']}`); the service's memory "
         f"{memory['start_mib']:.0f} MiB before, {memory['peak_mib']:.0f} at most, {memory['end_mib']:.0f} after "
-        f"({memory['growth'] * 100:+.1f} %). Afterwards {recovery['statuses']} at p50 {fmt(recovery['p50_ms'], 2)} ms"
-        f" and `/readyz` {recovery['readyz']}: {'recovered' if r['recovered'] else '**did not recover**'}.",
+        f"({memory['growth'] * 100:+.1f} % over the phase, {memory['second_half_growth'] * 100:+.1f} % over its second "
+        f"half; the phase followed a warm-up at the same rate). Afterwards {recovery['statuses']} at p50 "
+        f"{fmt(recovery['p50_ms'], 2)} ms and `/readyz` {recovery['readyz']}: "
+        f"{'recovered' if r['recovered'] else '**did not recover**'}.",
         "",
     ]
     return lines

@@ -61,7 +61,7 @@ class Lifecycle:
         s = self.settings
         # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
         # own threads inherit.
-        self._inference = worker_pool(1, "castream-inference")
+        self._inference = worker_pool(1, "castream-inference", s.worker_niceness)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(
             self._inference, load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
@@ -93,7 +93,7 @@ class Lifecycle:
             executor=self._inference,
         )
         self._batcher.start()
-        self._decode_pool = worker_pool(s.decode_workers, "castream-decode")
+        self._decode_pool = worker_pool(s.decode_workers, "castream-decode", s.worker_niceness)
         preprocessor = Preprocessor(model.info.preprocessing)
         self.serving = Serving(s, self.metrics, model, preprocessor, self._batcher, self._decode_pool)
         if self.phase is Phase.starting:

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, le=1024)
     inter_op_threads: int = Field(0, ge=0, le=1024)
     decode_threads: int = Field(0, ge=0, le=256)
+    worker_niceness: int = Field(5, ge=0, le=19)
     overlay_png_level: int = Field(PNG_LEVEL, ge=0, le=9)
 
     max_images_per_request: int = Field(16, ge=1, le=1024)

@@ -5,7 +5,9 @@ requests, refuses the excess with 503, starts the next batch and sends the answe
 like any other thread. Its work per request is short and unblocks everything else, so the threads doing the
 long work run at a lower priority (a higher nice value, Linux's per-thread priority): the loop gets the CPU
 first, and the long work gets everything it leaves. ONNX Runtime's own threads inherit the value from the
-thread that opens the session.
+thread that opens the session. The value is relative to every process on the machine, so on a machine
+shared with other CPU-bound work the service's long work yields to that too (``CASTREAM_WORKER_NICENESS=0``
+turns this off).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ NICENESS = 5  # CFS weights: a nice-0 thread gets about three times the CPU of a
 
 def lower_priority(niceness: int = NICENESS) -> None:
     """Raise the calling thread's nice value by ``niceness`` (where the OS has per-thread priorities)."""
-    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+    if niceness <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
         return
     tid = threading.get_native_id()
     try:
@@ -31,6 +33,6 @@ def lower_priority(niceness: int = NICENESS) -> None:
         log.debug("cannot lower the priority of thread %d: %s", tid, exc)
 
 
-def worker_pool(threads: int, name: str) -> ThreadPoolExecutor:
-    """A thread pool whose threads run at the lowered priority."""
-    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=lower_priority)
+def worker_pool(threads: int, name: str, niceness: int = NICENESS) -> ThreadPoolExecutor:
+    """A thread pool whose threads run ``niceness`` below their creator's priority (0: the same)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=lower_priority, initargs=(niceness,))

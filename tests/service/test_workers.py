@@ -40,3 +40,11 @@ def test_threads_started_by_a_worker_inherit_its_priority() -> None:
     finally:
         pool.shutdown()
     assert child == worker > _nice()
+
+
+def test_niceness_zero_leaves_the_priority_alone() -> None:
+    pool = worker_pool(1, "test-worker", niceness=0)
+    try:
+        assert pool.submit(_nice).result() == _nice()
+    finally:
+        pool.shutdown()
