@@ -7,6 +7,7 @@ Owned by the app's lifespan. ``serving`` stays None until warm-up has finished, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
@@ -96,6 +97,10 @@ class Lifecycle:
         self._decode_pool = worker_pool(s.decode_workers, "castream-decode", s.worker_niceness)
         preprocessor = Preprocessor(model.info.preprocessing)
         self.serving = Serving(s, self.metrics, model, preprocessor, self._batcher, self._decode_pool)
+        # What start-up made (routes, validators, the model's metadata) lives as long as the process: moved out of
+        # the collector's generations, it is no longer scanned by the collections that requests' garbage triggers.
+        gc.collect()
+        gc.freeze()
         if self.phase is Phase.starting:
             self.phase = Phase.ready
             self.metrics.ready.set(1)
