@@ -31,7 +31,7 @@ from training.backbones import BACKBONES
 from training.engine import Objective, StageSettings, TrainingContext, make_optimizer, trainable_parameters
 from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
-from training.precision import PRECISIONS, describe
+from training.precision import POLICIES, describe
 
 log = logging.getLogger("benchmarks.train_speed")
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--budget-s", type=float, default=30.0, help="seconds of timing (at least 3 rounds)")
     parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="as training.fit: auto is bf16 only where it is native"
+        "--precision", default="auto", choices=POLICIES, help="as training.fit: auto is bf16 only where it is native"
     )
     args = parser.parse_args(argv)
     setup_logging()

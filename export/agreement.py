@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from export.graph import ATTENTION, LOGITS
 from export.verify import VerificationError
+from service.contract import ATTENTION, LOGITS
 from training.options import option
 
 

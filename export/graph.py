@@ -15,13 +15,11 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from export.rewrite import attention_as_matmul, fold_linear_chains
-from service.contract import ATTENTION, BATCH, CLASS_MAPS, INPUT, LOGITS, output_names
+from service.contract import BATCH, INPUT, output_names
 from training.backbones import CONVNEXTS
 from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ATTENTION", "BATCH", "CLASS_MAPS", "INPUT", "LOGITS", "output_names"]
 
 OPSET = 20
 # Parameters of the CA stream appear in the graph under this prefix (the wrapper's attribute is ``model``).
@@ -100,7 +98,7 @@ def export_graph(model: CAStreamNet, pooling: str, image_size: int) -> onnx.Mode
             dynamo=True,
             input_names=[INPUT],
             output_names=list(output_names(pooling)),
-            dynamic_shapes={"image": {0: Dim(BATCH)}},
+            dynamic_shapes={INPUT: {0: Dim(BATCH)}},
             opset_version=OPSET,
             external_data=False,
             optimize=True,

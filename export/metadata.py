@@ -13,37 +13,34 @@ from typing import Any
 import onnx
 
 from service import contract
-from service.contract import FORMAT, INPUT_LAYOUT, JSON_KEYS, PRECISIONS
-from training import __version__
+from service.contract import FORMAT, INPUT_LAYOUT, JSON_KEYS, NUMERICS, VERSION
 from training.checkpoint import Checkpoint
 
-__all__ = ["FORMAT", "INPUT_LAYOUT", "JSON_KEYS", "PRECISIONS", "attach", "default_name", "describe", "read"]
 
-
-def default_name(backbone: str, pooling: str, precision: str) -> str:
+def default_name(backbone: str, pooling: str, numerics: str) -> str:
     name = f"castream-{backbone}-{pooling}"
-    return name if precision == "fp32" else f"{name}-{precision}"
+    return name if numerics == "fp32" else f"{name}-{numerics}"
 
 
 def describe(
     state: Checkpoint,
     pooling: str,
-    precision: str,
+    numerics: str,
     name: str | None = None,
     verification: dict[str, Any] | None = None,
     samples: list[dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """The metadata properties of a model exported from checkpoint ``state``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if numerics not in NUMERICS:
+        raise ValueError(f"unknown numeric format {numerics!r}; expected one of {NUMERICS}")
     backbone = state.model.backbone
     props = {
         contract.FORMAT_KEY: FORMAT,
-        contract.VERSION_KEY: __version__,
-        contract.NAME_KEY: name or default_name(backbone, pooling, precision),
+        contract.VERSION_KEY: VERSION,
+        contract.NAME_KEY: name or default_name(backbone, pooling, numerics),
         contract.BACKBONE_KEY: backbone,
         contract.POOLING_KEY: pooling,
-        contract.PRECISION_KEY: precision,
+        contract.NUMERICS_KEY: numerics,
         contract.CLASSES_KEY: json.dumps(list(state.classes)),
         contract.PREPROCESSING_KEY: json.dumps({**state.preprocessing.to_dict(), **INPUT_LAYOUT}),
         contract.DATASET_KEY: json.dumps(state.data.to_dict()),

@@ -18,14 +18,14 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 
 from export import agreement, metadata, triton
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
-from export.graph import ATTENTION, LOGITS, export_graph
+from export.graph import export_graph
 from export.quantize import is_quantized, quantize_int8
 from export.samples import Samples, gallery, load_samples
 from export.sessions import make_session, run_batches
 from export.timing import time_sessions
 from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
 from export.verify import reference_outputs as torch_outputs
-from service.contract import POOLINGS
+from service.contract import ATTENTION, LOGITS, NUMERICS, POOLINGS
 from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.data import DEFAULT_CACHE, DataConfig
@@ -34,7 +34,6 @@ from training.options import option
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = metadata.PRECISIONS
 DEFAULT_SAMPLES = 12
 
 
@@ -45,7 +44,7 @@ class ExportOptions:
     checkpoint: str = option(DEFAULT_CHECKPOINT, "castream checkpoint to export")
     out: str = option("models/castream.onnx", "ONNX file to write")
     pooling: str = option("ca", "ca: logits, attention, class maps; gap: logits", choices=POOLINGS)
-    precision: str = "fp32"  # the command's --int8 / --fp16
+    numerics: str = "fp32"  # one of NUMERICS: the command's --int8 / --fp16
     name: str | None = option(None, "model name reported by the service (default castream-<backbone>-<pooling>)")
     verify_images: int = option(64, "validation images compared with PyTorch")
     calibration_images: int = option(256, "int8: training images to calibrate on")
@@ -68,8 +67,8 @@ class ExportOptions:
             raise ValueError(f"unknown Triton instance kind {self.triton_kind!r}; expected one of {triton.KINDS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"unknown numeric format {self.numerics!r}; expected one of {NUMERICS}")
         if self.samples is not None and self.samples < 0:
             raise ValueError(f"samples must be 0 or more, got {self.samples!r}")
         for name in ("verify_images", "calibration_images", "agreement_images"):
@@ -105,7 +104,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     model = state.build_model()
     size, classes = state.preprocessing.crop, len(state.classes)
     cache = Path(options.cache_dir) if options.cache_dir else None
-    wanted = max(options.verify_images, options.agreement_images if options.precision == "int8" else 0)
+    wanted = max(options.verify_images, options.agreement_images if options.numerics == "int8" else 0)
     val = load_samples(state, "val", wanted, cache)
     images = val.images[: options.verify_images]
 
@@ -121,18 +120,16 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         "parity": [p.to_dict() for p in parity],
     }
 
-    if options.precision == "int8":
+    if options.numerics == "int8":
         calibration = load_samples(state, "train", options.calibration_images, cache)
         proto, verification["int8"] = _int8(proto, calibration, val, options, report)
         check_structure(proto, options.pooling, classes, size)
-    elif options.precision == "fp16":
+    elif options.numerics == "fp16":
         proto, verification["fp16"] = _fp16(proto, reference, images, options.threads, report)
         check_structure(proto, options.pooling, classes, size)
 
     samples = gallery(state, sample_count(options.samples, state.data), cache)
-    report.properties = metadata.describe(
-        state, options.pooling, options.precision, options.name, verification, samples
-    )
+    report.properties = metadata.describe(state, options.pooling, options.numerics, options.name, verification, samples)
     metadata.attach(proto, report.properties)
     write_model(proto, report.path)
     if options.triton_repository:

@@ -25,7 +25,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.graph import INPUT, stream_nodes
+from export.graph import stream_nodes
+from service.contract import INPUT
 
 log = logging.getLogger(__name__)
 

@@ -27,27 +27,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
     """The options, and whether to log third-party messages too."""
     parser = command_parser("export.to_onnx", __doc__, ExportOptions)
     numeric = parser.add_mutually_exclusive_group()
-    numeric.add_argument("--int8", dest="precision", action="store_const", const="int8", help="int8 for CPU serving")
-    numeric.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 for GPU serving")
+    numeric.add_argument("--int8", dest="numerics", action="store_const", const="int8", help="int8 for CPU serving")
+    numeric.add_argument("--fp16", dest="numerics", action="store_const", const="fp16", help="fp16 for GPU serving")
     add_options(parser, Thresholds)
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log the exporter's and quantiser's own messages too"
     )
     args = parser.parse_args(argv)
     limits = from_args(parser, Thresholds, args)
-    return from_args(parser, ExportOptions, args, precision=args.precision or "fp32", thresholds=limits), args.verbose
+    return from_args(parser, ExportOptions, args, numerics=args.numerics or "fp32", thresholds=limits), args.verbose
 
 
 def summary(report: ExportReport) -> str:
     props = report.properties
     lines = [f"wrote {report.path} ({props['model_name']}, {props['precision']}) in {report.seconds:.0f} s"]
     checks = [("fp32", p) for p in report.parity] + [("fp16", p) for p in report.fp16_parity]
-    for precision, parity in checks:
+    for numerics, parity in checks:
         attention = "" if parity.attention_error is None else f", attention within {parity.attention_error:.2g}"
         if parity.class_maps_error is not None:
             attention += f", class maps within {parity.class_maps_error:.2g}"
         lines.append(
-            f"  {precision} vs PyTorch at batch {parity.batch_size} ({parity.images} images): "
+            f"  {numerics} vs PyTorch at batch {parity.batch_size} ({parity.images} images): "
             f"logits within {parity.logits_error:.2g} (scale {parity.logits_scale:.3g}){attention}"
         )
     if report.agreement is not None:

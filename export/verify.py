@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.graph import ATTENTION, CLASS_MAPS, INPUT, LOGITS, output_names
 from export.sessions import run_batches
+from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, output_names
 from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)

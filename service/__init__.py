@@ -2,5 +2,3 @@
 
 Start it with ``python -m service`` or ``uvicorn service.app:create_app --factory``.
 """
-
-__version__ = "0.1.0"

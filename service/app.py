@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service import __version__
 from service.auth import require_api_key
+from service.contract import VERSION
 from service.errors import install_handlers
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await lifecycle.stop()
 
     # Swagger UI and ReDoc from assets inside the service (/static-offline-docs), not a CDN: /docs works offline.
-    app = FastAPIOffline(title="castream", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPIOffline(title="castream", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     install_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -7,8 +7,25 @@ reads them). It imports neither torch nor onnx, so the serving image carries it 
 
 from __future__ import annotations
 
+import importlib.metadata
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+
+def _project_version() -> str:
+    """castream's version, declared once in pyproject.toml: the installed package's, or, where only service/ is
+    copied and nothing is installed (the serving image), the pyproject.toml copied beside it."""
+    try:
+        return importlib.metadata.version("castream")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        with open(pyproject, "rb") as file:
+            return tomllib.load(file)["project"]["version"]
+
+
+VERSION = _project_version()  # written into every model file (``castream_version``) and reported by the service
 
 # Graph tensors. ``class_maps`` is optional within format 1: files exported before it existed lack it.
 INPUT = "image"
@@ -17,7 +34,7 @@ BATCH = "N"  # name of the symbolic batch dimension, on the input and on every o
 
 FORMAT = "1"  # version of this contract, metadata property ``castream_format``
 POOLINGS = ("ca", "gap")
-PRECISIONS = ("fp32", "int8", "fp16")
+NUMERICS = ("fp32", "int8", "fp16")  # the graph's numeric format, metadata property ``precision``
 
 # Metadata properties (all values are strings; those in JSON_KEYS hold JSON).
 FORMAT_KEY = "castream_format"
@@ -25,7 +42,7 @@ VERSION_KEY = "castream_version"
 NAME_KEY = "model_name"
 BACKBONE_KEY = "backbone"
 POOLING_KEY = "pooling"
-PRECISION_KEY = "precision"
+NUMERICS_KEY = "precision"
 CLASSES_KEY = "classes"
 PREPROCESSING_KEY = "preprocessing"
 VAL_TOP1_KEY = "val_top1"

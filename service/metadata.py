@@ -82,7 +82,7 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         version=props.get(contract.VERSION_KEY, "unknown"),
         backbone=props.get(contract.BACKBONE_KEY, "unknown"),
         pooling=pooling,
-        precision=props.get(contract.PRECISION_KEY, "fp32"),
+        precision=props.get(contract.NUMERICS_KEY, "fp32"),
         classes=tuple(classes),
         preprocessing=parsed(contract.PREPROCESSING_KEY, lambda text: Preprocessing.from_dict(json.loads(text))),
         val_top1=parsed(contract.VAL_TOP1_KEY, float) if contract.VAL_TOP1_KEY in props else None,

@@ -16,8 +16,6 @@ from service.providers import CUDA, check_loaded, requested_providers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATTENTION", "CLASS_MAPS", "INPUT", "LOGITS", "ImageOutput", "OnnxModel", "load_model"]
-
 
 @dataclass(frozen=True)
 class ImageOutput:

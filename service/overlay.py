@@ -101,6 +101,3 @@ def image_overlay(
 def b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
-
-def heat_overlay_b64(view: np.ndarray, attention: np.ndarray, png_level: int = PNG_LEVEL) -> str:
-    return b64(heat_overlay(view, attention, png_level=png_level))

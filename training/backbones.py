@@ -67,18 +67,6 @@ class Backbone(nn.Module):
     def num_classes(self) -> int:
         return self.classifier.out_features
 
-    def replace_classifier(self, num_classes: int) -> None:
-        """Swaps the final Linear layer for a freshly initialised one with ``num_classes`` outputs."""
-        old = self.classifier
-        new = nn.Linear(old.in_features, num_classes)
-        if self.name in CONVNEXTS:
-            nn.init.trunc_normal_(new.weight, std=0.02)
-            nn.init.zeros_(new.bias)
-        if self.name in RESNETS:
-            self.net.fc = new
-        else:
-            self.net.classifier[-1] = new
-
     @torch.no_grad()
     def _tap_widths(self) -> list[int]:
         probe = torch.zeros(1, 3, 64, 64)

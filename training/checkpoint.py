@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training import __version__
+from service.contract import VERSION
 from training.data import DataConfig, Preprocessing
 from training.files import atomic_write
 from training.model import CAStreamNet, ModelConfig
@@ -63,7 +63,7 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     resume_point: dict[str, Any] = field(default_factory=dict)
     completed: dict[str, Any] = field(default_factory=dict)
-    version: str = __version__
+    version: str = VERSION
 
     def __post_init__(self) -> None:
         if len(self.classes) != self.model.num_classes:

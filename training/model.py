@@ -163,12 +163,6 @@ class CAStreamNet(nn.Module):
         """The projections' initialisation in the paper: truncated normal for ConvNeXt, Xavier for ResNet."""
         return "trunc_normal" if self.config.backbone in CONVNEXTS else "xavier"
 
-    def reset_stream(self, init: str) -> None:
-        self.stream.initialise(init, self.paper_init)
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        return list(self.backbone.parameters())
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """The backbone's taps for images (N, 3, H, W)."""
         return self.backbone.taps(x)

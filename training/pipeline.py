@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from training import __version__, checkpoint, precision, recipes, weights
+from service.contract import VERSION
+from training import checkpoint, precision, recipes, weights
 from training.backbones import BACKBONES
 from training.data import DEFAULT_CACHE, Batches, Data, DataConfig, Preprocessing, load_data, preprocessing_for
 from training.engine import (
@@ -32,7 +33,7 @@ from training.engine import (
 from training.files import write_text
 from training.model import CAStreamNet, ModelConfig
 from training.options import option
-from training.precision import PRECISIONS
+from training.precision import POLICIES
 from training.recipes import DEFAULT_RECIPE, OPTIMIZERS, RECIPES
 from training.revision import git_revision
 
@@ -95,7 +96,7 @@ class FitOptions:
         "auto",
         "autocast: auto is bf16 on CPUs with native bf16 (AMX, AVX512-BF16) and on GPUs (fp16 where bf16 "
         "is missing), float32 on other CPUs (default: %(default)s)",
-        choices=PRECISIONS,
+        choices=POLICIES,
     )
     workers: int = option(2, "data-loading processes for ImageFolder data")
     cache_dir: str | None = option(str(DEFAULT_CACHE), "folder to cache generated synthetic images in ('' for none)")
@@ -213,7 +214,7 @@ def _describe(
             "native_bf16_cpu": precision.cpu_has_native_bf16(),
             "cpu": precision.cpu_model(),
         },
-        "versions": {"castream": __version__, "torch": str(torch.__version__)},  # plain str: loads with weights_only
+        "versions": {"castream": VERSION, "torch": str(torch.__version__)},  # plain str: loads with weights_only
         "git_revision": git_revision(),
     }
 

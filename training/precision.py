@@ -18,7 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
+POLICIES = ("auto", "bf16", "fp32")
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # as /proc/cpuinfo names them
 
 
@@ -63,8 +63,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision not in POLICIES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(POLICIES)}")
     return precision
 
 

@@ -7,9 +7,9 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.contract import INPUT
 from service.deps import ServingDep
 from service.errors import ErrorBody, ServiceError
-from service.model import INPUT
 from service.schemas import GridSize, InputSpec, ModelDescription, SampleRef
 
 router = APIRouter(prefix="/v1", tags=["model"])

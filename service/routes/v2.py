@@ -13,8 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import __version__
-from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
+from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, VERSION
 from service.deps import LifecycleDep, ServingDep
 from service.errors import ServiceError
 from service.inputs import read_body
@@ -129,7 +128,7 @@ def _outputs(serving: Serving) -> list[dict[str, Any]]:
 @router.get("")
 async def server_metadata() -> JSONResponse:
     """Server metadata: name, version and the protocol extensions supported."""
-    return JSONResponse({"name": "castream", "version": __version__, "extensions": EXTENSIONS})
+    return JSONResponse({"name": "castream", "version": VERSION, "extensions": EXTENSIONS})
 
 
 @router.get("/health/live", response_class=Response, responses={**EMPTY, 400: ERROR})

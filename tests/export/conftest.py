@@ -38,4 +38,4 @@ def int8_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     # Speed is measured and reported but not required here: tests assert behaviour, not timings.
     thresholds = Thresholds(speedup=0.0)
     out = tmp_path_factory.mktemp("export") / "int8.onnx"
-    return export_tiny(tiny_checkpoint, out, precision="int8", thresholds=thresholds)
+    return export_tiny(tiny_checkpoint, out, numerics="int8", thresholds=thresholds)

@@ -7,11 +7,12 @@ import onnx
 import pytest
 import torch
 
-from export.graph import CLASS_MAPS, export_graph
+from export.graph import export_graph
 from export.pipeline import ExportReport
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import FP32, VerificationError, allowed_logit_error, check_parity, reference_outputs
+from service.contract import CLASS_MAPS
 from training.checkpoint import Checkpoint
 
 

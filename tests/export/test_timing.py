@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from export.pipeline import ExportReport
-from export.timing import interleaved, time_sessions
+from export.timing import Timings, interleaved, time_sessions
 
 
 def test_interleaved_alternates_the_order_and_keeps_to_the_rounds() -> None:
@@ -24,6 +24,13 @@ def test_interleaved_alternates_the_order_and_keeps_to_the_rounds() -> None:
         interleaved({}, budget_s=0)
 
 
+def test_ratios_are_medians_of_per_round_ratios_or_of_the_fastest_runs() -> None:
+    timings = Timings(2, {"a": np.array([2.0, 4.0, 9.0]), "b": np.array([2.0, 1.0, 3.0])})
+    assert timings.ratio("a", "b") == 3.0  # per round 1, 4, 3; the ratio of the medians would be 2
+    assert timings.best_ratio("a", "b") == 2.0  # fastest 2 s against fastest 1 s
+    assert timings.median_ms("a") == 4000.0 and timings.images_per_second("b") == 1.0
+
+
 def test_timing_interleaves_sessions_and_respects_round_limits(ca_export: ExportReport) -> None:
     from export.sessions import make_session
 
@@ -31,6 +38,6 @@ def test_timing_interleaves_sessions_and_respects_round_limits(ca_export: Export
     images = np.zeros((2, 3, 64, 64), np.float32)
     timings = time_sessions({"a": session, "b": session}, images, budget_s=0.0, min_rounds=4, max_rounds=4)
     assert timings.rounds == 4 and timings.batch_size == 2
-    assert timings.ratio("a", "a") == 1.0 and timings.best_ratio("b", "b") == 1.0
+    assert set(timings.seconds) == {"a", "b"} and all((s > 0).all() for s in timings.seconds.values())
     with pytest.raises(ValueError, match="min_rounds"):
         time_sessions({"a": session}, images, min_rounds=5, max_rounds=2)

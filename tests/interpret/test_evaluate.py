@@ -1,4 +1,4 @@
-"""The evaluation command: options, outputs, errors, and its former name."""
+"""The evaluation command: options, outputs and errors."""
 
 from __future__ import annotations
 
@@ -127,9 +127,3 @@ def test_full_protocol_on_the_tiny_trained_run(tiny_checkpoint: Path, tmp_path: 
     summary = json.loads((tmp_path / "interpretability.json").read_text())
     assert summary["settings"]["steps"] == 8 and summary["settings"]["target"] == "predicted"  # 64 px: 8 rows a step
     assert all(0.0 <= float(r[m]) <= 100.0 for r in rows for m in ("ad", "insertion", "energy"))
-
-
-def test_the_former_command_name_runs_the_same_command() -> None:
-    from training import evaluate as former
-
-    assert former.main is evaluate.main and former.parse_args is evaluate.parse_args
