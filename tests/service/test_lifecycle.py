@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from tests.service.servicetools import (
     free_port,
     save_model,
     solid_png,
+    wait_ready,
 )
 
 
@@ -52,6 +54,31 @@ def test_readyz_is_503_until_warm_up_finishes(app_client, monkeypatch: pytest.Mo
         time.sleep(0.02)
     assert client.get("/readyz").json() == {"status": "ready"}
     assert client.post("/classify", files=[("file", solid_png(COLOURS["red"]))]).status_code == 200
+
+
+def test_the_serving_object_is_published_once_warm_and_cannot_change(app_client, monkeypatch) -> None:
+    release = threading.Event()
+    original = OnnxModel.warm_up
+
+    def slow_warm_up(self: OnnxModel, sizes: list[int]) -> None:
+        release.wait(10)
+        original(self, sizes)
+
+    monkeypatch.setattr(OnnxModel, "warm_up", slow_warm_up)
+    client = app_client(ready=False)
+    lifecycle = client.app.state.lifecycle
+    assert lifecycle.serving is None
+    for path in ("/v1/model", "/v2/models/tiny-ca"):  # every route that needs the model answers 503 until then
+        response = client.get(path)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", path
+    release.set()
+    wait_ready(client)
+    serving = lifecycle.serving
+    assert serving is not None and serving.model.info.name == "tiny-ca"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        serving.model = None  # type: ignore[misc]
+    assert client.get("/v1/model").json()["name"] == "tiny-ca"
+    assert lifecycle.serving is serving
 
 
 def test_warm_up_that_contradicts_the_metadata_fails_liveness(app_client, tmp_path) -> None:
