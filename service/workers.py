@@ -5,9 +5,9 @@ requests, refuses the excess with 503, starts the next batch and sends the answe
 like any other thread. Its work per request is short and unblocks everything else, so the threads doing the
 long work run at a lower priority (a higher nice value, Linux's per-thread priority): the loop gets the CPU
 first, and the long work gets everything it leaves. ONNX Runtime's own threads inherit the value from the
-thread that opens the session. The value is relative to every process on the machine, so on a machine
-shared with other CPU-bound work the service's long work yields to that too (``CASTREAM_WORKER_NICENESS=0``
-turns this off).
+thread that opens the session. Linux weighs nice values within a scheduling group (a container's cgroup,
+a session under autogroup): CPU-bound processes sharing that group get ahead of the long work too
+(``CASTREAM_WORKER_NICENESS=0`` turns this off).
 """
 
 from __future__ import annotations
