@@ -53,7 +53,7 @@ class Protocol:
     def pace(self) -> str:
         """The pace in words."""
         if self.rows_per_step is not None:
-            return f"{self.rows_per_step} rows per step (imsize * {self.rows_per_step} pixels)"
+            return f"{self.rows_per_step} rows per step, imsize * {self.rows_per_step} pixels"
         return f"{self.pixels_per_step_fixed} pixels per step at every image size"
 
     def to_dict(self) -> dict[str, Any]:

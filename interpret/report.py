@@ -89,7 +89,7 @@ def protocol_line(settings: dict[str, Any]) -> str:
     ties = f", ties ordered by {s['tie_order']}" if s.get("tie_order") else ""
     return (
         f"Protocol `{s.get('protocol', 'unnamed')}` for insertion/deletion: {s['pixels_per_step']} pixels per step "
-        f"({s['steps']} steps{', ' + s['pace'] if s.get('pace') and not overrides else ''}){ties}; insertion "
+        f"({s['steps']} steps{'; ' + s['pace'] if s.get('pace') and not overrides else ''}){ties}; insertion "
         f"substrate blurred with gkern({s['blur_kernel']}, {s['blur_sigma']:g}) (the Gaussian filter of a point on a "
         f"{s['blur_kernel']} x {s['blur_kernel']} grid, reflecting borders, truncated at 4 sigma), zero-padded"
         f"{changed}.{scorecam}"
