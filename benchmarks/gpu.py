@@ -8,16 +8,12 @@ python -m benchmarks.gpu --model models/castream.onnx [--fp16-model models/castr
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.scaling import BATCH_SIZES, batch_sweep
-from benchmarks.sections import Context, Section, fmt, table
+from benchmarks.sections import Section, fmt, table
 from service.contract import CUDA
-from training.logs import setup_logging
 
 
 def describe() -> str:
@@ -61,8 +57,6 @@ def measure(model: Path, fp16_model: Path | None = None, budget_s: float = 20.0)
     return {"measured": True, "sweeps": sweeps, "notes": notes}
 
 
-def _command(context: Context) -> str:
-    return f"python -m benchmarks.gpu --model {context.model} --budget-s {context.budget['budget_s']:g}"
 
 
 def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -83,25 +77,7 @@ SECTIONS = (
         "GPU",
         full={"budget_s": 24.0},
         quick={"budget_s": 0.5},
-        command=_command,
         run=lambda context: measure(context.model, budget_s=context.budget["budget_s"]),
         render=_render,
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--fp16-model", type=Path, default=None)
-    parser.add_argument("--budget-s", type=float, default=20.0, help="seconds of timing per model")
-    args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    setup_logging()
-    print(json.dumps(measure(args.model, args.fp16_model, args.budget_s), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

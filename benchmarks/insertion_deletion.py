@@ -19,12 +19,9 @@ for the cores. The load average is printed with the result for that reason.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,7 +35,6 @@ from interpret import metrics
 from training import synthetic
 from training.backbones import fold_batch_norm
 from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.insertion_deletion")
 
@@ -146,12 +142,6 @@ def run(
     )
 
 
-def _command(context: Context) -> str:
-    b = context.budget
-    return (
-        f"python -m benchmarks.insertion_deletion --backbone {b['backbone']} --size {b['size']} --images "
-        f"{b['images']} --naive-images {b['naive_images']} --batch-size {b['batch_size']} --json"
-    )
 
 
 def _run(context: Context) -> dict[str, Any]:
@@ -185,53 +175,11 @@ SECTIONS = (
         "Insertion and deletion: batched against one step at a time",
         full={"backbone": "resnet50", "size": 224, "images": 4, "naive_images": 2, "batch_size": 32},
         quick={"backbone": "resnet18", "size": 32, "images": 2, "naive_images": 2, "batch_size": 8},
-        command=_command,
         run=_run,
         render=_render,
+        reads=(),
         aims=lambda result: [
             Aim("insertion + deletion, batched / one step at a time", dig(result, "speedup"), 5.0, True, "x")
         ],
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=3, help="images for each batched run")
-    parser.add_argument("--naive-images", type=int, default=1, help="images for the one-step-at-a-time loop")
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
-    parser.add_argument("--backbone", default="resnet50", help="torchvision classifier")
-    parser.add_argument("--batch-size", type=int, default=32, help="perturbed images per forward pass")
-    parser.add_argument("--pixels-per-step", type=int, default=None, help="default: 28 steps, 1792 px at 224")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    try:
-        result = run(
-            images=args.images,
-            naive_images=args.naive_images,
-            size=args.size,
-            backbone=args.backbone,
-            batch_size=args.batch_size,
-            pixels_per_step=args.pixels_per_step,
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    if args.json:
-        print(json.dumps(asdict(result), indent=2))
-    else:
-        print(
-            f"insertion + deletion, {result.backbone} at {result.size} px, {result.steps} steps of "
-            f"{result.pixels_per_step} px, {result.threads} threads, load average {result.load_average}\n"
-            f"  one image, one step at a time:      {result.naive_images_per_second:.4f} images/s\n"
-            f"  batched ({result.batch_size} per pass):            {result.batched_images_per_second:.4f} images/s "
-            f"({result.batching_speedup:.2f}x)\n"
-            f"  batched, BatchNorm folded:          {result.folded_images_per_second:.4f} images/s "
-            f"({result.speedup:.2f}x)\n"
-            f"  curves equal: {result.equal} (max |difference| {result.max_abs_difference:.2e})"
-        )
-    return 0 if result.equal else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,27 +6,21 @@ in the file's ``verification`` metadata; this reads it back. The speed ratio is 
 ``export.timing.time_sessions`` (the sessions alternate round by round on the same preprocessed images),
 at batch 1 and at ``batch_size``.
 
-python -m benchmarks.precision --model models/castream.onnx --int8-model models/castream-int8.onnx
+python -m benchmarks int8 --model models/castream.onnx --int8-model models/castream-int8.onnx
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import model_inputs
-from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
+from benchmarks.sections import Aim, Context, Section, dig, fmt, missing_model, pct, table
 from export.agreement import Thresholds
 from export.sessions import make_session
 from export.timing import time_sessions
 from service.model import load_model
-from training.logs import setup_logging
-
-log = logging.getLogger("benchmarks.precision")
 
 
 def int8_verification(path: Path) -> dict[str, Any]:
@@ -77,17 +71,8 @@ def compare(
     }
 
 
-def _command(context: Context) -> str:
-    return (
-        f"python -m benchmarks.precision --model {context.model} --int8-model {context.int8_model} "
-        f"--budget-s {context.budget['budget_s']:g}"
-    )
-
-
 def _skip(context: Context) -> str | None:
-    if context.int8_model is None or not context.int8_model.is_file():
-        return f"no int8 model at {context.int8_model}"
-    return None
+    return missing_model(context.int8_model, "--int8-model")
 
 
 def _aims(result: dict[str, Any] | None) -> list[Aim]:
@@ -130,40 +115,14 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 SECTIONS = (
     Section(
-        "precision",
+        "int8",
         "int8 against fp32 on the served model",
         full={"budget_s": 15.0},
         quick={"budget_s": 0.5},
-        command=_command,
         run=lambda context: compare(context.model, context.int8_model, budget_s=context.budget["budget_s"]),
         render=_render,
         aims=_aims,
         skip=_skip,
+        reads=("model", "int8_model"),
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--int8-model", type=Path, default=Path("models/castream-int8.onnx"))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1 is steadiest; 0: all cores)")
-    parser.add_argument("--budget-s", type=float, default=20.0)
-    args = parser.parse_args(argv)
-    for path in (args.model, args.int8_model):
-        if not path.is_file():
-            parser.error(
-                f"{str(path)!r} does not exist; build it with `make export` or `make models/castream-int8.onnx`"
-            )
-    setup_logging()
-    try:
-        report = compare(args.model, args.int8_model, args.batch_size, args.threads, args.budget_s)
-    except ValueError as error:
-        parser.error(str(error))
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,10 +15,7 @@ Headline figures: the CA/GAP latency ratio at batch 1 (the stream's ~0.25 % of t
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +29,6 @@ from export.graph import export_graph
 from export.quantize import quantize_int8
 from export.sessions import make_session
 from export.timing import Timings, time_sessions
-from training.backbones import BACKBONES
-from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger("benchmarks.onnx_speed")
@@ -162,12 +157,6 @@ def format_report(report: SpeedReport) -> str:
     return "\n".join(lines)
 
 
-def _command(context: Context) -> str:
-    b = context.budget
-    return (
-        f"python -m benchmarks.onnx_speed --backbone {b['backbone']} --image-size {b['image_size']} "
-        f"--budget-s {b['budget_s']:g} --json"
-    )
 
 
 def _run(context: Context) -> dict:
@@ -225,34 +214,9 @@ SECTIONS = (
         "CA against GAP, int8 against fp32 (ONNX Runtime)",
         full={"backbone": "resnet50", "image_size": 224, "budget_s": 75.0},
         quick={"backbone": "resnet18", "image_size": 64, "budget_s": 1.0},
-        command=_command,
         run=_run,
         render=_render,
+        reads=(),
         aims=_aims,
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/onnx_speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=8, help="batch for the throughput figures")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (0: all cores; 1 is steadiest)")
-    parser.add_argument("--budget-s", type=float, default=60.0, help="seconds of timing (graph building comes on top)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-    if args.image_size < 32 or args.batch_size < 2 or args.threads < 0 or args.budget_s <= 0:
-        parser.error("need --image-size >= 32, --batch-size >= 2, --threads >= 0 and --budget-s > 0")
-    setup_logging()
-    for name in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    report = run(args.backbone, args.image_size, args.batch_size, args.threads, args.budget_s)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

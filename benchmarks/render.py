@@ -37,16 +37,34 @@ def _command(section: dict[str, Any]) -> list[str]:
     return [f"Command: `{section['command']}` ({seconds:.0f} s in this run{others}).", ""]
 
 
+def measured_on(results: dict[str, Any]) -> str:
+    """The machine and load of a run, in a line: what a recorded section says it was measured on."""
+    m, load = results["machine"], results["load_average"]
+    return (
+        f"{results['generated']}, {m['cpu']} ({m['usable_cores']} cores), load average {load['start'][0]:.1f} at "
+        f"the start, {load['end'][0]:.1f} at the end"
+    )
+
+
 def _section(results: dict[str, Any], section: Section) -> list[str]:
     """A section: its heading, the command behind it, then its body (or why there is none)."""
     entry = results["sections"].get(section.name)
     lines = [f"## {section.title}", ""]
+    if entry is None and section.recorded:
+        return [*lines, f"Not recorded yet: `python -m benchmarks {section.name}` measures it.", ""]
     if entry is None:
         return [*lines, "Not run (left out of this run's `--sections`).", ""]
     if "error" in entry:
         return [*lines, *_command(entry), f"**Failed:** {entry['error']}", ""]
     if "skipped" in entry:
         return [*lines, f"Not measured: {entry['skipped']}", ""]
+    if "measured_on" in entry:  # a recorded study: another run, maybe another machine
+        return [
+            *lines,
+            f"Measured on its own, not by `make bench`: `{entry['command']}` ({entry['measured_on']}).",
+            "",
+            *section.render(entry["result"], results),
+        ]
     return [*lines, *_command(entry), *section.render(entry["result"], results)]
 
 
@@ -66,13 +84,16 @@ def _machine(results: dict[str, Any]) -> list[str]:
         ],
         ["CPU used by other processes", f"{pct(results.get('others_share'))} of the machine during the run"],
         ["source", f"git {m['git']}"],
-        [
-            "served model",
-            f"`{model['path']}`: {model['name']} ({model['backbone']}, {model['pooling']}, {model['precision']}, "
-            f"{model['crop']} px crop, {model['classes']} classes)",
-        ],
     ]
+    if model:
+        described = f"{model['backbone']}, {model['pooling']}, {model['precision']}, {model['crop']} px crop"
+        rows.append(["served model", f"`{model['path']}`: {model['name']} ({described}, {model['classes']} classes)"])
     return ["## Machine", "", *table(["", ""], rows), ""]
+
+
+def section(results: dict[str, Any], one: Section) -> str:
+    """One section as it reads in ``BENCHMARKS.md``."""
+    return "\n".join(_section(results, one)).rstrip() + "\n"
 
 
 def render(results: dict[str, Any], sections: Sequence[Section], plot: str | None = PLOT_NAME) -> str:

@@ -22,94 +22,60 @@ import resource
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu, insertion_deletion, load, onnx_speed, precision, render, scaling, stages, train_speed
-from benchmarks.sections import Aim, Context, Section, dig, fmt, table
-from training.logs import setup_logging
+from benchmarks import (
+    class_maps,
+    explain_speed,
+    gpu,
+    insertion_deletion,
+    int8,
+    load,
+    onnx_speed,
+    render,
+    scaling,
+    stages,
+    studies,
+    train_speed,
+)
+from benchmarks.sections import Context, Section, missing_model
+from training.logs import quiet_third_party, setup_logging
 from training.revision import git_revision
 
 log = logging.getLogger("benchmarks.report")
 
 
-def _train_command(context: Context) -> str:
-    b = context.budget
-    return (
-        f"python -m benchmarks.train_speed --backbone {b['backbone']} --image-size {b['image_size']} "
-        f"--batch-size {b['batch_size']} --budget-s {b['budget_s']:g}"
-    )
-
-
-def _precision_name(r: dict[str, Any]) -> str:
-    name = r.get("precision") or ("bf16" if r.get("amp") else "fp32")  # older results recorded a flag
-    return "float32" if name == "fp32" else f"{name} autocast"
-
-
-def _render_train(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    lines = [
-        f"{r['backbone']} at {r['image_size']} px, batch {r['batch_size']}, {r['threads']} threads, "
-        f"{_precision_name(r)} (the training default here), {r['rounds']} alternating rounds.",
-        "",
-        *table(
-            ["", "ms per batch", "images/s"],
-            [
-                [
-                    "frozen model, forward only (`no_grad`)",
-                    fmt(r["forward_ms"]),
-                    fmt(r["forward_images_per_second"], 2),
-                ],
-                [
-                    "stream training step (forward, backward, SGD)",
-                    fmt(r["train_step_ms"]),
-                    fmt(r["train_images_per_second"], 2),
-                ],
-            ],
-        ),
-        "",
-        f"Training throughput / forward throughput: **{r['ratio']:.2f}** (aim >= {r['aim']}).",
-        "",
-    ]
-    return lines
-
-
-TRAIN_SPEED = Section(
-    "train_speed",
-    "Stream training against the frozen forward pass",
-    full={"backbone": "resnet50", "image_size": 224, "batch_size": 16, "budget_s": 45.0},
-    quick={"backbone": "resnet18", "image_size": 64, "batch_size": 4, "budget_s": 0.5},
-    command=_train_command,
-    run=lambda context: asdict(train_speed.run(**context.budget)),
-    render=_render_train,
-    aims=lambda result: [
-        Aim("stream training / frozen forward throughput", dig(result, "ratio"), train_speed.AIM, True)
-    ],
-)
-
-# The report's sections, in its order; each benchmark module declares its own.
+# The report's sections, in its order; each benchmark module declares its own. Recorded ones come last.
 SECTIONS: tuple[Section, ...] = (
     *load.SECTIONS,
     *stages.SECTIONS,
     *scaling.SECTIONS,
-    *precision.SECTIONS,
+    *int8.SECTIONS,
     *onnx_speed.SECTIONS,
-    TRAIN_SPEED,
+    *train_speed.SECTIONS,
     *insertion_deletion.SECTIONS,
     *gpu.SECTIONS,
+    *class_maps.SECTIONS,
+    *explain_speed.SECTIONS,
+    *studies.SECTIONS,
 )
 NAMES = tuple(section.name for section in SECTIONS)
+MEASURED = tuple(section.name for section in SECTIONS if not section.recorded)  # what `make bench` runs
+RECORDED = tuple(section.name for section in SECTIONS if section.recorded)
 
 
 @dataclass(frozen=True)
 class Options:
     model: Path
     int8_model: Path | None
-    sections: tuple[str, ...] = NAMES
+    sections: tuple[str, ...] = MEASURED
     quick: bool = False  # each section's quick budget: checks the pipeline, not the figures
     command: str = "python -m benchmarks.report"
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # a section's budget, where not its own
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -163,6 +129,10 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def run(options: Options) -> dict[str, Any]:
     """Every requested section, in order; a failed section records its error and the others still run."""
     from service.model import load_model
@@ -170,16 +140,19 @@ def run(options: Options) -> dict[str, Any]:
     started, cpu_start = time.perf_counter(), cpu_seconds()
     cores = len(os.sched_getaffinity(0))
     load_start = os.getloadavg()
-    info = load_model(options.model, ["cpu"]).info
+    info = load_model(options.model, ["cpu"]).info if options.model.is_file() else None
     chosen = [section for section in SECTIONS if section.name in options.sections]
     chosen.sort(key=lambda section: options.sections.index(section.name))
-    budgets = {section.name: dict(section.quick if options.quick else section.full) for section in chosen}
+    budgets = {
+        section.name: options.budgets.get(section.name) or dict(section.quick if options.quick else section.full)
+        for section in chosen
+    }
     sections: dict[str, dict[str, Any]] = {}
     samples = [load_start[0]]  # the 1-minute load average as each section starts: was the machine quiet?
     for section in chosen:
         name = section.name
         context = Context(options.model, options.int8_model, budgets[name])
-        command = section.command(context)
+        command = section.command_line(context)
         skipped = section.skip(context)
         if skipped:
             sections[name] = {"command": command, "skipped": skipped}
@@ -188,7 +161,7 @@ def run(options: Options) -> dict[str, Any]:
         log.info("section %s (load average %.2f)", name, samples[-1])
         begin, cpu_begin = time.perf_counter(), cpu_seconds()
         try:
-            sections[name] = {"command": command, "result": section.run(context)}
+            sections[name] = {"command": command, "result": section.run(context), "generated": _now()}
         except Exception as error:  # reported in the file and in the exit status
             log.exception("section %s failed", name)
             sections[name] = {"command": command, "error": f"{type(error).__name__}: {error}"}
@@ -196,11 +169,12 @@ def run(options: Options) -> dict[str, Any]:
         sections[name]["others_share"] = others_share(cpu_begin, cpu_seconds(), seconds, cores)
     return {
         "command": options.command,
-        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated": _now(),
         "quick": options.quick,
         "budget": budgets,
         "machine": machine(),
-        "model": {
+        "model": info
+        and {
             "path": str(options.model),
             "name": info.name,
             "backbone": info.backbone,
@@ -216,28 +190,25 @@ def run(options: Options) -> dict[str, Any]:
     }
 
 
-# Everything after this line in BENCHMARKS.md was measured by its own command (named in each section) and is kept
-# when the report is regenerated.
-KEPT_MARKER = "<!-- Sections below are measured by their own commands; make bench keeps them. -->"
-
-
-def kept_sections(out: Path) -> str:
-    """The part of an existing ``out`` after :data:`KEPT_MARKER`, marker included (empty if none)."""
-    text = out.read_text() if out.is_file() else ""
-    return text[text.index(KEPT_MARKER) :] if KEPT_MARKER in text else ""
+def keep_recorded(results: dict[str, Any], previous: Path | None) -> dict[str, Any]:
+    """``results`` with the records of recorded sections it did not measure, from the ``previous`` results file."""
+    if previous is None or not previous.is_file():
+        return results
+    stored = json.loads(previous.read_text()).get("sections", {})
+    kept = {name: stored[name] for name in RECORDED if name in stored and name not in results["sections"]}
+    return {**results, "sections": {**results["sections"], **kept}}
 
 
 def write(results: dict[str, Any], out: Path, plot: Path | None, json_path: Path | None) -> None:
-    """``BENCHMARKS.md`` (and the plot and raw results, when paths are given)."""
-    kept = kept_sections(out)
+    """``BENCHMARKS.md`` (and the plot and raw results, when paths are given); recorded sections are kept."""
+    results = keep_recorded(results, json_path)
     relative = None
     if plot is not None and render.plot_batches(results, plot):
         relative = os.path.relpath(plot, out.parent)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    text = render.render(results, SECTIONS, relative)
-    out.write_text(f"{text.rstrip()}\n\n{kept}" if kept else text)
+    out.write_text(render.render(results, SECTIONS, relative))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,18 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks") / render.PLOT_NAME)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="raw results")
-    parser.add_argument("--sections", default=",".join(NAMES), help=f"comma list from {', '.join(NAMES)}")
+    parser.add_argument(
+        "--sections",
+        default=",".join(MEASURED),
+        help=f"comma list from {', '.join(NAMES)} (default: all but the recorded studies, {', '.join(RECORDED)}, "
+        "which are kept from --json)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets and models: checks the pipeline only")
     args = parser.parse_args(argv)
     sections = tuple(name.strip() for name in args.sections.split(",") if name.strip())
     unknown = sorted(set(sections) - set(NAMES))
     if unknown:
         parser.error(f"unknown --sections {unknown}; expected names from {', '.join(NAMES)}")
-    if not args.model.is_file():
-        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
+    if missing_model(args.model):
+        parser.error(missing_model(args.model))
     setup_logging()
-    for name in ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_third_party()
     command = shlex.join(["python", "-m", "benchmarks.report", *(sys.argv[1:] if argv is None else argv)])
     options = Options(args.model, args.int8_model, sections, args.quick, command)
     results = run(options)

@@ -13,12 +13,9 @@ python -m benchmarks.scaling --model models/castream.onnx [--budget-s 20]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
-import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,11 +25,10 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, model_inputs, service, summarise
-from benchmarks.sections import Context, Section, fmt, result_of, table
+from benchmarks.sections import Section, fmt, result_of, table
 from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
-from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.scaling")
 
@@ -133,25 +129,14 @@ def image_size_sweep(
     return points
 
 
-def _command(context: Context, budget_s: float) -> str:
-    return f"python -m benchmarks.scaling --model {context.model} --budget-s {budget_s:g}"
 
 
-def _batch_command(context: Context) -> str:
-    return _command(context, context.budget["budget_s"])
 
 
-def _service_command(context: Context) -> str:
-    return _command(context, context.budget["seconds"] * 2)  # the command gives the service sweep half its budget
 
 
-def _run_service_batch(context: Context) -> list[dict[str, Any]]:
-    b = context.budget
-    return service_batch_sweep(LoadConfig(model=context.model), BATCH_SIZES, b["requests_per_image"], b["seconds"])
 
 
-def _image_command(context: Context) -> str:
-    return _command(context, context.budget["budget_s"] * 2)  # and the image sweep half
 
 
 def _render_batches(raw: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
@@ -210,7 +195,6 @@ SECTIONS = (
         "Cost against batch size",
         full={"budget_s": 24.0},
         quick={"budget_s": 0.5},
-        command=_batch_command,
         run=lambda context: batch_sweep(context.model, budget_s=context.budget["budget_s"]),
         render=_render_batches,
     ),
@@ -219,7 +203,6 @@ SECTIONS = (
         "Cost against batch size in the service",
         full={"requests_per_image": 8, "seconds": 12.0},
         quick={"requests_per_image": 2, "seconds": 3.0},
-        command=_service_command,
         run=lambda context: service_batch_sweep(
             LoadConfig(model=context.model),
             BATCH_SIZES,
@@ -233,31 +216,7 @@ SECTIONS = (
         "Cost against image size",
         full={"budget_s": 12.0},
         quick={"budget_s": 0.5},
-        command=_image_command,
         run=lambda context: image_size_sweep(context.model, budget_s=context.budget["budget_s"]),
         render=_render_image_sizes,
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--budget-s", type=float, default=20.0, help="seconds of timing for each sweep")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
-    args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    setup_logging()
-    config = LoadConfig(model=args.model, threads=args.threads)
-    report = {
-        "batch": batch_sweep(args.model, threads=args.threads, budget_s=args.budget_s),
-        "service_batch": service_batch_sweep(config, seconds=args.budget_s / 2),
-        "image_size": image_size_sweep(args.model, budget_s=args.budget_s / 2),
-    }
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,11 @@
 """The parts of ``BENCHMARKS.md`` and how each is made: every benchmark module declares its own ``SECTIONS``.
 
-A :class:`Section` holds all there is to one figure of the report: its budgets (full and quick), the
-command that measures it on its own, the call that measures it inside ``make bench``, how its result reads
-in the report, and the aims it is held to. ``benchmarks.report`` only runs them in order and joins them.
+A :class:`Section` holds all there is to one figure of the report: its budgets (full and quick), the call
+that measures it (a function returning a JSON-serialisable record), how the record reads in the report, and
+the aims it is held to. Its command line, ``python -m benchmarks NAME``, is made from its budget
+(``benchmarks.__main__``); ``benchmarks.report`` runs the sections in order and ``benchmarks.render`` joins
+them. A *recorded* section is a study too long for ``make bench``: its own command measures it and stores
+its record in ``benchmarks/results.json``, and every report renders it from there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ class Context:
     model: Path
     int8_model: Path | None
     budget: Mapping[str, Any]
+
+
+def missing_model(path: Path | None, flag: str = "--model") -> str | None:
+    """Why a benchmark cannot read the model file at ``path`` (and how to make it), or None when it can."""
+    if path is not None and path.is_file():
+        return None
+    make = "make models/castream-int8.onnx" if "int8" in flag else "make export"
+    return f"{flag} {str(path)!r} does not exist; build it with `{make}`"
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,23 @@ def _never_skipped(context: Context) -> str | None:
     return None
 
 
+def _command_line(section: Section, context: Context) -> str:
+    """``python -m benchmarks NAME`` with the files it reads and its budget as flags."""
+    words = ["python -m benchmarks", section.name]
+    words += [f"--model {context.model}"] if "model" in section.reads else []
+    words += [f"--int8-model {context.int8_model}"] if "int8_model" in section.reads else []
+    for key, value in context.budget.items():
+        shown = (
+            " ".join(map(str, value))
+            if isinstance(value, list | tuple)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else value
+        )
+        words.append(f"--{key.replace('_', '-')} {shown}")
+    return " ".join(words)
+
+
 @dataclass(frozen=True)
 class Section:
     """One section of the report.
@@ -60,22 +88,29 @@ class Section:
         name: the key of its result in ``results["sections"]`` and its name for ``--sections``.
         title: its heading.
         full, quick: its budget in a full run and in a ``--quick`` one.
-        command: the command line that measures it on its own, for a context.
-        run: measures it; returns a JSON-serialisable result.
+        run: measures it; returns a JSON-serialisable record.
         render: the lines of its body, from its result and all results (for figures it sets beside others').
         aims: the figures it is held to, from its result (None when it has none in this run).
         skip: why it cannot run in a context (the report says so), or None.
+        reads: the model files it measures (``model``, ``int8_model``); none for those that build their own.
+        recorded: measured by its own command only, and rendered from its stored record.
+        command: its command line for a context, where not ``python -m benchmarks NAME`` with its budget.
     """
 
     name: str
     title: str
     full: Mapping[str, Any]
     quick: Mapping[str, Any]
-    command: Callable[[Context], str]
     run: Callable[[Context], Any]
     render: Callable[[Any, dict[str, Any]], list[str]]
     aims: Callable[[Any], list[Aim]] = field(default=_no_aims)
     skip: Callable[[Context], str | None] = field(default=_never_skipped)
+    reads: tuple[str, ...] = ("model",)
+    recorded: bool = False
+    command: Callable[[Context], str] | None = None
+
+    def command_line(self, context: Context) -> str:
+        return self.command(context) if self.command else _command_line(self, context)
 
 
 def dig(value: Any, *keys: Any) -> Any:

@@ -16,15 +16,11 @@ python -m benchmarks.stages --model models/castream.onnx [--requests 100] [--sec
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
 import logging
-import sys
 import urllib.request
-from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.harness import HOST, LoadConfig, closed_loop, make_images, multipart_request, round_order, service
 from benchmarks.sections import Context, Section, fmt, result_of, table
 from service.model import load_model
-from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.stages")
 
@@ -198,9 +193,6 @@ def overlay_png_levels(
     return result
 
 
-def _command(context: Context) -> str:
-    b = context.budget
-    return f"python -m benchmarks.stages --model {context.model} --requests {b['requests']} --seconds {b['seconds']:g}"
 
 
 def _config(context: Context) -> LoadConfig:
@@ -320,7 +312,6 @@ SECTIONS = (
         "Where the time goes in one request",
         full={"requests": 150, "seconds": 20.0},
         quick={"requests": 12, "seconds": 5.0},
-        command=_command,
         run=_run_stages,
         render=_render_stages,
     ),
@@ -329,35 +320,7 @@ SECTIONS = (
         "Made faster: the overlay PNG, before and after",
         full={"requests": 150, "seconds": 20.0, "rounds": 2},
         quick={"requests": 12, "seconds": 5.0, "rounds": 1},
-        command=_command,
         run=_run_overlay,
         render=_render_overlay,
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--requests", type=int, default=100, help="requests per phase")
-    parser.add_argument("--seconds", type=float, default=20.0, help="longest time of a phase")
-    parser.add_argument("--before-level", type=int, default=6, help="PNG level to compare against (Pillow's default)")
-    parser.add_argument("--after-level", type=int, default=1, help="the service's PNG level")
-    args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
-    setup_logging()
-    config = replace(LoadConfig(model=args.model), seconds=args.seconds)
-    report = {
-        "config": {**asdict(config), "model": str(config.model)},
-        "stages": request_stages(config, MODES, args.requests, args.seconds),
-        "overlay_png": overlay_png_levels(
-            config, {"before": args.before_level, "after": args.after_level}, args.requests, args.seconds
-        ),
-    }
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,29 +9,26 @@ the training code's own pieces (``Objective``, ``trainable_parameters``, ``make_
 The headline is training images/s over forward images/s (aim >= 0.8). Weights are random: the cost of a
 step does not depend on them.
 
-python -m benchmarks.train_speed                  # ResNet-50 at 224 px, batch 16, ~30 s of timing
-python -m benchmarks.train_speed --backbone resnet18 --image-size 112 --budget-s 10
+python -m benchmarks train_speed                  # ResNet-50 at 224 px, batch 16, ~45 s of timing
+python -m benchmarks train_speed --backbone resnet18 --image-size 112 --budget-s 10
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from benchmarks.harness import interleaved
-from training.backbones import BACKBONES
+from benchmarks.sections import Aim, Section, dig, fmt, table
 from training.engine import Objective, StageSettings, TrainingContext, make_optimizer, trainable_parameters
-from training.logs import setup_logging
 from training.model import CAStreamNet, ModelConfig
-from training.precision import POLICIES, describe
+from training.precision import describe
 
 log = logging.getLogger("benchmarks.train_speed")
 
@@ -111,28 +108,37 @@ def run(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.train_speed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--budget-s", type=float, default=30.0, help="seconds of timing (at least 3 rounds)")
-    parser.add_argument(
-        "--precision", default="auto", choices=POLICIES, help="as training.fit: auto is bf16 only where it is native"
-    )
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        result = run(args.backbone, args.image_size, args.batch_size, args.budget_s, args.precision)
-    except ValueError as error:
-        parser.error(str(error))
-    print(json.dumps(asdict(result), indent=2))
-    return 0
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    policy = r.get("precision") or ("bf16" if r.get("amp") else "fp32")  # older results recorded a flag
+    rows = [
+        ["frozen model, forward only (`no_grad`)", fmt(r["forward_ms"]), fmt(r["forward_images_per_second"], 2)],
+        [
+            "stream training step (forward, backward, SGD)",
+            fmt(r["train_step_ms"]),
+            fmt(r["train_images_per_second"], 2),
+        ],
+    ]
+    return [
+        f"{r['backbone']} at {r['image_size']} px, batch {r['batch_size']}, {r['threads']} threads, "
+        f"{'float32' if policy == 'fp32' else policy + ' autocast'} (the training default here), {r['rounds']} "
+        "alternating rounds.",
+        "",
+        *table(["", "ms per batch", "images/s"], rows),
+        "",
+        f"Training throughput / forward throughput: **{r['ratio']:.2f}** (aim >= {r['aim']}).",
+        "",
+    ]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+SECTIONS = (
+    Section(
+        "train_speed",
+        "Stream training against the frozen forward pass",
+        full={"backbone": "resnet50", "image_size": 224, "batch_size": 16, "budget_s": 45.0},
+        quick={"backbone": "resnet18", "image_size": 64, "batch_size": 4, "budget_s": 0.5},
+        run=lambda context: asdict(run(**context.budget)),
+        render=_render,
+        aims=lambda result: [Aim("stream training / frozen forward throughput", dig(result, "ratio"), AIM, True)],
+        reads=(),
+    ),
+)

@@ -5,8 +5,8 @@ rounding. This prints the largest differences over many validation images and ba
 to its scale (logits and class maps: the largest absolute logit; attention: the largest weight of the
 map), next to the export's tolerances, so the margin between rounding and the tolerance can be read off.
 
-python -m benchmarks.parity                                  # the default run, 512 validation images
-python -m benchmarks.parity --checkpoint runs/x/castream.pt --images 1000 --batch-sizes 1 8 32
+python -m export.parity                                  # the default run, 512 validation images
+python -m export.parity --checkpoint runs/x/castream.pt --images 1000 --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.graph import ATTENTION, CLASS_MAPS, LOGITS, export_graph
+from export.graph import export_graph
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import FP32, reference_outputs, relative_errors
+from service.contract import ATTENTION, CLASS_MAPS, LOGITS
 from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.data import DEFAULT_CACHE
 from training.logs import setup_logging
 
-log = logging.getLogger("benchmarks.parity")
+log = logging.getLogger(__name__)
 
 
 def run(path: str, images: int, batch_sizes: list[int], cache: Path | None = DEFAULT_CACHE) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def run(path: str, images: int, batch_sizes: list[int], cache: Path | None = DEF
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m export.parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     parser.add_argument("--images", type=int, default=512, help="validation images (default: %(default)s)")

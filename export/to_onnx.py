@@ -17,10 +17,8 @@ import sys
 from export.agreement import Thresholds
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
 from export.verify import VerificationError
-from training.logs import setup_logging
+from training.logs import quiet_third_party, setup_logging
 from training.options import add_options, command_parser, from_args
-
-QUIET_LOGGERS = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
@@ -67,8 +65,8 @@ def summary(report: ExportReport) -> str:
 def main(argv: list[str] | None = None) -> int:
     options, verbose = parse_args(argv)
     setup_logging()
-    for name in QUIET_LOGGERS if not verbose else ():
-        logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        quiet_third_party()
     log = logging.getLogger("export.to_onnx")
     try:
         report = export_checkpoint(options)

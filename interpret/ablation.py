@@ -8,8 +8,8 @@ over a uniform map's, the class-specific map's pointing game, and the seconds it
 GAP model of the same backbone is printed as a reference, and so is the pointing game of a perfect map
 at each grid (each cell's share of object pixels), which bounds what any map can score there.
 
-python -m benchmarks.ablation                                  # the default run's backbone
-python -m benchmarks.ablation --checkpoint runs/x/castream.pt --recipes paper gap-start --epochs 3
+python -m interpret.ablation                                  # the default run's backbone
+python -m interpret.ablation --checkpoint runs/x/castream.pt --recipes paper gap-start --epochs 3
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from training.model import CAStream, CAStreamNet
 from training.recipes import RECIPES, StreamRecipe
 from training.tapcache import CachedTaps
 
-log = logging.getLogger("benchmarks.ablation")
+log = logging.getLogger(__name__)
 
 # The recipes compared: the named ones, and the steps between them, one factor at a time.
 GRID: dict[str, tuple[StreamRecipe, int | None]] = {  # name: (recipe, input size; None: the checkpoint's)
@@ -248,7 +248,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m interpret.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="frozen backbone (default: %(default)s)")
     parser.add_argument("--recipes", nargs="+", default=list(GRID), choices=list(GRID), help="default: all")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ def test_each_side_fetches_what_it_says(tiny_model: Path) -> None:
     cost = class_maps.Cost("tiny", 32, 4, [time_sessions(sessions, images, budget_s=0.0, min_rounds=2)])
     row = cost.to_dict()["batches"][0]
     assert row["batch_size"] == 2 and row["rounds"] == 2 and row["unfetched_over_without"] > 0
-    assert "| tiny 32 px, 4 classes | 2 |" in class_maps.format_report([cost], threads=1)
+    lines = class_maps.SECTIONS[0].render({"threads": 1, "models": [cost.to_dict()]}, {})
+    assert "| tiny 32 px, 4 classes | 2 |" in "\n".join(lines)
 
 
 @pytest.mark.slow  # exports ResNet-18 and runs Grad-CAM once: ~30 s
@@ -43,19 +45,43 @@ def test_explanation_benchmark_reports_ratios_to_castream(monkeypatch: pytest.Mo
     assert rows["gradcam"]["castream_speedup"] == pytest.approx(
         rows["castream"]["images_per_second"] / rows["gradcam"]["images_per_second"], rel=0.01
     )
-    table = explain_speed.format_report([result])
+    table = "\n".join(explain_speed.SECTIONS[0].render([result], {}))
     assert "| resnet18 64 px | pytorch-grad-cam GradCAM |" in table and "1 (reference)" in table
 
 
-def test_regenerating_the_report_keeps_the_separately_measured_sections(tmp_path: Path, monkeypatch) -> None:
-    from benchmarks import render, report
+def test_regenerating_the_report_keeps_the_recorded_studies(tmp_path: Path) -> None:
+    from benchmarks import report
 
-    out = tmp_path / "BENCHMARKS.md"
-    kept = f"{report.KEPT_MARKER}\n\n## Explanations per second\n\n| a | b |\n"
-    out.write_text(f"# Benchmarks\n\nold generated part\n\n{kept}")
-    monkeypatch.setattr(render, "render", lambda results, sections, plot: "# Benchmarks\n\nnew generated part\n")
-    report.write({}, out, plot=None, json_path=None)
-    assert out.read_text() == f"# Benchmarks\n\nnew generated part\n\n{kept}"
-    fresh = tmp_path / "fresh.md"
-    report.write({}, fresh, plot=None, json_path=None)
-    assert fresh.read_text() == "# Benchmarks\n\nnew generated part\n"
+    raw = tmp_path / "results.json"
+    study = {"command": "python -m benchmarks parity", "measured_on": "another day", "result": PARITY}
+    raw.write_text(json.dumps({"sections": {"parity": study, "gpu": {"command": "old", "skipped": "old run"}}}))
+    fresh = {"sections": {"gpu": {"command": "new", "skipped": "no GPU"}}}
+    kept = report.keep_recorded(fresh, raw)
+    assert kept["sections"] == {"gpu": fresh["sections"]["gpu"], "parity": study}  # measured ones are this run's
+    assert report.keep_recorded(fresh, tmp_path / "absent.json") == fresh
+
+
+PARITY = {
+    "checkpoint": "c.pt",
+    "images": 3,
+    "rows": [],
+    "worst": {"logits": 1e-6},
+    "tolerance": {"logits": 1e-4},
+    "margin": {"logits": 100.0},
+}
+
+
+def test_a_recorded_study_renders_from_its_record_with_where_it_was_measured(quick_results) -> None:
+    from benchmarks.render import render
+    from benchmarks.report import SECTIONS
+
+    results = {**quick_results, "sections": {**quick_results["sections"]}}
+    results["sections"]["parity"] = {
+        "command": "python -m benchmarks parity",
+        "measured_on": "a quiet day",
+        "result": PARITY,
+    }
+    text = render(results, SECTIONS, None)
+    assert "Measured on its own, not by `make bench`: `python -m benchmarks parity` (a quiet day)." in text
+    assert "| logits (of the largest absolute logit) | 1e-06 | 0.0001 | 100x |" in text
+    assert "Not recorded yet: `python -m benchmarks ablation` measures it." in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.precision import compare, int8_verification
+from benchmarks.int8 import compare, int8_verification
 from tests.benchmarks.conftest import INT8_CHECKS
 from tests.service.servicetools import save_model
 

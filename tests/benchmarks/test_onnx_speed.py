@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from benchmarks import onnx_speed
+from benchmarks.__main__ import main
 from export.pipeline import ExportReport
 
 
@@ -28,13 +29,16 @@ def test_report_holds_both_headline_ratios(
         assert np.isfinite(summary[key]) and summary[key] > 0
     assert set(summary["timings"]["batch4"]) == {"fp32-gap", "fp32-ca", "int8-ca", "rounds"}
     json.dumps(summary)
-    text = onnx_speed.format_report(report)
-    assert "CA/GAP latency ratio (batch 1)" in text and "int8/fp32 throughput ratio (batch 4)" in text
+    text = "\n".join(onnx_speed.SECTIONS[0].render(summary, {}))
+    assert "CA / GAP latency at batch 1: **" in text and "int8 / fp32 throughput of the CA graph at batch 4" in text
 
 
 @pytest.mark.slow
-def test_cli_builds_its_own_graphs_and_prints_json(capsys: pytest.CaptureFixture) -> None:
-    assert onnx_speed.main(["--backbone", "resnet18", "--image-size", "64", "--budget-s", "1", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+def test_cli_builds_its_own_graphs_and_records_them(capsys: pytest.CaptureFixture, tmp_path) -> None:
+    raw = tmp_path / "results.json"
+    argv = ["onnx_speed", "--backbone", "resnet18", "--image-size", "64", "--budget-s", "1", "--json", str(raw)]
+    assert main(argv) == 0
+    assert "## CA against GAP, int8 against fp32" in capsys.readouterr().out
+    report = json.loads(raw.read_text())["sections"]["onnx_speed"]["result"]
     assert report["backbone"] == "resnet18" and report["image_size"] == 64
     assert report["ca_over_gap_latency"] > 0 and report["int8_over_fp32_throughput"] > 0

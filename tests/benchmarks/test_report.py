@@ -22,7 +22,7 @@ def test_others_share_is_the_machine_cpu_this_run_did_not_use() -> None:
 
 def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_path) -> None:
     out, plot, raw = tmp_path / "BENCHMARKS.md", tmp_path / "img" / "plot.png", tmp_path / "results.json"
-    sections = "batch,image_size,precision,gpu"
+    sections = "batch,image_size,int8,gpu"
     argv = [
         "--quick",
         "--model",
@@ -42,7 +42,7 @@ def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_p
     text = out.read_text()
     assert "![throughput against batch size](img/plot.png)" in text and plot.read_bytes().startswith(b"\x89PNG")
     assert "| 12 | 4000 x 3000 |" in text and "top-1 99.5 %" in text
-    assert "--sections batch,image_size,precision,gpu" in text  # the command that produced the file
+    assert "--sections batch,image_size,int8,gpu" in text  # the command that produced the file
     results = json.loads(raw.read_text())
     assert list(results["sections"]) == sections.split(",")
     assert results["machine"]["usable_cores"] >= 1 and len(results["load_average"]["start"]) == 3
@@ -60,7 +60,7 @@ def test_a_failed_section_is_reported_and_fails_the_command(tiny_model, tmp_path
         "--int8-model",
         str(tiny_model),
         "--sections",
-        "precision",
+        "int8",
         "--out",
         str(out),
         "--plot",
@@ -73,8 +73,11 @@ def test_a_failed_section_is_reported_and_fails_the_command(tiny_model, tmp_path
 
 
 def test_missing_int8_model_is_a_skip_not_a_failure(tiny_model, tmp_path) -> None:
-    results = run(Options(tiny_model, tmp_path / "absent.onnx", ("precision",), quick=True))
-    assert results["sections"]["precision"]["skipped"].startswith("no int8 model at")
+    results = run(Options(tiny_model, tmp_path / "absent.onnx", ("int8",), quick=True))
+    assert (
+        results["sections"]["int8"]["skipped"].startswith("--int8-model")
+        and "does not exist" in results["sections"]["int8"]["skipped"]
+    )
 
 
 def test_unknown_sections_are_refused(tiny_model) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.ablation import GRID, format_table, perfect_pointing, run
+from interpret.ablation import GRID, format_table, perfect_pointing, run
 
 
 def test_a_perfect_map_points_at_every_object_that_covers_its_best_cell() -> None:
