@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ __all__ = [
     "json_body",
     "make_images",
     "model_inputs",
+    "prepared",
     "multipart_request",
     "percentile_ms",
     "phase_of",
@@ -133,11 +134,16 @@ def make_images(count: int, size: int, seed: int = 0, width: int | None = None) 
     return out
 
 
+def prepared(prepare: Preprocessor, files: Iterable[tuple[str, bytes]]) -> np.ndarray:
+    """Named image files decoded and preprocessed as the service does, stacked [N, 3, crop, crop]."""
+    return np.stack([prepare(decode(data, 10**8, name)).input for name, data in files])
+
+
 def model_inputs(model_path: Path, count: int) -> np.ndarray:
     """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
     info = load_model(model_path, ["cpu"]).info
-    prepare = Preprocessor(info.preprocessing)
-    return np.stack([prepare(decode(data, 10**8)).input for data in make_images(count, info.preprocessing.resize)])
+    images = make_images(count, info.preprocessing.resize)
+    return prepared(Preprocessor(info.preprocessing), (("image", data) for data in images))
 
 
 def free_port() -> int:

@@ -45,10 +45,10 @@ from benchmarks.harness import (
     make_images,
     percentile_ms,
     phase_of,
+    prepared,
     service_process,
 )
-from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
-from service.imaging import decode
+from benchmarks.sections import Aim, Context, Section, dig, fmt, missing_model, pct, table
 from service.inputs import parse_json
 from service.model import load_model
 from service.preprocess import Preprocessor
@@ -73,14 +73,11 @@ def work_in_process(config: LoadConfig, images: list[bytes], seconds: float) -> 
     bodies = [json_body(image) for image in images]
 
     def request(body: bytes) -> None:
-        [(name, data)] = parse_json(body)
-        model.run(prepare(decode(data, 10**8, name)).input[None])
+        model.run(prepared(prepare, parse_json(body)))
 
     def decoded(start: int) -> np.ndarray:
         picked = [bodies[(start + k) % len(bodies)] for k in range(config.batch_size)]
-        return np.stack(
-            [prepare(decode(data, 10**8, name)).input for body in picked for name, data in parse_json(body)]
-        )
+        return prepared(prepare, (file for body in picked for file in parse_json(body)))
 
     request(bodies[0])  # warm-up
     model.run(decoded(0))
@@ -385,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument(flag, type=type(option.default), default=option.default)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {str(args.model)!r} does not exist; build it with `make export`")
+    if missing_model(args.model):
+        parser.error(missing_model(args.model))
     setup_logging()
     options = {k: v for k, v in vars(args).items() if k != "json"}
     report = run(LoadConfig(**options))
