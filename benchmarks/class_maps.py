@@ -28,7 +28,7 @@ from export.timing import Timings, time_sessions
 from service.contract import ATTENTION, CLASS_MAPS, LOGITS
 from training.model import CAStreamNet, ModelConfig
 
-log = logging.getLogger("benchmarks.class_maps")
+log = logging.getLogger(__name__)
 
 WITHOUT, UNFETCHED, FETCHED = "without", "unfetched", "fetched"
 MODELS = (("resnet18", 112, 10), ("resnet50", 224, 1000))  # the default model's shape, and an ImageNet-sized one

@@ -32,7 +32,7 @@ from export.sessions import make_session
 from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
 from training.model import CAStreamNet, ModelConfig
 
-log = logging.getLogger("benchmarks.explain_speed")
+log = logging.getLogger(__name__)
 
 MODELS = {"resnet50": (224, 1000), "resnet18": (112, 10)}  # ImageNet-sized, and the default model's shape
 METHODS = ("castream", "gradcam", "gradcam++", "scorecam", "integrated-gradients")

@@ -3,7 +3,7 @@
 Nothing is estimated: without a CUDA device and ONNX Runtime's CUDA provider (the ``serve-gpu`` extra) the
 result says that nothing was measured, and why.
 
-python -m benchmarks.gpu --model models/castream.onnx [--fp16-model models/castream-fp16.onnx]
+python -m benchmarks gpu --model models/castream.onnx [--fp16-model models/castream-fp16.onnx]
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def measure(model: Path, fp16_model: Path | None = None, budget_s: float = 20.0)
     return {"measured": True, "sweeps": sweeps, "notes": notes}
 
 
-
-
 def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if not r.get("measured"):
@@ -75,9 +73,11 @@ SECTIONS = (
     Section(
         "gpu",
         "GPU",
-        full={"budget_s": 24.0},
-        quick={"budget_s": 0.5},
-        run=lambda context: measure(context.model, budget_s=context.budget["budget_s"]),
+        full={"budget_s": 24.0, "fp16_model": ""},
+        quick={"budget_s": 0.5, "fp16_model": ""},
+        run=lambda context: measure(
+            context.model, Path(context.budget["fp16_model"] or "."), budget_s=context.budget["budget_s"]
+        ),
         render=_render,
     ),
 )

@@ -6,7 +6,7 @@ images per pass, first on the same model, then with BatchNorm folded into the co
 evaluation runs it. Throughput counts images whose insertion and deletion curves are both done.
 
 python benchmarks/insertion_deletion.py                    # ResNet-50 at 224 px: 3 images batched, 1 looped
-python -m benchmarks.insertion_deletion --images 8 --naive-images 2 --batch-size 64
+python -m benchmarks insertion_deletion --images 8 --naive-images 2 --batch-size 64
 
 With the defaults it runs for about half a minute on two idle CPU cores (several minutes on busy ones).
 The weights are random (no model hub here): the cost of a forward pass does not depend on them, and the
@@ -36,7 +36,7 @@ from training import synthetic
 from training.backbones import fold_batch_norm
 from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-log = logging.getLogger("benchmarks.insertion_deletion")
+log = logging.getLogger(__name__)
 
 
 @dataclass

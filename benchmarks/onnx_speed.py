@@ -1,7 +1,7 @@
 """ONNX Runtime speed of the exported graphs, side by side: CA against GAP, int8 against float32.
 
-python benchmarks/onnx_speed.py                       # ResNet-50 at 224 px, single-threaded, ~1 minute of timing
-python -m benchmarks.onnx_speed --budget-s 20 --json  # shorter, machine-readable
+python -m benchmarks onnx_speed                       # ResNet-50 at 224 px, single-threaded, ~1 minute of timing
+python -m benchmarks onnx_speed --budget-s 20         # shorter
 
 Three graphs of one model (random weights: no model hub here, and speed does not depend on the weights)
 run on the same inputs in alternating order, at batch 1 (latency) and at a larger batch (throughput):
@@ -31,7 +31,7 @@ from export.sessions import make_session
 from export.timing import Timings, time_sessions
 from training.model import CAStreamNet, ModelConfig
 
-log = logging.getLogger("benchmarks.onnx_speed")
+log = logging.getLogger(__name__)
 
 GAP, CA, INT8 = "fp32-gap", "fp32-ca", "int8-ca"
 AIM_CA_OVER_GAP = 1.03

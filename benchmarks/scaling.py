@@ -8,7 +8,7 @@
 - ``image_size_sweep``: decoding and preprocessing JPEGs of 0.3, 1, 4 and 12 megapixels with the service's
   own functions (``service.imaging.decode``, ``service.preprocess.Preprocessor``).
 
-python -m benchmarks.scaling --model models/castream.onnx [--budget-s 20]
+python -m benchmarks batch --model models/castream.onnx [--budget-s 20]   # and service_batch, image_size
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
 
-log = logging.getLogger("benchmarks.scaling")
+log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 MEGAPIXELS = (0.3, 1.0, 4.0, 12.0)

@@ -69,6 +69,8 @@ def _command_line(section: Section, context: Context) -> str:
     words += [f"--model {context.model}"] if "model" in section.reads else []
     words += [f"--int8-model {context.int8_model}"] if "int8_model" in section.reads else []
     for key, value in context.budget.items():
+        if value == "":  # an optional file left out
+            continue
         shown = (
             " ".join(map(str, value))
             if isinstance(value, list | tuple)

@@ -11,7 +11,8 @@ shows the same stages per image under load, and how full the batches were and ho
 ``overlay_png_levels`` runs the same requests with ``attention=overlay`` on services that differ only in
 ``CASTREAM_OVERLAY_PNG_LEVEL``, in ABBA order, to show what the PNG's zlib level costs.
 
-python -m benchmarks.stages --model models/castream.onnx [--requests 100] [--seconds 20]
+python -m benchmarks stages --model models/castream.onnx [--requests 100] [--seconds 20]
+python -m benchmarks overlay_png --model models/castream.onnx [--rounds 2]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from benchmarks.harness import HOST, LoadConfig, closed_loop, make_images, multi
 from benchmarks.sections import Context, Section, fmt, result_of, table
 from service.model import load_model
 
-log = logging.getLogger("benchmarks.stages")
+log = logging.getLogger(__name__)
 
 MODES = ("none", "grid", "overlay")
 REQUEST = "castream_request_duration_seconds"

@@ -30,7 +30,7 @@ from training.engine import Objective, StageSettings, TrainingContext, make_opti
 from training.model import CAStreamNet, ModelConfig
 from training.precision import describe
 
-log = logging.getLogger("benchmarks.train_speed")
+log = logging.getLogger(__name__)
 
 AIM = 0.8
 

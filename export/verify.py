@@ -3,7 +3,7 @@
 Tolerances scale with the outputs (``FP32``): logits within 1e-4 of the logits' scale (the largest absolute
 logit, at least 1), attention within 1e-4 of its scale (the largest weight of the maps). Correct float32
 kernels add in different orders on different CPUs, and the differences grow with the values; the margin
-between that rounding and these tolerances is measured by ``python -m benchmarks.parity`` (docs/onnx-model.md),
+between that rounding and these tolerances is measured by ``python -m export.parity`` (docs/onnx-model.md),
 while a real error (one convolution's weights off by 1 %) exceeds them many times. Both are checked at batch 1 and at
 batch 8 on real images of the data set, so a graph whose batch axis is wrongly wired fails too.
 Class maps are held to the logits' tolerance, cell by cell and in their sums (plus the head's constant),

@@ -6,7 +6,7 @@ exactly the backbone's GAP prediction (the last projection is the identity and t
 is zero, so its attention is uniform) and AdamW moves it from there. Starting from the function the
 frozen classifier was trained on, the attention only has to learn *where* to pool; from a random start
 it also learns what to feed the classifier, and on the default data it settled beside the object. The
-ablation that chose it: ``python -m benchmarks.ablation`` (docs/ablation.md).
+ablation that chose it: ``python -m interpret.ablation`` (docs/ablation.md).
 """
 
 from __future__ import annotations
