@@ -309,7 +309,7 @@ def _explain(
         if "attention" in methods:
             maps[("attention", "ca")] = saliency.attention_map(model, taps)
         if "classmap" in methods:
-            maps[("classmap", "ca")] = saliency.class_specific_map(model, x, classes["ca"])
+            maps[("classmap", "ca")] = saliency.class_specific_map(model, taps, classes["ca"])
     return maps
 
 

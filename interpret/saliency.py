@@ -139,7 +139,7 @@ def attention_map(model: CAStreamNet, taps: list[Tensor]) -> Tensor:
     return model.forward_head(taps, "ca").attention
 
 
-def class_specific_map(model: CAStreamNet, images: Tensor, classes: Tensor) -> Tensor:
-    """The CA model's exact decomposition of each image's class logit over positions (N, h, w)."""
-    maps, _ = model.class_maps(images)
+def class_specific_map(model: CAStreamNet, taps: list[Tensor], classes: Tensor) -> Tensor:
+    """The CA model's exact decomposition of each image's class logit over positions (N, h, w), from its taps."""
+    maps, _ = model.class_maps_of_taps(taps)
     return maps[torch.arange(len(classes)), classes]

@@ -144,7 +144,7 @@ def test_attention_and_class_maps_of_the_ca_model() -> None:
         taps = model.forward_features(images)
         attention = saliency.attention_map(model, taps)
         classes = torch.tensor([1, 4])
-        maps = saliency.class_specific_map(model, images, classes)
+        maps = saliency.class_specific_map(model, taps, classes)
         logits = model(images).logits
     assert attention.shape == maps.shape == (2, 2, 2)
     torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(2))
