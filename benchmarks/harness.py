@@ -143,7 +143,7 @@ def model_inputs(model_path: Path, count: int) -> np.ndarray:
     """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
     info = load_model(model_path, ["cpu"]).info
     images = make_images(count, info.preprocessing.resize)
-    return prepared(Preprocessor(info.preprocessing), (("image", data) for data in images))
+    return prepared(Preprocessor(info.preprocessing), ((f"generated {i}", data) for i, data in enumerate(images)))
 
 
 def free_port() -> int:

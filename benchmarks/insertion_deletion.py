@@ -142,8 +142,6 @@ def run(
     )
 
 
-
-
 def _run(context: Context) -> dict[str, Any]:
     return asdict(run(**context.budget))
 

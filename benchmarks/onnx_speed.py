@@ -157,8 +157,6 @@ def format_report(report: SpeedReport) -> str:
     return "\n".join(lines)
 
 
-
-
 def _run(context: Context) -> dict:
     b = context.budget
     return run(b["backbone"], b["image_size"], budget_s=b["budget_s"]).to_dict()

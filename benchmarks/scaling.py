@@ -26,6 +26,7 @@ from PIL import Image
 
 from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, model_inputs, service, summarise
 from benchmarks.sections import Section, fmt, result_of, table
+from service.contract import INPUT
 from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
@@ -47,7 +48,7 @@ def batch_sweep(
     """Latency and throughput of ``session.run`` per batch size, on the named ONNX Runtime providers."""
     model = load_model(model_path, list(providers), threads)
     inputs = model_inputs(model_path, max(sizes))
-    feeds = {size: {"image": np.ascontiguousarray(inputs[:size])} for size in sizes}
+    feeds = {size: {INPUT: np.ascontiguousarray(inputs[:size])} for size in sizes}
     for size in sizes:  # the first run of each shape allocates and picks kernels
         model.session.run(None, feeds[size])
     seconds = interleaved(
@@ -127,16 +128,6 @@ def image_size_sweep(
             }
         )
     return points
-
-
-
-
-
-
-
-
-
-
 
 
 def _render_batches(raw: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:

@@ -194,8 +194,6 @@ def overlay_png_levels(
     return result
 
 
-
-
 def _config(context: Context) -> LoadConfig:
     return LoadConfig(model=context.model, seconds=context.budget["seconds"])
 

@@ -11,6 +11,7 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     """Configures the root logger for a command: ``level`` and the project's format, on standard error."""
     logging.basicConfig(level=level, format=FORMAT)
 
+
 # Exporters and ONNX Runtime log every graph rewrite at INFO; commands show their warnings only.
 THIRD_PARTY = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
 
