@@ -14,6 +14,7 @@ from service.errors import install_handlers
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
+from service.requestid import install as install_request_ids
 from service.routes import GUARDED, OPEN
 from service.settings import Settings, load_settings
 
@@ -48,4 +49,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=guard)
     for router in OPEN:
         app.include_router(router)
+    install_request_ids(app)  # outermost, so even the server-error handler's 500 carries the id
     return app

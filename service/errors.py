@@ -12,8 +12,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+
+from service.requestid import with_request_id
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def not_ready(retry_after_s: int) -> ServiceError:
 class ErrorBody(BaseModel):
     detail: str | list | dict
     code: str
+    request_id: str = Field(description="the request's id, as in the x-request-id header and the log")
 
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
@@ -47,8 +50,8 @@ def error_response(
 ) -> JSONResponse:
     if request is not None and request.url.path.startswith(V2_PREFIX):
         message = detail if isinstance(detail, str) else f"{code}: {json.dumps(detail)}"
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+        return JSONResponse(with_request_id({"error": message}), status_code=status, headers=headers)
+    return JSONResponse(with_request_id({"detail": detail, "code": code}), status_code=status, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -116,3 +116,4 @@ class ProtocolErrorBody(BaseModel):
     """An error of the Open Inference Protocol routes (``/v2``)."""
 
     error: str
+    request_id: str = Field(description="the request's id, as in the x-request-id header and the log")

@@ -28,6 +28,7 @@ from service.oip import (
     encode_response,
     parse_request,
 )
+from service.requestid import current_request_id, with_request_id
 from service.schemas import ProtocolErrorBody
 from service.serving import Serving
 
@@ -103,7 +104,7 @@ EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "true (the body i
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse(with_request_id({"error": message}), status_code=status)
 
 
 def _check_name(serving: Serving, name: str, version: str | None) -> None:
@@ -259,6 +260,8 @@ async def infer(
         if output.classification:
             array = classification(array, output.classification, info.classes)
         outputs.append((output.name, array, output.binary or parsed.binary_outputs))
-    content, headers = encode_response(info.name, info.version, parsed.id, outputs)
+    content, headers = encode_response(
+        info.name, info.version, parsed.id if parsed.id is not None else current_request_id(), outputs
+    )
     media = "application/octet-stream" if headers else "application/json"
     return Response(content, media_type=media, headers=headers)

@@ -186,7 +186,7 @@ def test_binary_request_body_as_the_extension_lays_it_out(app_client) -> None:
 def test_protocol_errors_are_error_objects(app_client, body: dict, status: int, message: str) -> None:
     response = _infer(app_client(), body)
     assert response.status_code == status
-    assert set(response.json()) == {"error"} and message in response.json()["error"]
+    assert set(response.json()) == {"error", "request_id"} and message in response.json()["error"]
 
 
 def test_not_json_and_unknown_models_are_error_objects(client_v2: TestClient) -> None:
@@ -194,9 +194,11 @@ def test_not_json_and_unknown_models_are_error_objects(client_v2: TestClient) ->
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
     unknown = _infer(client_v2, {"inputs": [_bytes_input(solid_png((1, 2, 3)))]}, model="resnet")
     assert unknown.status_code == 404 and unknown.json() == {
-        "error": f"unknown model 'resnet'; this server serves '{MODEL}'"
+        "error": f"unknown model 'resnet'; this server serves '{MODEL}'",
+        "request_id": unknown.headers["x-request-id"],
     }
-    assert client_v2.get("/v2/nothing").json() == {"error": "Not Found"}
+    nothing = client_v2.get("/v2/nothing")
+    assert nothing.json() == {"error": "Not Found", "request_id": nothing.headers["x-request-id"]}
 
 
 @pytest.fixture
@@ -224,7 +226,7 @@ def test_v2_requests_share_the_batcher_and_metrics(client_v2: TestClient) -> Non
 def test_readiness_is_false_while_draining(client_v2: TestClient) -> None:
     assert client_v2.get("/v2/health/ready").status_code == 200
     client_v2.app.state.lifecycle.drain()
-    assert client_v2.get("/v2/health/ready").json() == {"error": "not ready: draining"}
+    assert client_v2.get("/v2/health/ready").json()["error"] == "not ready: draining"
     assert client_v2.get(f"/v2/models/{MODEL}/ready").status_code == 400
     assert client_v2.get("/v2/health/live").status_code == 200
 
@@ -233,4 +235,4 @@ def test_v2_bodies_share_the_byte_limit(app_client) -> None:
     client = app_client(max_request_bytes=1024)
     response = _infer(client, {"inputs": [_bytes_input(b"x" * 2000)]})
     assert response.status_code == 413
-    assert "CASTREAM_MAX_REQUEST_BYTES" in response.json()["error"] and set(response.json()) == {"error"}
+    assert "CASTREAM_MAX_REQUEST_BYTES" in response.json()["error"] and set(response.json()) == {"error", "request_id"}
