@@ -12,7 +12,8 @@ Where ``wrk`` is missing (``make wrk`` installs Debian's), a Python client stand
 it shares the CPU with the service. The in-process work is measured before and after the service phases
 and averaged. Every phase is bounded in seconds and requests. From Python, ``run(LoadConfig(...))``; or:
 
-    python -m benchmarks.load --model models/castream.onnx [--json report.json]
+    python -m benchmarks load --model models/castream.onnx           # as a section of BENCHMARKS.md
+    python -m benchmarks.load --model models/castream.onnx --json report.json   # every knob, the raw report
 """
 
 from __future__ import annotations
@@ -268,11 +269,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _command(context: Context) -> str:
-    b = context.budget
-    return f"python -m benchmarks.load --model {context.model} --requests {b['requests']} --seconds {b['seconds']:g}"
-
-
 def _run(context: Context) -> dict[str, Any]:
     return run(LoadConfig(model=context.model, requests=context.budget["requests"], seconds=context.budget["seconds"]))
 
@@ -365,7 +361,6 @@ SECTIONS = (
         "The service from outside, against its own work in process",
         full={"requests": 20000, "seconds": 10.0},
         quick={"requests": 24, "seconds": 2.0},
-        command=_command,
         run=_run,
         render=_render,
         aims=_aims,
