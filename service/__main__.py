@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.logs import configure as configure_logging
 from service.settings import SettingsError, load_settings
 
 log = logging.getLogger("service")
@@ -45,14 +46,16 @@ def main() -> int:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         log.error("%s", exc)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        # In JSON, uvicorn's loggers hand their records to the root handler, and the access line is ours.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        access_log=settings.access_log and settings.log_format == "text",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         lifespan="on",
     )

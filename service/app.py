@@ -12,6 +12,7 @@ from service.auth import require_api_key
 from service.contract import VERSION
 from service.errors import install_handlers
 from service.lifecycle import Lifecycle
+from service.logs import install_access_log
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
 from service.requestid import install as install_request_ids
@@ -49,5 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=guard)
     for router in OPEN:
         app.include_router(router)
+    if settings.log_format == "json":
+        install_access_log(app)
     install_request_ids(app)  # outermost, so even the server-error handler's 500 carries the id
     return app

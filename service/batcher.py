@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from service import timings
 from service.errors import ServiceError
 from service.metrics import Metrics
 
@@ -47,6 +48,7 @@ class _Job:
     results: list[Any] = field(default_factory=list)
     pending: int = 0
     started: bool = False
+    taken: float | None = None  # when its first image was taken into a batch (monotonic)
     deadline: asyncio.TimerHandle | None = None
 
 
@@ -185,6 +187,7 @@ class Batcher:
             return await job.future  # cancelled with the handler when the client goes: its images are skipped
         finally:
             job.deadline.cancel()
+            timings.batched(len(inputs), job.enqueued, job.taken)
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
@@ -236,7 +239,7 @@ class Batcher:
             if job.future.done():
                 continue
             if not job.started:
-                job.started = True
+                job.started, job.taken = True, now
                 self.metrics.queue_wait_seconds.observe(now - job.enqueued)
             batch.append((job, index))
         self.metrics.queue_depth.set(len(self._items))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import timings
 from service.batcher import Batcher, Ticket
 from service.contract import CLASS_MAPS
 from service.errors import ServiceError
@@ -68,12 +69,16 @@ class Serving:
     async def prepare(self, images: list[tuple[str, bytes]], keep_original: bool = False) -> list[Prepared]:
         """Decode and preprocess ``images`` in the decode pool; a bad image raises its own ServiceError."""
         loop = asyncio.get_running_loop()
-        if len(images) == 1:  # the common case, without gather's bookkeeping
-            name, data = images[0]
-            return [await loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original)]
-        return await asyncio.gather(
-            *(loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original) for name, data in images)
-        )
+        with timings.stage("decode"):
+            if len(images) == 1:  # the common case, without gather's bookkeeping
+                name, data = images[0]
+                return [await loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original)]
+            return await asyncio.gather(
+                *(
+                    loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original)
+                    for name, data in images
+                )
+            )
 
     async def infer(self, ticket: Ticket, inputs: list[np.ndarray], class_maps: bool = False) -> list[ImageOutput]:
         """Run model inputs [3, crop, crop] through the shared batcher on the request's ``ticket``."""
@@ -85,10 +90,11 @@ class Serving:
         prepared = await self.prepare(images, options.needs_original)
         outputs = await self.infer(ticket, [p.input for p in prepared], options.needs_class_maps)
         # PNG encoding is worth a thread hop; top-k and the numeric grids are not.
-        if options.attention is AttentionMode.overlay:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.decode_pool, self.encode, outputs, prepared, options)
-        return self.encode(outputs, prepared, options)
+        with timings.stage("encode"):
+            if options.attention is AttentionMode.overlay:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.decode_pool, self.encode, outputs, prepared, options)
+            return self.encode(outputs, prepared, options)
 
     def encode(self, outputs: list[ImageOutput], prepared: list[Prepared], options: Options) -> bytes:
         start = time.perf_counter()

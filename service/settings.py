@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, and one access line per request
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     max_batch_delay_ms: float = Field(0.0, ge=0, le=10_000)  # 0: never wait for company (an opt-in)

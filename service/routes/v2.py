@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
+from service import timings
 from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, VERSION
 from service.deps import LifecycleDep, ServingDep
 from service.errors import ServiceError
@@ -260,8 +261,9 @@ async def infer(
         if output.classification:
             array = classification(array, output.classification, info.classes)
         outputs.append((output.name, array, output.binary or parsed.binary_outputs))
-    content, headers = encode_response(
-        info.name, info.version, parsed.id if parsed.id is not None else current_request_id(), outputs
-    )
+    with timings.stage("encode"):
+        content, headers = encode_response(
+            info.name, info.version, parsed.id if parsed.id is not None else current_request_id(), outputs
+        )
     media = "application/octet-stream" if headers else "application/json"
     return Response(content, media_type=media, headers=headers)
