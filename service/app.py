@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from service import tracing
 from service.auth import require_api_key
 from service.contract import VERSION
 from service.errors import install_handlers
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     metrics = Metrics()
     lifecycle = Lifecycle(settings, metrics)
+    tracer_provider = tracing.from_environment()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await lifecycle.stop()
+            tracing.stop(tracer_provider)
 
     # Swagger UI and ReDoc from assets inside the service (/static-offline-docs), not a CDN: /docs works offline.
     app = FastAPIOffline(title="castream", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
@@ -52,5 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.log_format == "json":
         install_access_log(app)
+    tracing.install(app, tracer_provider, settings.model_path.stem)  # nothing when OTEL_* asks for no traces
     install_request_ids(app)  # outermost, so even the server-error handler's 500 carries the id
     return app

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from service import timings
+from service import timings, tracing
 from service.errors import ServiceError
 from service.metrics import Metrics
 
@@ -49,6 +49,7 @@ class _Job:
     pending: int = 0
     started: bool = False
     taken: float | None = None  # when its first image was taken into a batch (monotonic)
+    trace: Any = None  # the request's span context, linked from its batches' spans
     deadline: asyncio.TimerHandle | None = None
 
 
@@ -180,6 +181,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(inputs, time.monotonic(), loop.create_future(), flags, [None] * len(inputs), len(inputs))
         job.deadline = loop.call_later(self.timeout_s, self._expire_waiting, job)
+        job.trace = tracing.current_context()
         self._items.extend((job, index) for index in range(len(inputs)))
         self.metrics.queue_depth.set(len(self._items))
         self._wakeup.set()
@@ -250,7 +252,10 @@ class Batcher:
         flags = frozenset().union(*(job.flags for job, _ in batch))
         start = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_sync, inputs, flags)
+            with tracing.batch_span(len(batch), [job.trace for job, _ in batch]):
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_sync, inputs, flags
+                )
             if len(outputs) != len(batch):
                 raise RuntimeError(f"run returned {len(outputs)} outputs for {len(batch)} images")
         except Exception as exc:

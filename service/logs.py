@@ -99,7 +99,7 @@ class AccessLogMiddleware:
             total_ms = (time.perf_counter() - start) * 1000
             route = getattr(scope.get("route"), "path", None)
             fields = {
-                "trace_id": getattr(scope.get("state", {}).get("span"), "trace_id", None) or trace_id(scope),
+                "trace_id": scope.get("state", {}).get("trace_id") or trace_id(scope),
                 "method": scope["method"],
                 "path": scope["path"],
                 "route": route,

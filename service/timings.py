@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
+from service import tracing
+
 _stages: ContextVar[dict[str, float] | None] = ContextVar("castream_stages", default=None)
 
 
@@ -33,11 +35,13 @@ def stage(name: str) -> Iterator[None]:
     """Add the block's wall time, in milliseconds, to stage ``name`` of the current request."""
     stages = _stages.get()
     if stages is None:
-        yield
+        with tracing.span(name):
+            yield
         return
     start = time.perf_counter()
     try:
-        yield
+        with tracing.span(name):
+            yield
     finally:
         key = f"{name}_ms"
         stages[key] = stages.get(key, 0.0) + (time.perf_counter() - start) * 1000
@@ -45,6 +49,7 @@ def stage(name: str) -> Iterator[None]:
 
 def batched(images: int, enqueued: float, taken: float | None) -> None:
     """Record a request's images and its queue wait and run, from monotonic enqueue and take times."""
+    tracing.record_wait(enqueued, taken, images)
     stages = _stages.get()
     if stages is None:
         return
