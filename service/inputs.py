@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,7 +26,9 @@ class ImagesJSON(BaseModel):
     images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="base64-encoded image files")
 
 
-async def read_images(request: Request, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
+async def read_images(
+    request: Request, max_bytes: int, max_images: int, timeout_s: float | None = None
+) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` per image, in order; raises :class:`ServiceError` for anything unusable."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
@@ -36,7 +39,7 @@ async def read_images(request: Request, max_bytes: int, max_images: int) -> list
             f"Content-Type {content_type or '(none)'!r} is not accepted; send {MULTIPART} with files named 'file' "
             f'or {JSON} like {{"images": ["<base64>"]}}',
         )
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, timeout_s)
     if not body:
         raise ServiceError(400, "empty_body", "the request body is empty; send at least one image")
     images = parse_json(body) if media == JSON else await parse_multipart(request, body)
@@ -52,8 +55,9 @@ async def read_images(request: Request, max_bytes: int, max_images: int) -> list
     return images
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused as soon as its declared or received length passes ``max_bytes``."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float | None = None) -> bytes:
+    """The body, refused as soon as its declared or received length passes ``max_bytes``, or when it has not
+    all arrived within ``timeout_s`` (408: a client trickling its body holds no connection for long)."""
     too_large = ServiceError(
         413, "too_large", f"the request body exceeds {max_bytes} bytes (CASTREAM_MAX_REQUEST_BYTES); send fewer bytes"
     )
@@ -62,13 +66,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         raise too_large
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise too_large
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ServiceError(400, "incomplete_body", f"the client disconnected after {size} bytes") from None
+    except TimeoutError:
+        raise ServiceError(
+            408,
+            "body_timeout",
+            f"the body did not arrive within {timeout_s} s (CASTREAM_BODY_TIMEOUT_S); got {size} bytes",
+        ) from None
     return b"".join(chunks)
 
 

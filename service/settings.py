@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(16, ge=1, le=1024)
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a request body must have arrived within this
 
     api_key: SecretStr | None = None
     drain_delay_s: float = Field(3.0, ge=0, le=600)

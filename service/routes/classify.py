@@ -29,6 +29,7 @@ BODY: dict[str, Any] = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "empty body, undecodable image, bad multipart or JSON"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token (only with CASTREAM_API_KEY)"},
+    408: {"model": ErrorBody, "description": "the body did not arrive within CASTREAM_BODY_TIMEOUT_S"},
     413: {"model": ErrorBody, "description": "too many bytes, images or pixels"},
     415: {"model": ErrorBody, "description": "wrong Content-Type or not a supported image format"},
     422: {
@@ -62,6 +63,6 @@ async def classify(
         explained = serving.class_indices(explain or [])
     options = Options(top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level)
     with serving.admit() as ticket:  # under overload, refused here, before the body is read
-        images = await read_images(request, s.max_request_bytes, s.max_images_per_request)
+        images = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
         body = await serving.classify(ticket, images, options)
     return Response(body, media_type="application/json")

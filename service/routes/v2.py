@@ -46,6 +46,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**ERROR, "description": "malformed request, unknown input or output"},
     401: {**ERROR, "description": "missing or wrong bearer token (only with CASTREAM_API_KEY)"},
     404: {**ERROR, "description": "no such model or version"},
+    408: {**ERROR, "description": "the body did not arrive within CASTREAM_BODY_TIMEOUT_S"},
     413: {**ERROR, "description": "too many bytes, images or pixels"},
     415: {**ERROR, "description": "an encoded image is not a supported format"},
     503: {**ERROR, "description": "not ready, or the queue is full; see Retry-After"},
@@ -238,7 +239,7 @@ async def infer(
     """
     _check_name(serving, model_name, model_version)
     with serving.admit() as ticket:  # under overload, refused here, before the body is read
-        body = await read_body(request, serving.settings.max_request_bytes)
+        body = await read_body(request, serving.settings.max_request_bytes, serving.settings.body_timeout_s)
         try:
             parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
             if len(parsed.inputs) != 1:
