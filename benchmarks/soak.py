@@ -60,10 +60,11 @@ def _images(rng: random.Random) -> list[tuple[bytes, bool]]:
 
 
 class Server:
-    def __init__(self, model: Path, port: int):
+    def __init__(self, model: Path, port: int, **extra: str):
         self.url = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
+            **extra,
             "CASTREAM_MODEL_PATH": str(model),
             "CASTREAM_HOST": "127.0.0.1",
             "CASTREAM_PORT": str(port),
@@ -161,6 +162,13 @@ async def _load(
     return results
 
 
+def _count(results: list[tuple[float, float, object]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, _, outcome in results:
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 1 else float("nan")
 
@@ -208,6 +216,69 @@ def soak(model: Path, seconds: float, concurrency: int) -> dict:
         "window_s": window,
         "p99_ms_first_window": round(_p99(first), 1),
         "p99_ms_last_window": round(_p99(last), 1),
+    }
+
+
+async def _trickle(port: int, timeout_s: float) -> tuple[str, float]:
+    """One slow client: headers, then a byte of its declared 100 kB body every 0.5 s until answered."""
+    begin = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    writer.write(head.encode())
+    status = "no answer"
+    try:
+        while time.monotonic() - begin < timeout_s * 3:
+            writer.write(b" ")
+            await writer.drain()
+            try:
+                line = await asyncio.wait_for(reader.readline(), 0.5)
+            except TimeoutError:
+                continue
+            status = line.split()[1].decode() if line else "closed"
+            break
+    except (ConnectionError, OSError) as exc:
+        status = type(exc).__name__
+    writer.close()
+    return status, time.monotonic() - begin
+
+
+def slow_clients(model: Path, seconds: float, concurrency: int, slow: int, timeout_s: float) -> dict:
+    """Normal traffic's p99 alone, then beside ``slow`` connections trickling their bodies."""
+    server = Server(model, _free_port(), CASTREAM_BODY_TIMEOUT_S=str(timeout_s))
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        server.wait_ready()
+        name = httpx.get(f"{server.url}/v1/model").json()["name"]
+        asyncio.run(_load(server.url, name, 10, concurrency, seed=3))  # warm-up
+        alone = asyncio.run(_load(server.url, name, seconds, concurrency, seed=4))
+
+        async def beside() -> tuple[list, list]:
+            trickles = [asyncio.create_task(_trickle(port, timeout_s)) for _ in range(slow)]
+            normal = await _load(server.url, name, seconds, concurrency, seed=4)
+            return normal, await asyncio.gather(*trickles)
+
+        together, trickled = asyncio.run(beside())
+    finally:
+        server.stop()
+    ok_alone = [lat for _, lat, outcome in alone if outcome == 200]
+    ok_together = [lat for _, lat, outcome in together if outcome == 200]
+    slow_statuses: dict[str, int] = {}
+    for status, _ in trickled:
+        slow_statuses[status] = slow_statuses.get(status, 0) + 1
+    return {
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "slow_connections": slow,
+        "body_timeout_s": timeout_s,
+        "normal_requests_alone": len(alone),
+        "normal_requests_beside_slow": len(together),
+        "normal_5xx_beside_slow": sum(1 for _, _, o in together if str(o).startswith("5")),
+        "normal_statuses_alone": _count(alone),
+        "normal_statuses_beside_slow": _count(together),
+        "p99_ms_alone": round(_p99(ok_alone), 1),
+        "p99_ms_beside_slow": round(_p99(ok_together), 1),
+        "slow_outcomes": slow_statuses,
+        "slow_cut_off_after_s_max": round(max(t for _, t in trickled), 2),
     }
 
 
@@ -321,7 +392,10 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=600.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--fuzz-examples", type=int, default=150, help="per operation and mode")
-    parser.add_argument("--phases", default="fuzz,soak,crash")
+    parser.add_argument("--slow-s", type=float, default=30.0, help="each half of the slow-client phase")
+    parser.add_argument("--slow-clients", type=int, default=50)
+    parser.add_argument("--body-timeout-s", type=float, default=10.0)
+    parser.add_argument("--phases", default="fuzz,soak,slow,crash")
     args = parser.parse_args()
     phases = args.phases.split(",")
     report: dict = {}
@@ -331,6 +405,9 @@ def main() -> None:
     if "soak" in phases:
         report["soak"] = soak(args.model, args.soak_s, args.concurrency)
         print(json.dumps({"soak": report["soak"]}), flush=True)
+    if "slow" in phases:
+        report["slow"] = slow_clients(args.model, args.slow_s, args.concurrency, args.slow_clients, args.body_timeout_s)
+        print(json.dumps({"slow": report["slow"]}), flush=True)
     if "crash" in phases:
         report["crash"] = crash(args.model, args.concurrency)
         print(json.dumps({"crash": report["crash"]}), flush=True)
