@@ -100,4 +100,3 @@ def image_overlay(
 
 def b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
-
