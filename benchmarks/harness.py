@@ -146,6 +146,14 @@ def model_inputs(model_path: Path, count: int) -> np.ndarray:
     return prepared(Preprocessor(info.preprocessing), ((f"generated {i}", data) for i, data in enumerate(images)))
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB, as Linux reports it (NaN where it does not)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

@@ -47,6 +47,7 @@ from benchmarks.harness import (
     percentile_ms,
     phase_of,
     prepared,
+    rss_mib,
     service_process,
 )
 from benchmarks.sections import Aim, Context, Section, dig, fmt, missing_model, pct, table
@@ -139,10 +140,7 @@ class Memory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return math.nan
+        return rss_mib(self.pid)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -30,15 +30,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from benchmarks.harness import free_port, rss_mib
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _images(rng: random.Random) -> list[tuple[bytes, bool]]:
@@ -85,10 +79,7 @@ class Server:
         raise RuntimeError("the service never became ready")
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mib(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -174,7 +165,7 @@ def _p99(latencies: list[float]) -> float:
 
 
 def soak(model: Path, seconds: float, concurrency: int) -> dict:
-    server = Server(model, _free_port())
+    server = Server(model, free_port())
     try:
         server.wait_ready()
         name = httpx.get(f"{server.url}/v1/model").json()["name"]
@@ -244,7 +235,7 @@ async def _trickle(port: int, timeout_s: float) -> tuple[str, float]:
 
 def slow_clients(model: Path, seconds: float, concurrency: int, slow: int, timeout_s: float) -> dict:
     """Normal traffic's p99 alone, then beside ``slow`` connections trickling their bodies."""
-    server = Server(model, _free_port(), CASTREAM_BODY_TIMEOUT_S=str(timeout_s))
+    server = Server(model, free_port(), CASTREAM_BODY_TIMEOUT_S=str(timeout_s))
     port = int(server.url.rsplit(":", 1)[1])
     try:
         server.wait_ready()
@@ -283,7 +274,7 @@ def slow_clients(model: Path, seconds: float, concurrency: int, slow: int, timeo
 
 
 def crash(model: Path, concurrency: int) -> dict:
-    port = _free_port()
+    port = free_port()
     server = Server(model, port)
     server.wait_ready()
     name = httpx.get(f"{server.url}/v1/model").json()["name"]

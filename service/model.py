@@ -10,7 +10,6 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, required_outputs
-from service.files import unreadable
 from service.metadata import ModelError, ModelInfo, parse_metadata
 from service.providers import CUDA, check_loaded, requested_providers
 
@@ -88,9 +87,6 @@ def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_t
     # Idle ONNX Runtime threads would otherwise spin and take CPU from decoding and the event loop.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    reason = unreadable(path) if path.exists() else None
-    if reason:
-        raise ModelError(reason)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
