@@ -5,9 +5,11 @@ No image waits for company. Whenever the runner is free, the batcher runs whatev
 load and a lone request runs at once. A positive ``max_delay_s`` is an opt-in: a batch that is not full then
 waits until its oldest image has waited that long (docs/service.md says when that pays).
 
-Admission happens once per request, before its body is read: ``admit`` reserves room in the bounded queue
+Admission happens once per request, once its body has arrived: ``admit`` reserves room in the bounded queue
 (a full queue refuses at once with 503 and ``Retry-After``) and returns a :class:`Ticket`, on which the
-request's images are later submitted. The room is held until the images are taken into a batch, so the
+request's images are later submitted. Before the body is read, ``check`` refuses the same way when the queue
+is already full but reserves nothing, so overload is refused without reading a body, and a client that is
+slow to send its body holds no room. The room is held until the images are taken into a batch, so the
 queue bounds every image between admission and the model, decoding included. A request that has not
 started by its deadline is answered 504 and never run; a batch that fails fails only its own requests;
 ``stop`` refuses new work and finishes what was accepted.
@@ -147,11 +149,23 @@ class Batcher:
         self._executor.shutdown(wait=False)
 
     def admit(self, images: int = 1) -> Ticket:
-        """Room for ``images`` now, or 503 at once; cheap enough to call before the body is read."""
+        """Room for ``images`` now, or 503 at once: the request's one reservation, once its body is in."""
         self._reserve(images)
         return Ticket(self, images)
 
+    def check(self, images: int = 1) -> None:
+        """503 at once, as ``admit`` would, unless ``images`` fit now; reserves nothing.
+
+        Called before a body is read: a full queue is refused without reading it, and a client that then
+        takes long to send its body holds no room meanwhile (``admit`` may still refuse once it is in).
+        """
+        self._refuse_unless_room(images)
+
     def _reserve(self, images: int) -> None:
+        self._refuse_unless_room(images)
+        self._reserved += images
+
+    def _refuse_unless_room(self, images: int) -> None:
         if self._closing or self._task is None:
             raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
         if self._reserved + images > self.max_queue:
@@ -161,7 +175,6 @@ class Batcher:
                 f"the queue holds {self._reserved} of {self.max_queue} images (CASTREAM_MAX_QUEUE); retry later",
                 self._retry_headers(),
             )
-        self._reserved += images
 
     async def submit(
         self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset(), ticket: Ticket | None = None

@@ -2,7 +2,8 @@
 
 Everything a request needs is here and none of it is optional: the model, its preprocessing, the batcher
 and the decode threads. Routes receive it through ``service.deps.ServingDep`` (503 until it exists), are
-admitted once (``admit``), and then validate, decode, run and encode through it.
+checked for room before their body is read (``check_room``), admitted once it is in (``admit``), and then
+validate, decode, run and encode through it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ class Serving:
     batcher: Batcher
     decode_pool: Executor
 
+    def check_room(self, images: int = 1) -> None:
+        """503 with ``Retry-After`` at once if the queue has no room for ``images``; holds nothing.
+
+        Before a body is read: overload is refused without reading it, and a slow body holds no room.
+        """
+        self.batcher.check(images)
+
     def admit(self, images: int = 1) -> Ticket:
-        """Room for ``images`` in the queue, or 503 at once: the request's one admission, before its body is read."""
+        """Room for ``images`` in the queue, or 503 at once: the request's one admission, once its body is in."""
         return self.batcher.admit(images)
 
     def require_class_maps(self) -> None:

@@ -62,7 +62,8 @@ async def classify(
         serving.require_class_maps()  # before the body is read: the answer cannot depend on it
         explained = serving.class_indices(explain or [])
     options = Options(top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level)
-    with serving.admit() as ticket:  # under overload, refused here, before the body is read
-        images = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
+    serving.check_room()  # under overload, refused here, before the body is read; nothing is held meanwhile
+    images = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
+    with serving.admit(len(images)) as ticket:  # room reserved once the body is in: 503 if it went meanwhile
         body = await serving.classify(ticket, images, options)
     return Response(body, media_type="application/json")

@@ -238,8 +238,9 @@ async def infer(
     ``logits`` returns its top k as ``"value:index:label"`` strings.
     """
     _check_name(serving, model_name, model_version)
-    with serving.admit() as ticket:  # under overload, refused here, before the body is read
-        body = await read_body(request, serving.settings.max_request_bytes, serving.settings.body_timeout_s)
+    serving.check_room()  # under overload, refused here, before the body is read; nothing is held meanwhile
+    body = await read_body(request, serving.settings.max_request_bytes, serving.settings.body_timeout_s)
+    with serving.admit() as ticket:  # room reserved once the body is in (503 if it went meanwhile), sized at submit
         try:
             parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
             if len(parsed.inputs) != 1:

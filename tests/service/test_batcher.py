@@ -257,7 +257,7 @@ def test_admission_holds_room_until_the_images_are_taken_and_gives_it_back_when_
     async def main() -> tuple[list[int], ServiceError, ServiceError, list]:
         batcher = make(model, max_batch_size=1, max_delay_s=0, max_queue=3, retry_after_s=2)
         batcher.start()
-        held = batcher.admit()  # a request whose body is still being read
+        held = batcher.admit()  # a request whose body is in, its images not yet submitted
         with batcher.admit() as dropped:  # one that fails before submitting (a bad image, say)
             assert batcher.reserved == 2
         counts = [batcher.reserved]
@@ -290,6 +290,24 @@ def test_admission_holds_room_until_the_images_are_taken_and_gives_it_back_when_
         {"Retry-After": "2"},
     )
     assert results == [[2.0], [4.0], [6.0]]
+
+
+def test_the_check_before_a_body_is_read_refuses_as_admission_does_and_reserves_nothing() -> None:
+    async def main() -> ServiceError:
+        batcher = make(FakeModel(), max_queue=2, retry_after_s=4)
+        batcher.start()
+        for _ in range(5):
+            batcher.check(2)  # however many bodies are being read, none of them holds room
+        assert batcher.reserved == 0
+        with batcher.admit(2):
+            with pytest.raises(ServiceError) as full:
+                batcher.check()
+        batcher.check(2)  # the room came back with the ticket
+        await batcher.stop(5)
+        return full.value
+
+    full = run(main())
+    assert (full.status, full.code, full.headers) == (503, "queue_full", {"Retry-After": "4"})
 
 
 # Through the real app.
