@@ -187,130 +187,183 @@ class Heads:
         return lambda images, classes: heads(images, classes[:, None])[:, 0]
 
 
+def compared_keys(methods: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (method, pooling) rows: each method on both poolings, except the maps only the CA model has."""
+    return [(m, p) for m in methods for p in COMPARED if p == "ca" or m not in saliency.CA_ONLY]
+
+
+def passes_per_image(keys: list[tuple[str, str]], steps: int, methods: tuple[str, ...], channels: int) -> int:
+    """Backbone passes per image, the progress bar's unit, counting every Score-CAM channel.
+
+    The image itself; for each map its masked image (AD, AG, AI) and the ``2 * steps`` images of its
+    insertion and deletion curves; for Score-CAM one masked image per channel of the last stage. Score-CAM
+    skips the channels that are flat on an image; those are known only once a group has been through the
+    backbone, so the evaluation takes them off the total then (``_Evaluation.explain_group``).
+    """
+    return 1 + len(keys) * (1 + 2 * steps) + (channels if "scorecam" in methods else 0)
+
+
+def flat_channels(features: Tensor) -> int:
+    """Channels of the last-stage features (N, C, h, w) that are constant on their image: Score-CAM skips them."""
+    flat = features.flatten(2)
+    return int((flat.amax(2) <= flat.amin(2)).sum())
+
+
 def explain_and_score(
     model: CAStreamNet, samples: LabelledImages, options: EvalOptions, device: torch.device
 ) -> Results:
-    """Runs every method on every image in groups; returns per-image scores."""
+    """Runs every method on every image in groups of ``GROUP``; returns per-image scores."""
     model.requires_grad_(False)  # gradients are taken with respect to features only
     model.eval().to(device, memory_format=torch.channels_last)
     n, _, height, width = samples.images.shape
     protocol = options.faithfulness_settings(height, width)
-    pixels_per_step, steps = protocol["pixels_per_step"], protocol["steps"]
-    keys = [(m, p) for m in options.methods for p in COMPARED if p == "ca" or m not in saliency.CA_ONLY]
-    heads = Heads(model, COMPARED)
-    single = {p: heads.single(p) for p in COMPARED}
-
-    def mask(images: Tensor, maps: Tensor) -> Tensor:
-        return metrics.mask_in_pixel_space(images, maps, samples.mean, samples.std)
-
-    channels = model.backbone.widths[-1]
-    per_image = len(keys) * (1 + 2 * steps) + (channels if "scorecam" in options.methods else 0) + 1
-    bar = tqdm(total=n * per_image, desc="evaluate", unit="pass", disable=not options.progress, dynamic_ncols=True)
-    scores: dict[tuple[str, str], dict[str, list[Tensor]]] = {key: defaultdict(list) for key in keys}
-    correct: dict[str, list[Tensor]] = defaultdict(list)
-    predictions: dict[str, list[Tensor]] = defaultdict(list)
-    grid: dict[tuple[str, str], list[Tensor]] = defaultdict(list)
+    keys = compared_keys(options.methods)
+    per_image = passes_per_image(keys, protocol["steps"], options.methods, model.backbone.widths[-1])
+    progress = {"desc": "evaluate", "unit": "pass", "disable": not options.progress, "dynamic_ncols": True}
     started = time.perf_counter()
-    for first in range(0, n, GROUP):
-        x = samples.images[first : first + GROUP].to(device)
-        labels = samples.labels[first : first + GROUP].to(device)
-        masks = None if samples.masks is None else samples.masks[first : first + GROUP].to(device)
-        with torch.no_grad():
-            taps = model.forward_features(x)
-            logits = {p: model.forward_head(taps, p).logits for p in COMPARED}
-        bar.update(len(x))
-        classes = {p: labels if options.target == "label" else logits[p].argmax(1) for p in COMPARED}
-        original = {p: logits[p].softmax(1).gather(1, classes[p][:, None])[:, 0] for p in COMPARED}
-        for p in COMPARED:
-            correct[p].append((logits[p].argmax(1) == labels).cpu())
-            predictions[p].append(logits[p].argmax(1).cpu())
-        bar.set_postfix(stage="maps", refresh=False)
-        maps = _explain(model, x, taps, classes, options, heads, mask, bar, protocol["scorecam_align_corners"])
-        for key in keys:
-            method, pooling = key
-            bar.set_postfix(stage=f"{method}/{pooling}", refresh=False)
-            sal = saliency.to_saliency(maps[key], (height, width))
-            o = single[pooling](mask(x, sal), classes[pooling])
-            bar.update(len(x))
-            result = metrics.drop_gain_increase(original[pooling], o)
-            insertion, deletion = metrics.insertion_deletion(
-                single[pooling],
-                x,
-                classes[pooling],
-                sal,
-                pixels_per_step,
-                blur_kernel=protocol["blur_kernel"],
-                blur_sigma=protocol["blur_sigma"],
-                batch_size=options.batch_size,
-                original=original[pooling],
-                on_batch=bar.update,
-            )
-            result = {"ad": result["drop"], "ag": result["gain"], "ai": result["increase"]}
-            result["insertion"], result["deletion"] = metrics.auc(insertion), metrics.auc(deletion)
-            if masks is not None:
-                result["pointing"] = metrics.pointing_game(sal, masks).float()
-                result["energy"] = metrics.energy_in_mask(sal, masks)
-            for metric, values in result.items():
-                scores[key][metric].append(values.detach().cpu())
-            if key in GRID and first < options.grid_images:
-                grid[key].append(sal[: options.grid_images - first].cpu())
-    bar.close()
+    with tqdm(total=n * per_image, **progress) as bar:
+        evaluation = _Evaluation(model, samples, options, protocol, keys, bar)
+        for first in range(0, n, GROUP):
+            evaluation.explain_group(first, device)
     seconds = time.perf_counter() - started
     log.info("evaluated %d images in %.0f s", n, seconds)
-    return Results(
-        scores={key: {m: torch.cat(v) for m, v in metrics.items()} for key, metrics in scores.items()},
-        correct={p: torch.cat(v) for p, v in correct.items()},
-        grid={key: torch.cat(v) for key, v in grid.items()},
-        predictions={p: torch.cat(v) for p, v in predictions.items()},
-        settings={
-            "images": n,
-            "image_size": [height, width],
-            "seconds": round(seconds, 1),
-            "device": str(device),
-            **{k: v for k, v in asdict(options).items() if k not in ("progress", "out", *protocol)},
-            **protocol,
-        },
-    )
+    settings = {
+        "images": n,
+        "image_size": [height, width],
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        **{k: v for k, v in asdict(options).items() if k not in ("progress", "out", *protocol)},
+        **protocol,
+    }
+    return evaluation.results(settings)
 
 
-def _explain(
-    model: CAStreamNet,
-    x: Tensor,
-    taps: list[Tensor],
-    classes: dict[str, Tensor],
-    options: EvalOptions,
-    heads: Heads,
-    mask: Any,
-    bar: tqdm,
-    align_corners: bool,
-) -> dict[tuple[str, str], Tensor]:
-    """Raw maps at feature resolution for every (method, pooling) asked for."""
-    methods = options.methods
-    maps: dict[tuple[str, str], Tensor] = {}
-    features = taps[-1].float()
-    if any(m in methods for m in saliency.GRADIENT_METHODS):
-        for pooling in COMPARED:
-            grads = saliency.last_stage_gradients(model, taps, classes[pooling], pooling)
-            if "gradcam" in methods:
-                maps[("gradcam", pooling)] = saliency.grad_cam(features, grads)
-            if "gradcam++" in methods:
-                maps[("gradcam++", pooling)] = saliency.grad_cam_plus_plus(features, grads)
-    if "scorecam" in methods:
-        flat = features.flatten(2)
-        skipped = int((flat.amax(2) <= flat.amin(2)).sum())
-        bar.total -= skipped  # flat channels mask nothing and are never scored
-        both = torch.stack([classes[p] for p in COMPARED], dim=1)
-        cams = saliency.score_cam(
-            features, x, both, heads, mask, options.batch_size, bar.update, align_corners=align_corners
+class _Evaluation:
+    """The per-image results of one evaluation, filled in one group of images at a time.
+
+    It holds what every group needs (the model's heads, the protocol's settings, the progress bar) so that
+    each step below takes only the group's own tensors.
+    """
+
+    def __init__(
+        self,
+        model: CAStreamNet,
+        samples: LabelledImages,
+        options: EvalOptions,
+        protocol: dict[str, Any],
+        keys: list[tuple[str, str]],
+        bar: tqdm,
+    ) -> None:
+        self.model, self.samples, self.options = model, samples, options
+        self.protocol, self.keys, self.bar = protocol, keys, bar
+        self.heads = Heads(model, COMPARED)
+        self.single = {p: self.heads.single(p) for p in COMPARED}
+        self.scores: dict[tuple[str, str], dict[str, list[Tensor]]] = {key: defaultdict(list) for key in keys}
+        self.correct: dict[str, list[Tensor]] = defaultdict(list)
+        self.predictions: dict[str, list[Tensor]] = defaultdict(list)
+        self.grid: dict[tuple[str, str], list[Tensor]] = defaultdict(list)
+
+    def mask(self, images: Tensor, maps: Tensor) -> Tensor:
+        """Images with each pixel scaled by its map value, in pixel space (the masked images that are scored)."""
+        return metrics.mask_in_pixel_space(images, maps, self.samples.mean, self.samples.std)
+
+    def explain_group(self, first: int, device: torch.device) -> None:
+        """Explains and scores the images ``first`` to ``first + GROUP``."""
+        group = slice(first, first + GROUP)
+        x, labels = self.samples.images[group].to(device), self.samples.labels[group].to(device)
+        masks = None if self.samples.masks is None else self.samples.masks[group].to(device)
+        with torch.no_grad():
+            taps = self.model.forward_features(x)
+            logits = {p: self.model.forward_head(taps, p).logits for p in COMPARED}
+        self.bar.update(len(x))
+        if "scorecam" in self.options.methods:
+            self.bar.total -= flat_channels(taps[-1])  # the only change to the total: see passes_per_image
+        classes = {p: labels if self.options.target == "label" else logits[p].argmax(1) for p in COMPARED}
+        original = {p: logits[p].softmax(1).gather(1, classes[p][:, None])[:, 0] for p in COMPARED}
+        for p in COMPARED:
+            self.correct[p].append((logits[p].argmax(1) == labels).cpu())
+            self.predictions[p].append(logits[p].argmax(1).cpu())
+        self.bar.set_postfix(stage="maps", refresh=False)
+        maps = self.explain(x, taps, classes)
+        height, width = x.shape[-2:]
+        for key in self.keys:
+            method, pooling = key
+            self.bar.set_postfix(stage=f"{method}/{pooling}", refresh=False)
+            sal = saliency.to_saliency(maps[key], (height, width))
+            for metric, values in self.score(pooling, x, sal, classes[pooling], original[pooling], masks).items():
+                self.scores[key][metric].append(values.detach().cpu())
+            if key in GRID and first < self.options.grid_images:
+                self.grid[key].append(sal[: self.options.grid_images - first].cpu())
+
+    def explain(self, x: Tensor, taps: list[Tensor], classes: dict[str, Tensor]) -> dict[tuple[str, str], Tensor]:
+        """Raw maps at feature resolution for every (method, pooling) asked for."""
+        methods, model = self.options.methods, self.model
+        maps: dict[tuple[str, str], Tensor] = {}
+        features = taps[-1].float()
+        if any(m in methods for m in saliency.GRADIENT_METHODS):
+            for pooling in COMPARED:
+                grads = saliency.last_stage_gradients(model, taps, classes[pooling], pooling)
+                if "gradcam" in methods:
+                    maps[("gradcam", pooling)] = saliency.grad_cam(features, grads)
+                if "gradcam++" in methods:
+                    maps[("gradcam++", pooling)] = saliency.grad_cam_plus_plus(features, grads)
+        if "scorecam" in methods:
+            both = torch.stack([classes[p] for p in COMPARED], dim=1)
+            cams = saliency.score_cam(
+                features,
+                x,
+                both,
+                self.heads,
+                self.mask,
+                self.options.batch_size,
+                self.bar.update,
+                align_corners=self.protocol["scorecam_align_corners"],
+            )
+            for index, pooling in enumerate(COMPARED):
+                maps[("scorecam", pooling)] = cams[:, index]
+        with torch.no_grad():
+            if "attention" in methods:
+                maps[("attention", "ca")] = saliency.attention_map(model, taps)
+            if "classmap" in methods:
+                maps[("classmap", "ca")] = saliency.class_specific_map(model, taps, classes["ca"])
+        return maps
+
+    def score(
+        self, pooling: str, x: Tensor, sal: Tensor, classes: Tensor, original: Tensor, masks: Tensor | None
+    ) -> dict[str, Tensor]:
+        """One map's scores on the group: AD, AG, AI, insertion and deletion; pointing and energy where masked."""
+        score = self.single[pooling]
+        masked = score(self.mask(x, sal), classes)
+        self.bar.update(len(x))
+        drop_gain = metrics.drop_gain_increase(original, masked)
+        insertion, deletion = metrics.insertion_deletion(
+            score,
+            x,
+            classes,
+            sal,
+            self.protocol["pixels_per_step"],
+            blur_kernel=self.protocol["blur_kernel"],
+            blur_sigma=self.protocol["blur_sigma"],
+            batch_size=self.options.batch_size,
+            original=original,
+            on_batch=self.bar.update,
         )
-        for index, pooling in enumerate(COMPARED):
-            maps[("scorecam", pooling)] = cams[:, index]
-    with torch.no_grad():
-        if "attention" in methods:
-            maps[("attention", "ca")] = saliency.attention_map(model, taps)
-        if "classmap" in methods:
-            maps[("classmap", "ca")] = saliency.class_specific_map(model, taps, classes["ca"])
-    return maps
+        result = {"ad": drop_gain["drop"], "ag": drop_gain["gain"], "ai": drop_gain["increase"]}
+        result["insertion"], result["deletion"] = metrics.auc(insertion), metrics.auc(deletion)
+        if masks is not None:
+            result["pointing"] = metrics.pointing_game(sal, masks).float()
+            result["energy"] = metrics.energy_in_mask(sal, masks)
+        return result
+
+    def results(self, settings: dict[str, Any]) -> Results:
+        """The groups' results joined, image by image."""
+        return Results(
+            scores={key: {m: torch.cat(v) for m, v in by_metric.items()} for key, by_metric in self.scores.items()},
+            correct={p: torch.cat(v) for p, v in self.correct.items()},
+            grid={key: torch.cat(v) for key, v in self.grid.items()},
+            predictions={p: torch.cat(v) for p, v in self.predictions.items()},
+            settings=settings,
+        )
 
 
 def run(options: EvalOptions) -> tuple[Results, LabelledImages, Checkpoint]:
