@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
 from service.batcher import Batcher
+from service.memory import pin_mmap_threshold
 from service.metrics import Metrics
 from service.model import OnnxModel, load_model
 from service.preprocess import Preprocessor
@@ -60,6 +61,8 @@ class Lifecycle:
         """
         self.phase, self.serving, self._batcher, self._decode_pool = Phase.starting, None, None, None
         s = self.settings
+        # Before the first image: large buffers then go back to the system when freed (see service.memory).
+        pin_mmap_threshold()
         # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
         # own threads inherit.
         self._inference = worker_pool(1, "castream-inference", s.worker_niceness)
