@@ -1,12 +1,11 @@
 """One section of ``BENCHMARKS.md``, measured on its own: ``python -m benchmarks NAME [flags]``.
 
-Each section's flags are its budget (``--quick`` takes its quick one), plus the model files it reads. The section
-prints as it reads in the report; a recorded study also stores its record in ``--json``, where every later
-``make bench`` renders it from.
+Each section's flags are its budget (``--quick`` takes its quick one), plus the model files it reads; it
+prints the section as it reads in the report, and ``--json`` keeps the raw record.
 
 python -m benchmarks --help                              # the sections
 python -m benchmarks stages --requests 50 --seconds 10   # one section, its budget changed
-python -m benchmarks ablation                            # a recorded study (minutes), kept in benchmarks/results.json
+python -m benchmarks soak --soak-s 60                    # the reliability phases, a one-minute soak
 """
 
 from __future__ import annotations
@@ -17,25 +16,21 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import render
-from benchmarks.report import SECTIONS, Options, run
+from benchmarks.report import SECTIONS, Options, run, section_text
 from benchmarks.sections import Section, missing_model
 from training.logs import quiet_third_party, setup_logging
-
-RESULTS = Path("benchmarks/results.json")
 
 
 def _add_budget(parser: argparse.ArgumentParser, section: Section) -> None:
     for key, default in section.full.items():
         several = isinstance(default, list | tuple)
-        value_type = type(default[0]) if several else type(default)
+        shown = " ".join(map(str, default)) if several else default
         parser.add_argument(
             f"--{key.replace('_', '-')}",
             dest=key,
-            type=value_type,
+            type=type(default[0]) if several else type(default),
             nargs="+" if several else None,
-            default=None,
-            help=f"default {' '.join(map(str, default)) if several else default} (--quick: {section.quick[key]})",
+            help=f"default {shown} (--quick: {section.quick[key]})",
         )
 
 
@@ -45,14 +40,14 @@ def parser() -> argparse.ArgumentParser:
     )
     names = top.add_subparsers(dest="section", required=True, metavar="NAME")
     for section in SECTIONS:
-        sub = names.add_parser(section.name, help=section.title + (" (recorded)" if section.recorded else ""))
+        sub = names.add_parser(section.name, help=section.title)
         if "model" in section.reads:
             sub.add_argument("--model", type=Path, default=Path("models/castream.onnx"), help="the served model")
         if "int8_model" in section.reads:
             sub.add_argument("--int8-model", type=Path, default=Path("models/castream-int8.onnx"))
         _add_budget(sub, section)
         sub.add_argument("--quick", action="store_true", help="the quick budget: checks the code, not the figures")
-        sub.add_argument("--json", type=Path, default=RESULTS if section.recorded else None, help="record file")
+        sub.add_argument("--json", type=Path, help="also write the raw results here")
     return top
 
 
@@ -64,21 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(missing_model(model))
     setup_logging()
     quiet_third_party()
-    budget = {**(section.quick if args.quick else section.full)}
+    budget = dict(section.quick if args.quick else section.full)
     budget |= {key: getattr(args, key) for key in section.full if getattr(args, key) is not None}
-    words = ["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]
-    options = Options(
-        model or Path(), int8_model, (section.name,), args.quick, shlex.join(words), {section.name: budget}
-    )
-    results = run(options)
-    entry = results["sections"][section.name]
-    if args.json is not None:  # the record joins the others in the results file; the report renders it from there
-        stored = json.loads(args.json.read_text()) if args.json.is_file() else {**results, "sections": {}}
-        stored["sections"][section.name] = {**entry, "measured_on": render.measured_on(results)}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(stored, indent=2, default=float) + "\n")
-    print(render.section(results, section))
-    return 1 if "error" in entry else 0
+    words = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    results = run(Options(model or Path(), int8_model, (section.name,), args.quick, words, {section.name: budget}))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(section_text(results, section))
+    return 1 if "error" in results["sections"][section.name] else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,29 +89,21 @@ def _explainers(model: CAStreamNet, image_size: int, threads: int) -> dict[str, 
     return {"castream": castream, **{name: cam(name) for name in cams}, "integrated-gradients": integrated_gradients}
 
 
-@dataclass(frozen=True)
-class Speed:
-    method: str
-    images: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds
-
-
 # Methods that run the network dozens to thousands of times per image: their first-run costs are amortised.
 NO_WARM_UP = ("scorecam", "integrated-gradients")
 
 
-def measure(explain: Callable[[np.ndarray], Any], images: np.ndarray, budget_s: float, method: str) -> Speed:
+def measure(
+    explain: Callable[[np.ndarray], Any], images: np.ndarray, budget_s: float, method: str
+) -> tuple[int, float]:
+    """``(images explained, seconds)``: at least one image, then until ``budget_s`` or the images run out."""
     if method not in NO_WARM_UP:
         explain(images[0])  # warm-up: first runs allocate and pick kernels
     count, started = 0, time.perf_counter()
     while count == 0 or (count < len(images) and time.perf_counter() - started < budget_s):
         explain(images[count])
         count += 1
-    return Speed(method, count, time.perf_counter() - started)
+    return count, time.perf_counter() - started
 
 
 def run(backbone: str, methods: tuple[str, ...], images: int, budget_s: float, threads: int) -> dict[str, Any]:
@@ -124,24 +115,16 @@ def run(backbone: str, methods: tuple[str, ...], images: int, budget_s: float, t
     torch.set_num_threads(threads)
     try:
         explainers = _explainers(model, image_size, threads)
-        speeds = []
+        speeds = {}
         for method in methods:
-            speed = measure(explainers[method], data, budget_s, method)
-            log.info("%s %s: %d images in %.1f s", backbone, method, speed.images, speed.seconds)
-            speeds.append(speed)
+            speeds[method] = measure(explainers[method], data, budget_s, method)
+            log.info("%s %s: %d images in %.1f s", backbone, method, *speeds[method])
     finally:
         torch.set_num_threads(previous)
-    reference = next((s.images_per_second for s in speeds if s.method == "castream"), None)
-    rows = [
-        {
-            "method": s.method,
-            "images": s.images,
-            "seconds": round(s.seconds, 3),
-            "images_per_second": round(s.images_per_second, 4),
-            "castream_speedup": None if reference is None else round(reference / s.images_per_second, 1),
-        }
-        for s in speeds
-    ]
+    rate = {method: count / seconds for method, (count, seconds) in speeds.items()}
+    rows = [{"method": method, "images": count, "seconds": seconds, "images_per_second": rate[method],
+             "castream_speedup": rate["castream"] / rate[method] if "castream" in rate else None}
+            for method, (count, seconds) in speeds.items()]  # fmt: skip
     return {"backbone": backbone, "image_size": image_size, "classes": classes, "threads": threads, "rows": rows}
 
 
@@ -155,10 +138,15 @@ def run_all(
     return [run(name, tuple(methods), images, budget_s, threads) for name in models]
 
 
+def _times(row: dict[str, Any]) -> str:
+    speedup = row["castream_speedup"]
+    return "1 (reference)" if row["method"] == "castream" else f"{speedup:,.{0 if speedup >= 100 else 1}f}"
+
+
 def _render(results: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
     rows = [
         [f"{result['backbone']} {result['image_size']} px", LABELS[row["method"]], f"{row['images_per_second']:.3g}",
-         "1 (reference)" if row["method"] == "castream" else f"{row['castream_speedup']:g}", str(row["images"])]
+         _times(row), str(row["images"])]
         for result in results for row in result["rows"]
     ]  # fmt: skip
     threads = results[0]["threads"] if results else 0
@@ -187,6 +175,5 @@ SECTIONS = (
         run=lambda context: run_all(**{k: tuple(v) if isinstance(v, list) else v for k, v in context.budget.items()}),
         render=_render,
         reads=(),
-        recorded=True,
     ),
 )

@@ -1,4 +1,4 @@
-"""What the benchmarks share: timing in alternating rounds, and load generation against a local service.
+"""What the benchmarks share: timing in alternating rounds, inputs, and a local service to load.
 
 Timing: on a shared machine the load changes from second to second, so things compared are timed round by
 round, each round running every one once, in alternating order (``interleaved``; ``export.timing`` holds
@@ -6,11 +6,10 @@ it, since the export's own speed check uses it too).
 
 Inputs: ``make_images`` (JPEGs) and ``model_inputs`` (the same, preprocessed as the service does).
 
-Load: ``service`` starts ``python -m service`` on a free loopback port (``service_process`` also gives its
-process id, to sample its memory) and ``closed_loop`` drives it from Python with clients on keep-alive
-connections, from prepared request bytes (multipart or JSON base64), closed-loop or paced at a rate.
-``benchmarks.load`` drives it with ``wrk`` instead where that is installed, so that the client's own CPU is
-not Python's.
+Load: ``service_process`` starts ``python -m service`` on a loopback port and ``closed_loop`` drives it from
+Python on keep-alive connections, from prepared request bytes (multipart or JSON base64), closed-loop or
+paced at a rate. ``benchmarks.load`` drives it with ``wrk`` where that is installed, so that the client's
+own CPU is not Python's.
 """
 
 from __future__ import annotations
@@ -33,32 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from export.timing import interleaved, round_order
+from export.timing import interleaved, round_order  # noqa: F401 (the benchmarks' timing, shared with export)
 from service.imaging import decode
 from service.model import load_model
 from service.preprocess import Preprocessor
-
-__all__ = [
-    "HOST",
-    "LoadConfig",
-    "Phase",
-    "closed_loop",
-    "free_port",
-    "get_status",
-    "json_request",
-    "interleaved",
-    "json_body",
-    "make_images",
-    "model_inputs",
-    "prepared",
-    "multipart_request",
-    "percentile_ms",
-    "phase_of",
-    "round_order",
-    "service",
-    "service_process",
-    "summarise",
-]
 
 HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they start, nothing else
 
@@ -66,23 +43,19 @@ HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they sta
 def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
     """Median and p99 in milliseconds, and images per second at the median, of one step's timings."""
     median = float(np.median(seconds))
-    return {
-        "rounds": len(seconds),
-        "p50_ms": median * 1000,
-        "p99_ms": float(np.percentile(seconds, 99)) * 1000,
-        "images_per_second": images / median,
-    }
+    return {"rounds": len(seconds), "p50_ms": median * 1000, "p99_ms": percentile_ms(list(seconds), 99),
+            "images_per_second": images / median}  # fmt: skip
 
 
 def percentile_ms(values: list[float], q: float) -> float:
     """The ``q``-th percentile of latencies in seconds, in milliseconds; NaN for none."""
-    return float(np.percentile(values, q) * 1000) if values else float("nan")
+    return float(np.percentile(values, q) * 1000) if len(values) else float("nan")
 
 
 @dataclass(frozen=True)
 class LoadConfig:
     model: Path
-    batch_size: int = 8
+    batch_size: int = 8  # the service's default
     concurrency: int = 8
     high_concurrency: int = 32
     requests: int = 400  # per phase
@@ -102,7 +75,7 @@ class LoadConfig:
 
 @dataclass
 class Phase:
-    """Closed-loop client results: counts by status, seconds, and latency percentiles in milliseconds."""
+    """Client results of one phase: counts by status, seconds, and latency percentiles in milliseconds."""
 
     requests: int
     seconds: float
@@ -160,17 +133,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def service(config: LoadConfig, **env: str) -> Iterator[int]:
-    """``python -m service`` on a free loopback port; yields the port once /readyz is 200."""
-    with service_process(config, **env) as (port, _):
-        yield port
+@dataclass(frozen=True)
+class Running:
+    """A started service: its port, its process, and how long it took to become ready."""
+
+    port: int
+    process: subprocess.Popen
+    ready_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def rss_mib(self) -> float:
+        return rss_mib(self.process.pid)
 
 
-@contextmanager
-def service_process(config: LoadConfig, **env: str) -> Iterator[tuple[int, int]]:
-    """As :func:`service`, yielding ``(port, process id)``."""
-    port = free_port()
+def start_service(config: LoadConfig, port: int | None = None, **env: str) -> Running:
+    """``python -m service`` on a loopback port (a free one by default), returned once /readyz is 200."""
+    port = port or free_port()
     variables = {
         "CASTREAM_MODEL_PATH": str(config.model),
         "CASTREAM_HOST": HOST,
@@ -181,15 +162,19 @@ def service_process(config: LoadConfig, **env: str) -> Iterator[tuple[int, int]]
         "CASTREAM_LOG_LEVEL": "warning",
         **env,
     }
+    begin = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
-    try:
-        deadline = time.monotonic() + config.start_timeout_s
-        while asyncio.run(get_status(port, "/readyz")) != 200:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
-            time.sleep(0.1)
-        yield port, process.pid
-    finally:
+    while asyncio.run(get_status(port, "/readyz")) != 200:
+        if process.poll() is not None or time.monotonic() > begin + config.start_timeout_s:
+            stop_service(process)
+            raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
+        time.sleep(0.05)
+    return Running(port, process, time.monotonic() - begin)
+
+
+def stop_service(process: subprocess.Popen) -> None:
+    """Asks the service to drain and stop (SIGINT); kills it after 30 s."""
+    if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
             process.wait(30)
@@ -198,34 +183,34 @@ def service_process(config: LoadConfig, **env: str) -> Iterator[tuple[int, int]]
             process.wait()
 
 
+@contextmanager
+def service_process(config: LoadConfig, **env: str) -> Iterator[Running]:
+    """:func:`start_service` for the ``with`` block, stopped after it."""
+    running = start_service(config, **env)
+    try:
+        yield running
+    finally:
+        stop_service(running.process)
+
+
+def http_request(port: int, target: str, body: bytes, content_type: str) -> bytes:
+    """The raw bytes of one ``POST target``, built once and replayed."""
+    head = f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
 def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
-    """The raw bytes of one ``POST /classify[?query]`` with one file, built once and replayed."""
+    """One ``POST /classify[?query]`` with one file."""
     boundary = "castreamloadboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
+    body = f"{part}Content-Type: image/jpeg\r\n\r\n".encode() + image + f"\r\n--{boundary}--\r\n".encode()
     target = f"/classify?{query}" if query else "/classify"
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    return http_request(port, target, body, f"multipart/form-data; boundary={boundary}")
 
 
 def json_request(port: int, image: bytes, query: str = "") -> bytes:
-    """The raw bytes of one ``POST /classify[?query]`` with the image as JSON base64, built once and replayed."""
-    body = json_body(image)
-    target = f"/classify?{query}" if query else "/classify"
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
+    """One ``POST /classify[?query]`` with the image as JSON base64."""
+    return http_request(port, f"/classify?{query}" if query else "/classify", json_body(image), "application/json")
 
 
 def json_body(image: bytes) -> bytes:
@@ -233,13 +218,16 @@ def json_body(image: bytes) -> bytes:
     return json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict]:
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, dict, bytes]:
+    """Sends one request on a keep-alive connection; returns its status, headers and body."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    await reader.readexactly(int(headers.get("content-length", 0)))
-    return int(lines[0].split()[1]), headers
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return int(lines[0].split()[1]), headers, body
 
 
 async def get_status(port: int, path: str) -> int:
@@ -248,22 +236,17 @@ async def get_status(port: int, path: str) -> int:
     except OSError:
         return 0
     try:
-        status, _ = await _exchange(reader, writer, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        return status
+        return (await exchange(reader, writer, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()))[0]
+    except (OSError, asyncio.IncompleteReadError):
+        return 0
     finally:
         writer.close()
 
 
 async def closed_loop(
-    port: int,
-    images: list[bytes],
-    concurrency: int,
-    requests: int,
-    seconds: float,
-    query: str = "",
-    body: str = "multipart",
-    rate: float = 0.0,
-) -> Phase:
+    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = "",
+    body: str = "multipart", rate: float = 0.0,
+) -> Phase:  # fmt: skip
     """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
 
     ``query`` is added to every request's URL (``attention=overlay``, ...); ``body`` is ``multipart`` or
@@ -271,22 +254,20 @@ async def closed_loop(
     before ``i / rate`` seconds into the phase: an open loop, as long as a client is free at that time.
     """
     build = json_request if body == "json" else multipart_request
-    prepared = [build(port, image, query) for image in images]
+    ready = [build(port, image, query) for image in images]
     records: list[tuple[int, float, str | None]] = []
-    sent = 0
-    begin = time.perf_counter()
-    deadline = begin + seconds
+    sent, begin = 0, time.perf_counter()
 
     async def client() -> None:
         nonlocal sent
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
-            while sent < requests and time.perf_counter() < deadline:
+            while sent < requests and time.perf_counter() < begin + seconds:
                 index, sent = sent, sent + 1
                 if rate > 0:
                     await asyncio.sleep(max(0.0, begin + index / rate - time.perf_counter()))
                 start = time.perf_counter()
-                status, headers = await _exchange(reader, writer, prepared[index % len(prepared)])
+                status, headers, _ = await exchange(reader, writer, ready[index % len(ready)])
                 records.append((status, time.perf_counter() - start, headers.get("retry-after")))
         finally:
             writer.close()
@@ -302,7 +283,6 @@ def phase_of(records: list[tuple[int, float, str | None]], elapsed: float) -> Ph
     statuses: dict[str, int] = {}
     for status, _, _ in records:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    retry = next((value for status, _, value in records if status == 503), None)
     return Phase(
         requests=len(records),
         seconds=elapsed,
@@ -312,5 +292,5 @@ def phase_of(records: list[tuple[int, float, str | None]], elapsed: float) -> Ph
         p99_ms=percentile_ms(ok, 99),
         rejected_p50_ms=percentile_ms(rejected, 50) if rejected else None,
         rejected_p99_ms=percentile_ms(rejected, 99) if rejected else None,
-        retry_after=retry,
+        retry_after=next((value for status, _, value in records if status == 503), None),
     )

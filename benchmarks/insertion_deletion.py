@@ -23,40 +23,19 @@ import copy
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from benchmarks.sections import Aim, Context, Section, dig, fmt, table
+from benchmarks.sections import Aim, Section, dig, fmt, table
 from interpret import metrics
 from training import synthetic
 from training.backbones import fold_batch_norm
 from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchResult:
-    backbone: str
-    size: int
-    steps: int
-    pixels_per_step: int
-    batch_size: int
-    threads: int
-    images: int  # per batched run
-    naive_images: int
-    naive_images_per_second: float  # one image, one step, one forward pass at a time
-    batched_images_per_second: float  # many steps of many images per forward pass, same model
-    folded_images_per_second: float  # the same, BatchNorm folded into the convolutions (what the evaluation runs)
-    batching_speedup: float  # batched / naive
-    speedup: float  # folded / naive
-    max_abs_difference: float  # between the curves of either batched run and the loop's, on the looped images
-    equal: bool
-    load_average: float  # of the machine over the last minute, at the end: other work skews the ratio
 
 
 def _inputs(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +65,7 @@ def run(
     pixels_per_step: int | None = None,
     seed: int = 0,
     tolerance: float = 1e-4,
-) -> BenchResult:
+) -> dict[str, Any]:
     """Times the loop and both batched variants on the same inputs; checks that all agree within ``tolerance``."""
     if images < 1 or naive_images < 1 or naive_images > images:
         raise ValueError(f"need 1 <= naive_images <= images, got naive_images={naive_images}, images={images}")
@@ -122,28 +101,18 @@ def run(
             for got, want in zip(curves, expected, strict=True):
                 difference = max(difference, (got[i] - want).abs().max().item())
     naive_rate = naive_images / naive_seconds
-    return BenchResult(
-        backbone=backbone,
-        size=size,
-        steps=steps,
-        pixels_per_step=pace,
-        batch_size=batch_size,
-        threads=torch.get_num_threads(),
-        images=images,
-        naive_images=naive_images,
-        naive_images_per_second=round(naive_rate, 4),
-        batched_images_per_second=round(rates[0], 4),
-        folded_images_per_second=round(rates[1], 4),
-        batching_speedup=round(rates[0] / naive_rate, 2),
-        speedup=round(rates[1] / naive_rate, 2),
-        max_abs_difference=difference,
-        equal=difference <= tolerance,
-        load_average=round(os.getloadavg()[0], 2),
-    )
-
-
-def _run(context: Context) -> dict[str, Any]:
-    return asdict(run(**context.budget))
+    return {
+        "backbone": backbone, "size": size, "steps": steps, "pixels_per_step": pace, "batch_size": batch_size,
+        "threads": torch.get_num_threads(), "images": images, "naive_images": naive_images,
+        "naive_images_per_second": naive_rate,  # one image, one step, one forward pass at a time
+        "batched_images_per_second": rates[0],  # many steps of many images per forward pass, same model
+        "folded_images_per_second": rates[1],  # the same, BatchNorm folded into the convolutions (as evaluated)
+        "batching_speedup": rates[0] / naive_rate,
+        "speedup": rates[1] / naive_rate,
+        "max_abs_difference": difference,  # between either batched run's curves and the loop's
+        "equal": difference <= tolerance,
+        "load_average": os.getloadavg()[0],  # at the end: other work skews the ratio
+    }  # fmt: skip
 
 
 def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -173,7 +142,7 @@ SECTIONS = (
         "Insertion and deletion: batched against one step at a time",
         full={"backbone": "resnet50", "size": 224, "images": 4, "naive_images": 2, "batch_size": 32},
         quick={"backbone": "resnet18", "size": 32, "images": 2, "naive_images": 2, "batch_size": 8},
-        run=_run,
+        run=lambda context: run(**context.budget),
         render=_render,
         reads=(),
         aims=lambda result: [

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import model_inputs
-from benchmarks.sections import Aim, Context, Section, dig, fmt, missing_model, pct, table
+from benchmarks.sections import Aim, Section, dig, fmt, pct, table
 from export.agreement import Thresholds
 from export.sessions import make_session
 from export.timing import time_sessions
@@ -71,10 +71,6 @@ def compare(
     }
 
 
-def _skip(context: Context) -> str | None:
-    return missing_model(context.int8_model, "--int8-model")
-
-
 def _aims(result: dict[str, Any] | None) -> list[Aim]:
     limits = Thresholds()
     return [
@@ -122,7 +118,6 @@ SECTIONS = (
         run=lambda context: compare(context.model, context.int8_model, budget_s=context.budget["budget_s"]),
         render=_render,
         aims=_aims,
-        skip=_skip,
         reads=("model", "int8_model"),
     ),
 )

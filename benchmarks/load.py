@@ -10,27 +10,22 @@ One run measures, side by side:
 
 Where ``wrk`` is missing (``make wrk`` installs Debian's), a Python client stands in and the report says so:
 it shares the CPU with the service. The in-process work is measured before and after the service phases
-and averaged. Every phase is bounded in seconds and requests. From Python, ``run(LoadConfig(...))``; or:
-
-    python -m benchmarks load --model models/castream.onnx           # as a section of BENCHMARKS.md
-    python -m benchmarks.load --model models/castream.onnx --json report.json   # every knob, the raw report
+and averaged. Every phase is bounded in seconds and requests. From Python, ``run(LoadConfig(...))``; or
+``python -m benchmarks load --model models/castream.onnx``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +45,10 @@ from benchmarks.harness import (
     rss_mib,
     service_process,
 )
-from benchmarks.sections import Aim, Context, Section, dig, fmt, missing_model, pct, table
+from benchmarks.sections import Aim, Context, Section, dig, fmt, pct, table
 from service.inputs import parse_json
 from service.model import load_model
 from service.preprocess import Preprocessor
-from training.logs import setup_logging
 
 log = logging.getLogger("benchmarks.load")
 
@@ -100,6 +94,14 @@ def work_in_process(config: LoadConfig, images: list[bytes], seconds: float) -> 
     return result
 
 
+def body_files(folder: Path, images: list[bytes]) -> list[Path]:
+    """Each image as a JSON base64 request body in a file of ``folder``, for wrk to send."""
+    paths = [folder / f"body{i}.json" for i in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        path.write_bytes(json_body(image))
+    return paths
+
+
 def wrk_phase(
     port: int, bodies: list[Path], connections: int, requests: int, seconds: float, rate: float = 0.0
 ) -> Phase:
@@ -132,40 +134,30 @@ def wrk_phase(
 
 
 class Memory:
-    """Samples a process's resident memory (MiB) every ``interval_s`` seconds while in use."""
+    """Samples a process's resident memory (MiB) every ``interval_s`` seconds inside a ``with`` block."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
-        self.pid, self.interval_s, self.samples = pid, interval_s, []
-        self._stop = threading.Event()
+        self.pid, self.interval_s, self.samples, self._stop = pid, interval_s, [rss_mib(pid)], threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def rss_mib(self) -> float:
-        return rss_mib(self.pid)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.samples.append(self.rss_mib())
+            self.samples.append(rss_mib(self.pid))
 
     def __enter__(self) -> Memory:
-        self.samples.append(self.rss_mib())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append(self.rss_mib())
+        self.samples.append(rss_mib(self.pid))
 
     def summary(self) -> dict[str, float]:
         """Resident MiB at the start, peak and end, and the growth over the whole and over its second half."""
         start, middle, end = self.samples[0], self.samples[len(self.samples) // 2], self.samples[-1]
-        return {
-            "start_mib": start,
-            "peak_mib": max(self.samples),
-            "end_mib": end,
-            "growth": end / start - 1,
-            "second_half_growth": end / middle - 1,
-        }
+        return {"start_mib": start, "peak_mib": max(self.samples), "end_mib": end, "growth": end / start - 1,
+                "second_half_growth": end / middle - 1}  # fmt: skip
 
 
 def run(config: LoadConfig) -> dict[str, Any]:
@@ -179,9 +171,7 @@ def run(config: LoadConfig) -> dict[str, Any]:
         log.warning("wrk not found (`make wrk` installs it): a Python client stands in, sharing the CPU")
     concurrencies = (1, config.concurrency, config.high_concurrency)
     with tempfile.TemporaryDirectory() as folder:
-        bodies = [Path(folder) / f"body{i}.json" for i in range(len(images))]
-        for path, image in zip(bodies, images, strict=True):
-            path.write_bytes(json_body(image))
+        bodies = body_files(Path(folder), images)
 
         def phase(port: int, connections: int, requests: int, seconds: float, rate: float = 0.0) -> Phase:
             if client == "wrk":
@@ -190,7 +180,8 @@ def run(config: LoadConfig) -> dict[str, Any]:
 
         log.info("in-process work at batch 1 and %d", config.batch_size)
         before = work_in_process(config, images, config.seconds / 2)
-        with service_process(config) as (port, _):
+        with service_process(config) as server:
+            port = server.port
             phase(port, config.high_concurrency, config.high_concurrency * 8, min(3.0, config.seconds))  # warm-up
             for concurrency in concurrencies:
                 log.info("service at concurrency %d", concurrency)
@@ -201,12 +192,13 @@ def run(config: LoadConfig) -> dict[str, Any]:
         capacity = report["capacity"] = max(report[f"service_c{c}"]["throughput"] for c in concurrencies[1:])
         rate = config.overload_factor * capacity
         queue = {"CASTREAM_MAX_QUEUE": str(config.overload_queue), "CASTREAM_MAX_IMAGES_PER_REQUEST": "1"}
-        with service_process(config, **queue) as (port, pid):
+        with service_process(config, **queue) as server:
+            port = server.port
             # Warm-up at the overload itself, so that the phase measures the steady state (buffers, arenas).
             phase(port, config.overload_concurrency, config.overload_requests, min(3.0, config.seconds), rate)
             log.info("overload: %.0f requests/s on %d connections, queue of %d", rate, config.overload_concurrency,
                      config.overload_queue)  # fmt: skip
-            with Memory(pid) as memory:
+            with Memory(server.process.pid) as memory:
                 burst = phase(port, config.overload_concurrency, config.overload_requests, config.seconds, rate)
             after_burst = phase(port, 1, 20, min(5.0, config.seconds))
             ready = asyncio.run(get_status(port, "/readyz"))
@@ -231,40 +223,6 @@ def run(config: LoadConfig) -> dict[str, Any]:
     report["recovery"] = {"statuses": after_burst.statuses, "p50_ms": after_burst.p50_ms, "readyz": ready}
     report["recovered"] = after_burst.statuses == {"200": after_burst.requests} and ready == 200
     return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    config, work = report["config"], report["work"]
-    burst = report["overload"]
-    lines = [
-        f"model {report['model']} ({config['model']}), batch size {config['batch_size']}, {os.cpu_count()} CPUs, "
-        f"client {report['client']}{'' if report['client'] == 'wrk' else ' (wrk not found; shares the CPU)'}",
-        f"in-process work, one request: p50 {work['request_p50_ms']:6.2f} ms   p99 {work['request_p99_ms']:6.2f} ms "
-        "(JSON, base64, decode, preprocess, run at batch 1)",
-        f"in-process batch {config['batch_size']}: {work['run_only']:7.1f} images/s (run only), "
-        f"{work['serial_decode']:7.1f} images/s (images decoded serially first)",
-    ]
-    for concurrency in (1, config["concurrency"], config["high_concurrency"]):
-        phase = report[f"service_c{concurrency}"]
-        lines.append(
-            f"service, c={concurrency:<3} {phase['throughput']:8.1f} req/s   p50 {phase['p50_ms']:7.2f} ms   "
-            f"p99 {phase['p99_ms']:7.2f} ms   {phase['statuses']}"
-        )
-    c, high = config["concurrency"], config["high_concurrency"]
-    lines += [
-        f"c=1 over the in-process work: p50 {report['overhead_c1_p50_ms']:+.2f} ms, "
-        f"p99 {report['overhead_c1_p99_ms']:+.2f} ms",
-        f"throughput / in-process batch with serial decoding: c={c} {report[f'ratio_c{c}_serial_decode']:.2f}, "
-        f"c={high} {report[f'ratio_c{high}_serial_decode']:.2f}; c={high} / c={c} {report['ratio_high_low']:.2f}",
-        f"overload at {burst['offered_per_second']:.0f} req/s offered ({burst['sent_per_second']:.0f} sent): goodput "
-        f"{burst['throughput']:.1f} req/s = {burst['goodput_ratio']:.2f} of capacity, 503 share "
-        f"{burst['rejected_share']:.2f} (p99 {burst['rejected_p99_ms'] or math.nan:.1f} ms, Retry-After "
-        f"{burst['retry_after']}), answered p99 {burst['p99_ms']:.1f} ms, memory {burst['memory']['start_mib']:.0f} -> "
-        f"{burst['memory']['end_mib']:.0f} MiB (peak {burst['memory']['peak_mib']:.0f})",
-        f"recovery: {report['recovery']['statuses']}, /readyz {report['recovery']['readyz']}, "
-        f"recovered={report['recovered']}",
-    ]
-    return "\n".join(lines)
 
 
 def _run(context: Context) -> dict[str, Any]:
@@ -364,27 +322,3 @@ SECTIONS = (
         aims=_aims,
     ),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    for option in fields(LoadConfig):
-        if option.name != "model":  # every other knob, with its default and type (seconds are per phase)
-            flag = f"--{option.name.replace('_', '-')}"
-            parser.add_argument(flag, type=type(option.default), default=option.default)
-    parser.add_argument("--json", type=Path, help="also write the report here")
-    args = parser.parse_args(argv)
-    if missing_model(args.model):
-        parser.error(missing_model(args.model))
-    setup_logging()
-    options = {k: v for k, v in vars(args).items() if k != "json"}
-    report = run(LoadConfig(**options))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    sys.stdout.write(format_report(report) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from benchmarks.sections import Aim, Context, Section, dig, fmt, table
+from benchmarks.sections import Aim, Section, dig, fmt, table
 from export.graph import export_graph
 from export.quantize import quantize_int8
 from export.sessions import make_session
-from export.timing import Timings, time_sessions
+from export.timing import time_sessions
 from training.model import CAStreamNet, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -36,51 +35,6 @@ log = logging.getLogger(__name__)
 GAP, CA, INT8 = "fp32-gap", "fp32-ca", "int8-ca"
 AIM_CA_OVER_GAP = 1.03
 AIM_INT8_OVER_FP32 = 2.0
-
-
-@dataclass(frozen=True)
-class SpeedReport:
-    """Timings at batch 1 and at ``throughput.batch_size``, with the two headline ratios."""
-
-    backbone: str
-    image_size: int
-    threads: int
-    latency: Timings
-    throughput: Timings
-
-    @property
-    def ca_over_gap(self) -> float:
-        """CA latency / GAP latency at batch 1 (median of paired rounds)."""
-        return self.latency.ratio(CA, GAP)
-
-    @property
-    def int8_over_fp32(self) -> float:
-        """int8 throughput / float32 throughput of the CA graph at the larger batch."""
-        return self.throughput.ratio(CA, INT8)
-
-    def to_dict(self) -> dict:
-        table = {
-            f"batch{t.batch_size}": {
-                name: {"median_ms": round(t.median_ms(name), 2), "images_per_s": round(t.images_per_second(name), 2)}
-                for name in t.seconds
-            }
-            | {"rounds": t.rounds}
-            for t in (self.latency, self.throughput)
-        }
-        return {
-            "backbone": self.backbone,
-            "image_size": self.image_size,
-            "threads": self.threads,
-            "ca_over_gap_latency": round(self.ca_over_gap, 4),
-            "ca_over_gap_batch_throughput": round(self.throughput.ratio(CA, GAP), 4),
-            "int8_over_fp32_throughput": round(self.int8_over_fp32, 3),
-            "int8_over_fp32_latency": round(self.latency.ratio(CA, INT8), 3),
-            "best_run_ratios": {
-                "ca_over_gap_latency": round(self.latency.best_ratio(CA, GAP), 4),
-                "int8_over_fp32_throughput": round(self.throughput.best_ratio(CA, INT8), 3),
-            },
-            "timings": table,
-        }
 
 
 def build_graphs(
@@ -100,66 +54,41 @@ def random_images(count: int, image_size: int, seed: int = 0) -> np.ndarray:
 
 
 def measure(
-    graphs: dict[str, onnx.ModelProto],
-    image_size: int,
-    batch_size: int = 8,
-    threads: int = 1,
-    budget_s: float = 60.0,
+    graphs: dict[str, onnx.ModelProto], image_size: int, batch_size: int = 8, threads: int = 1, budget_s: float = 60.0,
     backbone: str = "resnet50",
-) -> SpeedReport:
-    """Times every graph at batch 1 (a third of ``budget_s``) and at ``batch_size`` (the rest)."""
+) -> dict[str, Any]:  # fmt: skip
+    """Times every graph at batch 1 (a third of ``budget_s``) and at ``batch_size`` (the rest): the record."""
     if budget_s <= 0:
         raise ValueError(f"budget_s must be positive, got {budget_s!r}")
     sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
     images = random_images(batch_size, image_size, seed=1)
     latency = time_sessions(sessions, images[:1], budget_s=budget_s / 3)
     throughput = time_sessions(sessions, images, budget_s=budget_s * 2 / 3)
-    return SpeedReport(backbone, image_size, threads, latency, throughput)
+    timings = {
+        f"batch{t.batch_size}": {name: {"median_ms": t.median_ms(name), "images_per_s": t.images_per_second(name)}
+                                 for name in t.seconds} | {"rounds": t.rounds}
+        for t in (latency, throughput)
+    }  # fmt: skip
+    return {
+        "backbone": backbone,
+        "image_size": image_size,
+        "threads": threads,
+        "ca_over_gap_latency": latency.ratio(CA, GAP),  # medians of the paired per-round ratios
+        "ca_over_gap_batch_throughput": throughput.ratio(CA, GAP),
+        "int8_over_fp32_throughput": throughput.ratio(CA, INT8),
+        "int8_over_fp32_latency": latency.ratio(CA, INT8),
+        "timings": timings,
+    }
 
 
 def run(
     backbone: str = "resnet50", image_size: int = 224, batch_size: int = 8, threads: int = 1, budget_s: float = 60.0
-) -> SpeedReport:
+) -> dict[str, Any]:
     """Builds the graphs and measures them."""
     started = time.perf_counter()
     graphs = build_graphs(backbone, image_size)
     log.info("built %s in %.0f s; timing for about %.0f s", ", ".join(graphs), time.perf_counter() - started, budget_s)
     return measure(graphs, image_size, batch_size, threads, budget_s, backbone)
-
-
-def format_report(report: SpeedReport) -> str:
-    lines = [
-        f"{report.backbone} at {report.image_size}x{report.image_size}, ONNX Runtime CPU, {report.threads} thread(s)"
-    ]
-    lines.append(
-        f"{'graph':<10}" + "".join(f"{f'batch {t.batch_size}':>24}" for t in (report.latency, report.throughput))
-    )
-    for name in report.latency.seconds:
-        cells = "".join(
-            f"{t.median_ms(name):>10.1f} ms {t.images_per_second(name):>7.1f}/s"
-            for t in (report.latency, report.throughput)
-        )
-        lines.append(f"{name:<10}{cells}")
-    latency, throughput, batch = report.latency, report.throughput, report.throughput.batch_size
-    lines.append(f"rounds: {latency.rounds} at batch 1, {throughput.rounds} at batch {batch}")
-    lines.append("ratios: median over rounds of the paired ratio [ratio of the fastest runs]")
-    lines.append(
-        f"CA/GAP latency ratio (batch 1): {report.ca_over_gap:.3f} [{latency.best_ratio(CA, GAP):.3f}]"
-        f"  (aim <= {AIM_CA_OVER_GAP})"
-    )
-    lines.append(
-        f"CA/GAP time ratio (batch {batch}): {throughput.ratio(CA, GAP):.3f} [{throughput.best_ratio(CA, GAP):.3f}]"
-    )
-    lines.append(
-        f"int8/fp32 throughput ratio (batch {batch}): {report.int8_over_fp32:.2f} "
-        f"[{throughput.best_ratio(CA, INT8):.2f}]  (aim >= {AIM_INT8_OVER_FP32})"
-    )
-    return "\n".join(lines)
-
-
-def _run(context: Context) -> dict:
-    b = context.budget
-    return run(b["backbone"], b["image_size"], budget_s=b["budget_s"]).to_dict()
 
 
 def _aims(result: dict | None) -> list[Aim]:
@@ -170,7 +99,7 @@ def _aims(result: dict | None) -> list[Aim]:
             dig(result, "int8_over_fp32_throughput"),
             AIM_INT8_OVER_FP32,
             True,
-        ),
+        ),  # fmt: skip
     ]
 
 
@@ -182,19 +111,10 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
         "",
     ]
     timings = r["timings"]
-    batches = list(timings)
-    rows = []
-    for graph in ("fp32-gap", "fp32-ca", "int8-ca"):
-        cells = []
-        for batch in batches:
-            t = timings[batch].get(graph, {})
-            cells += [fmt(t.get("median_ms")), fmt(t.get("images_per_s"))]
-        rows.append([graph, *cells])
-    batches = [batch.replace("batch", "batch ") for batch in batches]
-    header = ["graph"]
-    for batch in batches:
-        header += [f"{batch}: ms", f"{batch}: images/s"]
-    lines += table(header, rows)
+    rows = [[graph, *(fmt(timings[batch][graph][key]) for batch in timings for key in ("median_ms", "images_per_s"))]
+            for graph in (GAP, CA, INT8)]  # fmt: skip
+    batches = [batch.replace("batch", "batch ") for batch in timings]
+    lines += table(["graph", *(f"{batch}: {unit}" for batch in batches for unit in ("ms", "images/s"))], rows)
     lines += [
         "",
         f"- CA / GAP latency at batch 1: **{r['ca_over_gap_latency']:.3f}** (aim <= {AIM_CA_OVER_GAP:g}); "
@@ -212,7 +132,7 @@ SECTIONS = (
         "CA against GAP, int8 against fp32 (ONNX Runtime)",
         full={"backbone": "resnet50", "image_size": 224, "budget_s": 75.0},
         quick={"backbone": "resnet18", "image_size": 64, "budget_s": 1.0},
-        run=_run,
+        run=lambda context: run(**context.budget),
         render=_render,
         reads=(),
         aims=_aims,

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.harness import LoadConfig, closed_loop, interleaved, make_images, model_inputs, service, summarise
+from benchmarks.harness import (
+    LoadConfig,
+    closed_loop,
+    interleaved,
+    make_images,
+    model_inputs,
+    service_process,
+    summarise,
+)
 from benchmarks.sections import Section, fmt, result_of, table
 from service.contract import INPUT
 from service.imaging import decode
@@ -67,10 +75,10 @@ def service_batch_sweep(
     for size in sizes:
         clients = 2 * size
         sized = replace(config, batch_size=size)
-        with service(sized, CASTREAM_MAX_QUEUE=str(max(64, 2 * clients))) as port:
-            asyncio.run(closed_loop(port, images, clients, clients, seconds))  # warm-up
+        with service_process(sized, CASTREAM_MAX_QUEUE=str(max(64, 2 * clients))) as server:
+            asyncio.run(closed_loop(server.port, images, clients, clients, seconds))  # warm-up
             log.info("service with batches of up to %d images, %d clients", size, clients)
-            phase = asyncio.run(closed_loop(port, images, clients, requests_per_image * clients, seconds))
+            phase = asyncio.run(closed_loop(server.port, images, clients, requests_per_image * clients, seconds))
         points.append(
             {
                 "batch_size": size,

@@ -1,18 +1,16 @@
-"""The parts of ``BENCHMARKS.md`` and how each is made: every benchmark module declares its own ``SECTIONS``.
+"""What one part of ``BENCHMARKS.md`` is, and the small helpers its renderer uses.
 
-A :class:`Section` holds all there is to one figure of the report: its budgets (full and quick), the call
-that measures it (a function returning a JSON-serialisable record), how the record reads in the report, and
-the aims it is held to. Its command line, ``python -m benchmarks NAME``, is made from its budget
-(``benchmarks.__main__``); ``benchmarks.report`` runs the sections in order and ``benchmarks.render`` joins
-them. A *recorded* section is a study too long for ``make bench``: its own command measures it and stores
-its record in ``benchmarks/results.json``, and every report renders it from there.
+Each benchmark module declares its ``SECTIONS``: a :class:`Section` holds its budgets (full and quick), the
+call that measures it (a function returning a JSON-serialisable record), how the record reads in the report,
+and the aims it is held to. ``benchmarks.report`` runs them and renders the document; ``benchmarks.__main__``
+makes one command line per section from its budget.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,36 +48,9 @@ class Aim:
 
     def row(self) -> str:
         verdict = {True: "yes", False: "**no**", None: "not measured"}[self.met]
-        sign = ">=" if self.higher_is_better else "<="
         value = "n/a" if self.met is None else f"{self.measured:.3g}{self.unit}"
+        sign = ">=" if self.higher_is_better else "<="
         return f"| {self.figure} | {value} | {sign} {self.target:g}{self.unit} | {verdict} |"
-
-
-def _no_aims(result: Any) -> list[Aim]:
-    return []
-
-
-def _never_skipped(context: Context) -> str | None:
-    return None
-
-
-def _command_line(section: Section, context: Context) -> str:
-    """``python -m benchmarks NAME`` with the files it reads and its budget as flags."""
-    words = ["python -m benchmarks", section.name]
-    words += [f"--model {context.model}"] if "model" in section.reads else []
-    words += [f"--int8-model {context.int8_model}"] if "int8_model" in section.reads else []
-    for key, value in context.budget.items():
-        if value == "":  # an optional file left out
-            continue
-        shown = (
-            " ".join(map(str, value))
-            if isinstance(value, list | tuple)
-            else f"{value:g}"
-            if isinstance(value, float)
-            else value
-        )
-        words.append(f"--{key.replace('_', '-')} {shown}")
-    return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -87,16 +58,13 @@ class Section:
     """One section of the report.
 
     Attributes:
-        name: the key of its result in ``results["sections"]`` and its name for ``--sections``.
+        name: its key in ``results["sections"]`` and its command, ``python -m benchmarks NAME``.
         title: its heading.
-        full, quick: its budget in a full run and in a ``--quick`` one.
+        full, quick: its budget in a full run and in a ``--quick`` one; each key is a flag of its command.
         run: measures it; returns a JSON-serialisable record.
-        render: the lines of its body, from its result and all results (for figures it sets beside others').
-        aims: the figures it is held to, from its result (None when it has none in this run).
-        skip: why it cannot run in a context (the report says so), or None.
+        render: the lines of its body, from its record and all results (for figures set beside others').
+        aims: the figures it is held to, from its record (None when it did not run).
         reads: the model files it measures (``model``, ``int8_model``); none for those that build their own.
-        recorded: measured by its own command only, and rendered from its stored record.
-        command: its command line for a context, where not ``python -m benchmarks NAME`` with its budget.
     """
 
     name: str
@@ -105,21 +73,29 @@ class Section:
     quick: Mapping[str, Any]
     run: Callable[[Context], Any]
     render: Callable[[Any, dict[str, Any]], list[str]]
-    aims: Callable[[Any], list[Aim]] = field(default=_no_aims)
-    skip: Callable[[Context], str | None] = field(default=_never_skipped)
+    aims: Callable[[Any], list[Aim]] = lambda result: []
     reads: tuple[str, ...] = ("model",)
-    recorded: bool = False
-    command: Callable[[Context], str] | None = None
 
     def command_line(self, context: Context) -> str:
-        return self.command(context) if self.command else _command_line(self, context)
+        """``python -m benchmarks NAME`` with the files it reads and its budget as flags."""
+        words = ["python -m benchmarks", self.name]
+        words += [f"--model {context.model}"] if "model" in self.reads else []
+        words += [f"--int8-model {context.int8_model}"] if "int8_model" in self.reads else []
+        for key, value in context.budget.items():
+            if value != "":  # an optional file left out
+                words.append(f"--{key.replace('_', '-')} {_shown(value)}")
+        return " ".join(words)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def dig(value: Any, *keys: Any) -> Any:
     """``value[k1][k2]...``, or None where a key is missing or a level is None."""
     for key in keys:
-        if value is None:
-            return None
         try:
             value = value[key]
         except (KeyError, IndexError, TypeError):
@@ -128,7 +104,7 @@ def dig(value: Any, *keys: Any) -> Any:
 
 
 def result_of(results: dict[str, Any], section: str, *keys: Any) -> Any:
-    """A value inside a section's result, or None when the section did not run or lacks it."""
+    """A value inside a section's record, or None when the section did not run or lacks it."""
     return dig(results["sections"].get(section, {}).get("result"), *keys)
 
 
@@ -139,7 +115,7 @@ def fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
 
 
 def pct(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value * 100:.1f} %"
+    return fmt(None if value is None else value * 100, 1, " %")
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -1,6 +1,6 @@
 """Where the time of one request goes, read from the service's own metrics; and the overlay PNG's cost.
 
-The service is started on a loopback port (``benchmarks.harness.service``) and one client sends requests one
+The service is started on a loopback port (``benchmarks.harness.service_process``) and one client sends requests one
 at a time, so every batch holds one image and no request waits behind another. ``GET /metrics`` before and
 after a phase gives each stage's mean time per request: decode, preprocess, queue wait, inference, response
 encoding (labels, attention grid, PNG overlay, JSON). What the stages leave of the request's own duration
@@ -26,7 +26,16 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import HOST, LoadConfig, closed_loop, make_images, multipart_request, round_order, service
+from benchmarks.harness import (
+    HOST,
+    LoadConfig,
+    closed_loop,
+    exchange,
+    make_images,
+    multipart_request,
+    round_order,
+    service_process,
+)
 from benchmarks.sections import Context, Section, fmt, result_of, table
 from service.model import load_model
 
@@ -84,14 +93,18 @@ def scrape(port: int) -> Totals:
 
 def classify_body(port: int, image: bytes, query: str) -> dict[str, Any]:
     """One ``POST /classify`` answered 200, as JSON (to look at what the client receives)."""
-    raw = multipart_request(port, image, query)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}/classify?{query}", data=body, headers={"Content-Type": headers["Content-Type"]}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
+
+    async def once() -> tuple[int, dict, bytes]:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            return await exchange(reader, writer, multipart_request(port, image, query))
+        finally:
+            writer.close()
+
+    status, _, body = asyncio.run(once())
+    if status != 200:
+        raise RuntimeError(f"POST /classify?{query} answered {status}: {body[:200]!r}")
+    return json.loads(body)
 
 
 def batch_profile(before: Totals, after: Totals, seconds: float) -> dict[str, float]:
@@ -121,7 +134,8 @@ def request_stages(
     info = load_model(config.model, ["cpu"]).info
     images = make_images(config.images, info.preprocessing.resize)
     single: dict[str, Any] = {}
-    with service(config) as port:
+    with service_process(config) as server:
+        port = server.port
         asyncio.run(closed_loop(port, images, 1, 10, seconds))  # first requests pay one-off costs
         for mode in modes:
             log.info("stages: %d requests with attention=%s", requests, mode)
@@ -164,7 +178,8 @@ def overlay_png_levels(
     for round_ in range(rounds):
         for name in round_order(names, round_):
             env = {"CASTREAM_OVERLAY_PNG_LEVEL": str(levels[name])}
-            with service(config, **env) as port:
+            with service_process(config, **env) as server:
+                port = server.port
                 asyncio.run(closed_loop(port, images, 1, 10, seconds, "attention=overlay"))
                 log.info("overlay PNG level %d (%s), round %d", levels[name], name, round_ + 1)
                 before = scrape(port)

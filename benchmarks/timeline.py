@@ -6,30 +6,27 @@ to ``POST /classify?top_k=1`` as ``benchmarks.load`` does. With one request in f
 belongs to the one request; the report gives the median of each stage over all requests, and the client's
 latency beside the service's own time (the rest is HTTP on the wire, uvicorn's parsing and the client).
 
-    python -m benchmarks.timeline --model models/castream.onnx --seconds 10
+    python -m benchmarks timeline --model models/castream.onnx --seconds 10
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import inspect
-import json
-import logging
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import uvicorn
 
-from benchmarks.harness import HOST, free_port, json_body, make_images
-from benchmarks.load import LUA, QUERY
+from benchmarks.harness import HOST, Phase, free_port, get_status, make_images
+from benchmarks.load import body_files, wrk_phase
+from benchmarks.sections import Section, fmt, table
 from service import inputs, middleware, serving
 from service.app import create_app
 from service.batcher import Batcher
@@ -71,137 +68,114 @@ class Timeline:
         self.current = {}
 
 
-def _wrap(owner: Any, name: str, before: Callable[[], None] | None, after: Callable[[], None] | None) -> None:
-    original = getattr(owner, name)
-    if inspect.iscoroutinefunction(original):
+@contextmanager
+def instrumented(timeline: Timeline) -> Iterator[None]:
+    """The service's stage boundaries wrapped to take readings, in this process, for the ``with`` block."""
+    mark, undo = timeline.mark, []
 
-        async def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if before:
-                before()
-            result = await original(*args, **kwargs)
-            if after:
-                after()
-            return result
+    def wrap(owner: Any, name: str, before: str | None = None, after: str | None = None) -> None:
+        original = getattr(owner, name)
+        undo.append((owner, name, original))
 
-    else:
+        def note(reading: str | None) -> None:
+            if reading == "finish":
+                timeline.finish()
+            elif reading:
+                mark(reading)
 
-        def wrapped(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            if before:
-                before()
-            result = original(*args, **kwargs)
-            if after:
-                after()
-            return result
+        if inspect.iscoroutinefunction(original):
 
-    setattr(owner, name, wrapped)
+            async def wrapped(*args: Any, **kwargs: Any) -> Any:
+                note(before)
+                result = await original(*args, **kwargs)
+                note(after)
+                return result
 
+        else:
 
-def instrument(timeline: Timeline) -> None:
-    """Wrap the stage boundaries of the service's code (this process only)."""
-    mark = timeline.mark
-    _wrap(middleware.MetricsMiddleware, "__call__", lambda: mark("app"), timeline.finish)
-    _wrap(classify, "read_images", lambda: mark("handler"), None)
-    _wrap(inputs, "read_body", None, lambda: mark("body"))
-    _wrap(serving.Serving, "prepare", lambda: mark("parsed"), lambda: mark("queued"))
-    _wrap(serving.Serving, "_prepare", lambda: mark("decode_start"), lambda: mark("prepared"))
-    _wrap(serving.Serving, "infer", None, lambda: mark("resumed"))
-    _wrap(serving.Serving, "encode", None, lambda: mark("encoded"))
-    _wrap(Batcher, "_take", None, lambda: mark("taken"))
-    _wrap(Batcher, "_run_sync", lambda: mark("run_start"), lambda: mark("run_end"))
-    original = serving.Preprocessor.__call__
+            def wrapped(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                note(before)
+                result = original(*args, **kwargs)
+                note(after)
+                return result
 
-    def preprocess(self: Any, *args: Any, **kwargs: Any) -> Any:
-        mark("decoded")
-        return original(self, *args, **kwargs)
+        setattr(owner, name, wrapped)
 
-    serving.Preprocessor.__call__ = preprocess  # type: ignore[method-assign]
+    wrap(middleware.MetricsMiddleware, "__call__", "app", "finish")
+    wrap(classify, "read_images", "handler")
+    wrap(inputs, "read_body", after="body")
+    wrap(serving.Serving, "prepare", "parsed", "queued")
+    wrap(serving.Serving, "_prepare", "decode_start", "prepared")
+    wrap(serving.Serving, "infer", after="resumed")
+    wrap(serving.Serving, "encode", after="encoded")
+    wrap(Batcher, "_take", after="taken")
+    wrap(Batcher, "_run_sync", "run_start", "run_end")
+    wrap(serving.Preprocessor, "__call__", "decoded")
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(undo):
+            setattr(owner, name, original)
 
 
 def measure(model: Path, seconds: float, images: int = 32) -> dict[str, Any]:
-    timeline = Timeline()
-    instrument(timeline)
-    port = free_port()
+    """One request at a time through the instrumented service: the median of each stage, and the client's view."""
+    timeline, port = Timeline(), free_port()
     settings = load_settings(model_path=model, host=HOST, port=port, log_level="warning")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=HOST, port=port, log_level="warning"))
-    latencies: list[float] = []
+    client: list[Phase] = []
 
     def drive() -> None:
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://{HOST}:{port}/readyz").status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        with tempfile.TemporaryDirectory() as folder:
-            bodies = []
-            for i, image in enumerate(make_images(images, 300, width=451)):
-                path = Path(folder) / f"body{i}.json"
-                path.write_bytes(json_body(image))
-                bodies.append(str(path))
-            command = [
-                "wrk",
-                "-t1",
-                "-c1",
-                f"-d{max(1, round(seconds))}s",
-                "--timeout",
-                "10s",
-                "-s",
-                str(LUA),
-                f"http://{HOST}:{port}",
-                "--",
-                "0",
-                "1000000",
-                f"/classify?{QUERY}",
-                "application/json",
-                *bodies,
-            ]
-            for warm in (True, False):  # the first pass warms up and is discarded
-                out = subprocess.run(command if not warm else [*command[:3], "-d2s", *command[4:]],
-                                     capture_output=True, text=True, check=True).stdout  # fmt: skip
-                if warm:
-                    timeline.requests.clear()
-                    continue
-                line = next(line for line in out.splitlines() if line.startswith("castream-wrk "))
-                report = json.loads(line.split(" ", 1)[1])
-                latencies.extend(v / 1000 for t in report["threads"] for v in t["latencies_us"])
-        server.should_exit = True
+        try:
+            while asyncio.run(get_status(port, "/readyz")) != 200:
+                time.sleep(0.1)
+            with tempfile.TemporaryDirectory() as folder:
+                bodies = body_files(Path(folder), make_images(images, 300, width=451))
+                wrk_phase(port, bodies, 1, 10**6, 2)  # warm-up, discarded
+                timeline.requests.clear()
+                client.append(wrk_phase(port, bodies, 1, 10**6, seconds))
+        finally:
+            server.should_exit = True
 
-    threading.Thread(target=drive, daemon=True).start()
-    server.run()
+    with instrumented(timeline):
+        threading.Thread(target=drive, daemon=True).start()
+        server.run()
+    if not client:
+        raise RuntimeError("the timeline's client did not finish; see the log above")
     requests = timeline.requests
     stages = {
         name: float(np.median([r[end] - r[start] for r in requests]) * 1000) for name, (start, end) in STAGES.items()
     }
-    inside = float(np.median([r["sent"] - r["app"] for r in requests]) * 1000)
     return {
         "requests": len(requests),
         "stages_ms": stages,
-        "service_ms": inside,
-        "client_p50_ms": float(np.percentile(latencies, 50)),
-        "client_p99_ms": float(np.percentile(latencies, 99)),
+        "service_ms": float(np.median([r["sent"] - r["app"] for r in requests]) * 1000),
+        "client_p50_ms": client[0].p50_ms,
+        "client_p99_ms": client[0].p99_ms,
     }
 
 
-def format_report(result: dict[str, Any]) -> str:
-    lines = [f"{result['requests']} requests, one at a time; median milliseconds per stage:"]
-    lines += [f"  {name:45s} {ms:7.3f}" for name, ms in result["stages_ms"].items()]
-    lines += [
-        f"  {'sum of the stages':45s} {sum(result['stages_ms'].values()):7.3f}",
-        f"  {'inside the app (median of the whole)':45s} {result['service_ms']:7.3f}",
-        f"  {'client p50 / p99 (wrk)':45s} {result['client_p50_ms']:7.3f} / {result['client_p99_ms']:.3f}",
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    rows = [[name, fmt(ms, 3)] for name, ms in r["stages_ms"].items()]
+    rows += [["sum of the stages", fmt(sum(r["stages_ms"].values()), 3)],
+             ["inside the app (median of the whole)", fmt(r["service_ms"], 3)],
+             ["client p50 / p99 (wrk)", f"{fmt(r['client_p50_ms'], 3)} / {fmt(r['client_p99_ms'], 3)}"]]  # fmt: skip
+    return [
+        f"{r['requests']} requests from one `wrk` connection, one at a time, to the service in the benchmark's own "
+        "process with its stage boundaries timestamped (a few microseconds each); the median of each stage.",
+        "",
+        *table(["stage", "ms"], rows),
+        "",
     ]
-    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.timeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    sys.stdout.write(format_report(measure(args.model, args.seconds)) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+SECTIONS = (
+    Section(
+        "timeline",
+        "Where the milliseconds of one request go, stage by stage",
+        full={"seconds": 10.0},
+        quick={"seconds": 1.0},
+        run=lambda context: measure(context.model, context.budget["seconds"]),
+        render=_render,
+    ),
+)

@@ -1,72 +1,85 @@
-"""What tracing costs per request: the same in-process requests with tracing off, then on.
+"""What tracing costs per request: the same in-process requests with tracing off, then on, alternating.
 
-``python -m benchmarks.tracing_cost [--requests N]``: the real app (TestClient) on the default model, one
-request at a time, one 224 px photo-like image; tracing on exports to an in-memory exporter through the SDK's
-batch processor, as a deployment would (minus the network). Prints the median and mean per request.
+The real app (Starlette's TestClient) on the served model, one request at a time, one 224 px photo-like JPEG;
+tracing on exports to an in-memory exporter through the SDK's batch processor, as a deployment would (minus
+the network). Needs the ``tracing`` extra.
+
+    python -m benchmarks tracing_cost --model models/castream.onnx --requests 300
 """
 
 from __future__ import annotations
 
-import argparse
-import io
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-from fastapi.testclient import TestClient
-from PIL import Image
-
+from benchmarks.harness import make_images
+from benchmarks.sections import Section, fmt, table
 from service import tracing
 from service.app import create_app
 from service.settings import Settings
 
 
-def _image() -> bytes:
-    rng = np.random.default_rng(0)
-    out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (224, 224, 3), np.uint8)).save(out, "JPEG")
-    return out.getvalue()
+def _timed(model: Path, requests: int, traced: bool) -> list[float]:
+    """Milliseconds of each of ``requests`` requests after 20 of warm-up, tracing on or off."""
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-
-def _run(model: Path, requests: int, traced: bool) -> list[float]:
-    original = tracing.from_environment
-    if traced:
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
-        tracing.from_environment = lambda: provider
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    original, data, times = tracing.from_environment, make_images(1, 224)[0], []
+    tracing.from_environment = (lambda: provider) if traced else original
     try:
-        data, times = _image(), []
         with TestClient(create_app(Settings(model_path=model))) as client:
             while client.get("/readyz").status_code != 200:
                 time.sleep(0.05)
             for i in range(requests + 20):
                 start = time.perf_counter()
-                assert client.post("/classify", files=[("file", data)]).status_code == 200
-                if i >= 20:  # warm-up left out
+                status = client.post("/classify", files=[("file", data)]).status_code
+                if status != 200:
+                    raise RuntimeError(f"POST /classify answered {status} with tracing {'on' if traced else 'off'}")
+                if i >= 20:
                     times.append((time.perf_counter() - start) * 1000)
         return times
     finally:
         tracing.from_environment = original
+        provider.shutdown()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"))
-    parser.add_argument("--requests", type=int, default=300)
-    args = parser.parse_args()
-    results = {}
-    for traced in (False, True, False, True):  # interleaved, so drift in load falls on both
-        results.setdefault(traced, []).extend(_run(args.model, args.requests // 2, traced))
-    for traced, times in results.items():
-        label = "on " if traced else "off"
-        print(f"tracing {label}: median {statistics.median(times):.3f} ms, mean {statistics.fmean(times):.3f} ms")
-    print(f"difference of medians: {statistics.median(results[True]) - statistics.median(results[False]):.3f} ms")
+def measure(model: Path, requests: int) -> dict[str, Any]:
+    """Median and mean per request, off and on, over two alternating rounds (drift in load falls on both)."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for traced in (False, True, False, True):
+        times["on" if traced else "off"] += _timed(model, requests // 2, traced)
+    return {"requests": requests} | {
+        state: {"median_ms": statistics.median(t), "mean_ms": statistics.fmean(t)} for state, t in times.items()
+    }
 
 
-if __name__ == "__main__":
-    main()
+def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    rows = [[f"tracing {state}", fmt(r[state]["median_ms"], 3), fmt(r[state]["mean_ms"], 3)] for state in ("off", "on")]
+    difference = r["on"]["median_ms"] - r["off"]["median_ms"]
+    return [
+        f"{r['requests']} requests each way through the app in process (TestClient), one at a time, alternating "
+        "off and on twice; spans go to an in-memory exporter through the SDK's batch processor.",
+        "",
+        *table(["", "median ms", "mean ms"], rows),
+        "",
+        f"Tracing on costs **{difference:+.3f} ms** per request (difference of the medians).",
+        "",
+    ]
+
+
+SECTIONS = (
+    Section(
+        "tracing_cost",
+        "What tracing costs per request",
+        full={"requests": 300},
+        quick={"requests": 4},
+        run=lambda context: measure(context.model, context.budget["requests"]),
+        render=_render,
+    ),
+)

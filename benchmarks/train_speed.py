@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,22 +32,6 @@ from training.precision import describe
 log = logging.getLogger(__name__)
 
 AIM = 0.8
-
-
-@dataclass(frozen=True)
-class TrainSpeed:
-    backbone: str
-    image_size: int
-    batch_size: int
-    threads: int
-    precision: str  # what the policy resolved to here: fp32, bf16 or fp16
-    rounds: int
-    forward_ms: float  # median per batch
-    train_step_ms: float  # median per batch
-    forward_images_per_second: float
-    train_images_per_second: float
-    ratio: float  # median over rounds of forward time / training-step time: training over forward throughput
-    aim: float = AIM
 
 
 def steps(
@@ -80,7 +63,7 @@ def run(
     num_classes: int = 1000,
     min_rounds: int = 3,
     seed: int = 0,
-) -> TrainSpeed:
+) -> dict[str, Any]:
     """Times both on one random batch, in ``precision`` as the training command resolves it on this CPU."""
     if budget_s < 0 or batch_size < 1:
         raise ValueError(f"need budget_s >= 0 and batch_size >= 1, got {budget_s!r} and {batch_size!r}")
@@ -93,23 +76,19 @@ def run(
     forward(), train_step()  # first calls allocate and pick kernels
     seconds = interleaved({"forward": forward, "train": train_step}, budget_s, min_rounds)
     forward_s, train_s = float(np.median(seconds["forward"])), float(np.median(seconds["train"]))
-    return TrainSpeed(
-        backbone=backbone,
-        image_size=image_size,
-        batch_size=batch_size,
-        threads=torch.get_num_threads(),
-        precision=describe(context.dtype),
-        rounds=len(seconds["forward"]),
-        forward_ms=forward_s * 1000,
-        train_step_ms=train_s * 1000,
-        forward_images_per_second=batch_size / forward_s,
-        train_images_per_second=batch_size / train_s,
-        ratio=float(np.median(seconds["forward"] / seconds["train"])),
-    )
+    return {
+        "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "precision": describe(context.dtype),  # what the policy resolved to here: fp32, bf16 or fp16
+        "rounds": len(seconds["forward"]),
+        "forward_ms": forward_s * 1000, "train_step_ms": train_s * 1000,  # medians per batch
+        "forward_images_per_second": batch_size / forward_s, "train_images_per_second": batch_size / train_s,
+        "ratio": float(np.median(seconds["forward"] / seconds["train"])),  # training over forward throughput
+        "aim": AIM,
+    }  # fmt: skip
 
 
 def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    policy = r.get("precision") or ("bf16" if r.get("amp") else "fp32")  # older results recorded a flag
+    policy = r["precision"]
     rows = [
         ["frozen model, forward only (`no_grad`)", fmt(r["forward_ms"]), fmt(r["forward_images_per_second"], 2)],
         [
@@ -136,7 +115,7 @@ SECTIONS = (
         "Stream training against the frozen forward pass",
         full={"backbone": "resnet50", "image_size": 224, "batch_size": 16, "budget_s": 45.0},
         quick={"backbone": "resnet18", "image_size": 64, "batch_size": 4, "budget_s": 0.5},
-        run=lambda context: asdict(run(**context.budget)),
+        run=lambda context: run(**context.budget),
         render=_render,
         aims=lambda result: [Aim("stream training / frozen forward throughput", dig(result, "ratio"), AIM, True)],
         reads=(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ def test_each_side_fetches_what_it_says(tiny_model: Path) -> None:
     assert [a.shape for a in unfetched] == [(2, 4), (2, 4, 4)]
     assert fetched[2].shape == (2, 4, 4, 4)
     sessions = {name: class_maps.Fetching(session, ["logits"]) for name in ("without", "unfetched", "fetched")}
-    cost = class_maps.Cost("tiny", 32, 4, [time_sessions(sessions, images, budget_s=0.0, min_rounds=2)])
-    row = cost.to_dict()["batches"][0]
+    row = class_maps.cost(time_sessions(sessions, images, budget_s=0.0, min_rounds=2))
     assert row["batch_size"] == 2 and row["rounds"] == 2 and row["unfetched_over_without"] > 0
-    lines = class_maps.SECTIONS[0].render({"threads": 1, "models": [cost.to_dict()]}, {})
+    model = {"backbone": "tiny", "image_size": 32, "classes": 4, "batches": [row]}
+    lines = class_maps.SECTIONS[0].render({"threads": 1, "models": [model]}, {})
     assert "| tiny 32 px, 4 classes | 2 |" in "\n".join(lines)
 
 
@@ -47,41 +46,3 @@ def test_explanation_benchmark_reports_ratios_to_castream(monkeypatch: pytest.Mo
     )
     table = "\n".join(explain_speed.SECTIONS[0].render([result], {}))
     assert "| resnet18 64 px | pytorch-grad-cam GradCAM |" in table and "1 (reference)" in table
-
-
-def test_regenerating_the_report_keeps_the_recorded_studies(tmp_path: Path) -> None:
-    from benchmarks import report
-
-    raw = tmp_path / "results.json"
-    study = {"command": "python -m benchmarks parity", "measured_on": "another day", "result": PARITY}
-    raw.write_text(json.dumps({"sections": {"parity": study, "gpu": {"command": "old", "skipped": "old run"}}}))
-    fresh = {"sections": {"gpu": {"command": "new", "skipped": "no GPU"}}}
-    kept = report.keep_recorded(fresh, raw)
-    assert kept["sections"] == {"gpu": fresh["sections"]["gpu"], "parity": study}  # measured ones are this run's
-    assert report.keep_recorded(fresh, tmp_path / "absent.json") == fresh
-
-
-PARITY = {
-    "checkpoint": "c.pt",
-    "images": 3,
-    "rows": [],
-    "worst": {"logits": 1e-6},
-    "tolerance": {"logits": 1e-4},
-    "margin": {"logits": 100.0},
-}
-
-
-def test_a_recorded_study_renders_from_its_record_with_where_it_was_measured(quick_results) -> None:
-    from benchmarks.render import render
-    from benchmarks.report import SECTIONS
-
-    results = {**quick_results, "sections": {**quick_results["sections"]}}
-    results["sections"]["parity"] = {
-        "command": "python -m benchmarks parity",
-        "measured_on": "a quiet day",
-        "result": PARITY,
-    }
-    text = render(results, SECTIONS, None)
-    assert "Measured on its own, not by `make bench`: `python -m benchmarks parity` (a quiet day)." in text
-    assert "| logits (of the largest absolute logit) | 1e-06 | 0.0001 | 100x |" in text
-    assert "Not recorded yet: `python -m benchmarks ablation` measures it." in text

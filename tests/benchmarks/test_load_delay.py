@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.batch_delay import CONCURRENCIES, format_report, sweep
+from benchmarks.batch_delay import CONCURRENCIES, SECTIONS, sweep
 
 
 def test_sweep_measures_each_delay_at_each_concurrency(tiny_model) -> None:
@@ -14,4 +14,5 @@ def test_sweep_measures_each_delay_at_each_concurrency(tiny_model) -> None:
             assert row["throughput"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["mean_batch"] >= 1
     # A delay lets images from 32 clients gather; with none, a free model takes whatever is there.
     assert result["delays_ms"]["30"]["32"]["mean_batch"] > 1
-    assert "delay ms | concurrency" in format_report(result)
+    text = "\n".join(SECTIONS[0].render(result, {}))
+    assert "| delay ms | concurrency |" in text and "| 30 | 32 |" in text

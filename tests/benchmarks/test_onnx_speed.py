@@ -22,9 +22,8 @@ def test_report_holds_both_headline_ratios(
         onnx_speed.INT8: onnx.load(str(int8_export.path)),
     }
     report = onnx_speed.measure(graphs, image_size=64, batch_size=4, threads=1, budget_s=0.3, backbone="resnet18")
-    assert report.latency.batch_size == 1 and report.throughput.batch_size == 4
-    assert report.latency.rounds >= 3 and report.throughput.rounds >= 3
-    summary = report.to_dict()
+    summary = report
+    assert summary["timings"]["batch1"]["rounds"] >= 3 and summary["timings"]["batch4"]["rounds"] >= 3
     for key in ("ca_over_gap_latency", "int8_over_fp32_throughput"):
         assert np.isfinite(summary[key]) and summary[key] > 0
     assert set(summary["timings"]["batch4"]) == {"fp32-gap", "fp32-ca", "int8-ca", "rounds"}
