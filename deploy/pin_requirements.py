@@ -4,10 +4,12 @@ The images install exactly these pins, so a container runs the versions the test
 
     .venv/bin/python deploy/pin_requirements.py
 
-``deploy/requirements-serve.txt`` holds the full dependency closure of the ``serve`` extra (and the base
-dependencies) on Linux/CPython 3.11; ``deploy/requirements-serve-gpu.txt`` the same for ``serve-gpu``, where
-``onnxruntime-gpu`` takes the version and the dependencies of the installed ``onnxruntime`` (the two are
-released together from one source tree; an environment never holds both).
+``deploy/requirements-serve.txt`` holds the full dependency closure of the ``serve`` and ``tracing`` extras
+(and the base dependencies) on Linux/CPython 3.11; ``deploy/requirements-serve-gpu.txt`` the same for
+``serve-gpu`` and ``tracing``, where ``onnxruntime-gpu`` takes the version and the dependencies of the
+installed ``onnxruntime`` (the two are released together from one source tree; an environment never holds
+both). Every image carries the ``tracing`` extra so that traces can be switched on by the ``OTEL_*``
+variables alone (service/tracing.py); without them the service runs untraced.
 """
 
 from __future__ import annotations
@@ -23,20 +25,24 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = {"serve": "requirements-serve.txt", "serve-gpu": "requirements-serve-gpu.txt"}
+IMAGE_EXTRAS = ("tracing",)  # extras every image installs beside its serving extra
 STAND_INS = {"onnxruntime-gpu": "onnxruntime"}  # wanted name -> the installed distribution that stands in for it
 HEADER = (
-    "# Pinned dependencies of castream's `{extra}` extra for the serving image (Linux, CPython 3.11).\n"
+    "# Pinned dependencies of castream's {extras} extras for the serving image (Linux, CPython 3.11).\n"
     "# Generated from the development environment by `python deploy/pin_requirements.py`; do not edit.\n"
 )
 
 
 def project_requirements(extra: str, pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
-    """The project's base dependencies plus those of ``extra``."""
+    """What an image for ``extra`` installs: the base dependencies, those of ``extra`` and of ``IMAGE_EXTRAS``."""
     project = tomllib.loads(pyproject.read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    if extra not in extras:
-        raise ValueError(f"pyproject.toml has no extra {extra!r}; expected one of {sorted(extras)}")
-    return [Requirement(text) for text in [*project["dependencies"], *extras[extra]]]
+    wanted = [extra, *IMAGE_EXTRAS]
+    missing = [name for name in wanted if name not in extras]
+    if missing:
+        raise ValueError(f"pyproject.toml has no extra {missing[0]!r}; expected one of {sorted(extras)}")
+    texts = [*project["dependencies"], *(text for name in wanted for text in extras[name])]
+    return [Requirement(text) for text in texts]
 
 
 def _applies(requirement: Requirement, extras: set[str]) -> bool:
@@ -72,7 +78,8 @@ def closure(roots: list[Requirement]) -> dict[str, tuple[str, list[Requirement]]
 def render(extra: str) -> str:
     pins = closure(project_requirements(extra))
     lines = [f"{name}=={version}" for name, (version, _) in sorted(pins.items())]
-    return HEADER.format(extra=extra) + "\n".join(lines) + "\n"
+    extras = " and ".join(f"`{name}`" for name in (extra, *IMAGE_EXTRAS))
+    return HEADER.format(extras=extras) + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
