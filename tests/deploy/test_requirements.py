@@ -47,3 +47,9 @@ def test_cpu_and_gpu_pins_differ_only_in_the_onnxruntime_package() -> None:
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
     assert cpu.pop("onnxruntime") == gpu.pop("onnxruntime-gpu")
     assert cpu == gpu
+
+
+@pytest.mark.parametrize("extra", list(OUTPUTS))
+def test_the_images_can_trace_when_asked(extra: str) -> None:
+    # Tracing is off unless OTEL_* variables ask for it; the images must carry what it needs when they do.
+    assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= set(pins(extra))
