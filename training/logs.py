@@ -12,8 +12,18 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     logging.basicConfig(level=level, format=FORMAT)
 
 
-# Exporters and ONNX Runtime log every graph rewrite at INFO; commands show their warnings only.
-THIRD_PARTY = ("onnxscript", "onnx_ir", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
+# Exporters and ONNX Runtime log every graph rewrite at INFO, HTTP clients every request; commands show their
+# warnings only.
+THIRD_PARTY = (
+    "onnxscript",
+    "onnx_ir",
+    "onnxruntime",
+    "torch.onnx",
+    "torch.export",
+    "torch._dynamo",
+    "httpx",
+    "httpcore",
+)
 
 
 def quiet_third_party(names: tuple[str, ...] = THIRD_PARTY) -> None:
