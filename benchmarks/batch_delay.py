@@ -35,11 +35,10 @@ def sweep(model: Path, delays: list[float], seconds: float, rounds: int = 2) -> 
                 with service_process(LoadConfig(model=model, max_batch_delay_ms=delay)) as server:
                     wrk_phase(server.port, bodies, 8, 10**6, 2)  # warm-up
                     for concurrency in CONCURRENCIES:
-                        before = [scrape(server.port).get(key, 0.0) for key in BATCHES]
+                        before = scrape(server.port)  # one scrape each side, so that its sum and count agree
                         phase = wrk_phase(server.port, bodies, concurrency, 10**6, seconds)
-                        images_run, ran = (
-                            scrape(server.port)[key] - was for key, was in zip(BATCHES, before, strict=True)
-                        )
+                        after = scrape(server.port)
+                        images_run, ran = (after[key] - before.get(key, 0.0) for key in BATCHES)
                         row = {"throughput": phase.throughput, "p50_ms": phase.p50_ms, "p99_ms": phase.p99_ms,
                                "mean_batch": images_run / ran if ran else float("nan")}  # fmt: skip
                         results.setdefault(f"{delay:g}", {}).setdefault(str(concurrency), []).append(row)
