@@ -22,6 +22,8 @@ import random
 import signal
 import statistics
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +130,9 @@ def _whole(response: httpx.Response) -> bool:
     return isinstance(answer, dict) and any(key in answer for key in wanted)
 
 
-def _count(results: list[tuple[float, float, object]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _, _, outcome in results:
-        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
-    return dict(sorted(counts.items()))
+def _count(outcomes: Iterable[object]) -> dict[str, int]:
+    """How many times each outcome (a status or an exception's name) occurred, in sorted order."""
+    return dict(sorted(Counter(map(str, outcomes)).items()))
 
 
 def _p99(results: list[tuple[float, float, object]]) -> float:
@@ -176,7 +176,7 @@ def soak(model: Path, seconds: float, concurrency: int, warm_up_s: float = 30.0)
     window = min(60.0, seconds / 3)
     return {
         "seconds": seconds, "warm_up_s": warm_up_s, "concurrency": concurrency, "requests": len(results),
-        "statuses": _count(results), "server_errors": _server_errors(results),
+        "statuses": _count(outcome for _, _, outcome in results), "server_errors": _server_errors(results),
         "rss_mib_after_warmup": rss_start, "rss_mib_end": rss_end, "rss_mib_max": max(samples, default=rss_end),
         "rss_growth_mib": rss_end - rss_start, "window_s": window,
         "p99_ms_first_window": _p99([r for r in results if r[0] < window]),
@@ -223,14 +223,12 @@ def slow_clients(model: Path, seconds: float, concurrency: int, slow: int, body_
         together, trickled = asyncio.run(beside())
     finally:
         stop_service(server.process)
-    slow_outcomes: dict[str, int] = {}
-    for status, _ in trickled:
-        slow_outcomes[status] = slow_outcomes.get(status, 0) + 1
     return {
         "seconds": seconds, "concurrency": concurrency, "slow_connections": slow, "body_timeout_s": body_timeout_s,
-        "statuses_alone": _count(alone), "statuses_beside_slow": _count(together),
+        "statuses_alone": _count(outcome for _, _, outcome in alone),
+        "statuses_beside_slow": _count(outcome for _, _, outcome in together),
         "p99_ms_alone": _p99(alone), "p99_ms_beside_slow": _p99(together),
-        "p99_ratio": _p99(together) / _p99(alone), "slow_outcomes": slow_outcomes,
+        "p99_ratio": _p99(together) / _p99(alone), "slow_outcomes": _count(status for status, _ in trickled),
         "slow_cut_off_after_s_max": max((t for _, t in trickled), default=float("nan")),
     }  # fmt: skip
 
@@ -256,7 +254,7 @@ def crash(model: Path, concurrency: int, seconds: float = 25.0, kill_at_s: float
         stop_service(server.process)
         if "restarted" in outcome:
             stop_service(outcome.pop("restarted").process)
-    seen = _count(results)
+    seen = _count(outcome for _, _, outcome in results)
     outcome |= {"seconds": seconds, "kill_at_s": kill_at_s, "client_outcomes": seen}
     outcome["server_errors_not_503"] = sum(n for s, n in seen.items() if s.startswith("5") and s != "503")
     return outcome

@@ -127,7 +127,10 @@ def measure(model: Path, seconds: float, images: int = 32) -> dict[str, Any]:
 
     def drive() -> None:
         try:
+            deadline = time.monotonic() + 60
             while asyncio.run(get_status(port, "/readyz")) != 200:
+                if time.monotonic() > deadline:
+                    return  # never ready: measure() says so once the server has stopped
                 time.sleep(0.1)
             with tempfile.TemporaryDirectory() as folder:
                 bodies = body_files(Path(folder), make_images(images, 300, width=451))
