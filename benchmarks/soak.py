@@ -1,29 +1,19 @@
-"""Reliability: fuzzing, a soak under mixed traffic, slow clients, and a crash with restart. Loopback only.
-
-- ``fuzz``: schemathesis over every OpenAPI operation (``/v2`` included), positive and negative cases, against
-  the real app in process; counts 5xx and answers outside the schema.
-- ``soak``: ``python -m service`` in a subprocess, ``--concurrency`` closed-loop clients for ``--soak-s``
-  seconds after a warm-up: photo-like and synthetic images of many sizes and modes, 10 % bad inputs,
-  overlays, class maps, /v2 JSON and binary. 5xx, resident memory after warm-up and at the end, p99 of the
-  first and last minute.
-- ``slow_clients``: normal traffic alone, then beside connections trickling their bodies.
-- ``crash``: SIGKILL the service under load, restart it; the time until ready and what clients saw.
-
-    python -m benchmarks soak --soak-s 600        # and fuzz, slow_clients, crash
-"""
+"""Reliability, loopback only: fuzzing every operation in process; ``python -m service`` under mixed traffic, beside
+slow clients, and killed under load and restarted. ``python -m benchmarks soak --soak-s 600``, and so on."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import math
 import random
-import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,430 +21,280 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.harness import HOST, LoadConfig, Running, start_service, stop_service
-from benchmarks.sections import Aim, Section, dig, fmt, table
+from benchmarks.harness import HOST, Running, get, service_process, start_service, stop_service
+from benchmarks.sections import Aim, Section, counts, dig, fmt, table
+from service.app import create_app
+from service.settings import Settings
 
 QUIET = {"CASTREAM_LOG_LEVEL": "error"}  # one request in ten is bad on purpose: their warnings are expected
+SLOW_HEAD = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+Record = tuple[float, float, object]  # a request's start offset and latency in seconds, and its status (or error)
 
 
-def _images(rng: random.Random) -> list[tuple[bytes, bool]]:
-    """(file bytes, good) pairs: photo-like noise and flat images, many sizes, modes and formats; bad ones too."""
-    out: list[tuple[bytes, bool]] = []
-    nprng = np.random.default_rng(0)
+def _images(rng: random.Random) -> tuple[list[bytes], list[bytes]]:
+    """Good image files (noise over a gradient; many sizes, modes and formats) and bad ones."""
+    good, nprng = [], np.random.default_rng(0)
     for size in (16, 64, 224, 500, 1024, 1600):
         for mode, kind in (("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "WEBP")):
             w, h = size, max(8, int(size * rng.uniform(0.5, 1.5)))
-            pixels = nprng.integers(0, 255, (h, w, 3), np.uint8)
-            pixels = (pixels // 4 + np.linspace(0, 180, w, dtype=np.uint8)[None, :, None]).astype(np.uint8)
-            image = Image.fromarray(pixels).convert(mode)
+            pixels = nprng.integers(0, 255, (h, w, 3), np.uint8) // 4 + np.linspace(0, 180, w, dtype=np.uint8)[:, None]
             buffer = io.BytesIO()
-            image.save(buffer, format=kind)
-            out.append((buffer.getvalue(), True))
-    good = [d for d, _ in out]
-    out += [(b"", False), (b"not an image", False), (good[3][: len(good[3]) // 2], False)]
-    return out
+            Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(buffer, format=kind)
+            good.append(buffer.getvalue())
+    return good, [b"", b"not an image", good[3][: len(good[3]) // 2]]
 
 
-def _request(rng: random.Random, images: list[tuple[bytes, bool]], model: str) -> dict:
-    """One request of the mix, as httpx.request keyword arguments."""
-    good = rng.random() >= 0.1  # one request in ten has a bad image
-    data, _ = rng.choice([i for i in images if i[1] == good])
-    kind = rng.random()
-    if kind < 0.5:
+def _request(rng: random.Random, good: list[bytes], bad: list[bytes], model: str) -> dict[str, Any]:
+    """One request of the mix (see ``_render_soak``), as ``httpx`` POST keywords; one in ten has a bad image."""
+    data = rng.choice(good if rng.random() >= 0.1 else bad)
+    kind, encoded, infer = rng.random(), base64.b64encode(data).decode(), f"/v2/models/{model}/infer"
+    if kind < 0.5:  # multipart /classify
         params = {"attention": rng.choice(["none", "grid", "overlay"]), "top_k": str(rng.randint(1, 5))}
-        if rng.random() < 0.2:
-            params["class_maps"] = "true"
-        if rng.random() < 0.2:
-            params["overlay_on"] = "image"
-        files = [("file", ("x", data, "application/octet-stream")) for _ in range(rng.choice([1, 1, 1, 2, 4]))]
-        return {"method": "POST", "url": "/classify", "params": params, "files": files}
-    if kind < 0.65:
-        return {"method": "POST", "url": "/classify", "json": {"images": [base64.b64encode(data).decode()]}}
-    if kind < 0.85:
-        tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
+        params |= {key: value for key, value in (("class_maps", "true"), ("overlay_on", "image")) if rng.random() < 0.2}
+        files = [("file", ("x", data, "application/octet-stream"))] * rng.choice([1, 1, 1, 2, 4])
+        return {"url": "/classify", "params": params, "files": files}
+    if kind < 0.65:  # JSON base64 /classify
+        return {"url": "/classify", "json": {"images": [encoded]}}
+    tensor: dict[str, Any] = {"name": "image_bytes", "datatype": "BYTES", "shape": [1]}
+    if kind < 0.85:  # /v2 JSON
         outputs = [{"name": "logits", "parameters": {"classification": 3}}]
-        return {"method": "POST", "url": f"/v2/models/{model}/infer", "json": {"inputs": [tensor], "outputs": outputs}}
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image_bytes",
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "parameters": {"binary_data_size": len(data) + 4},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    body = header + len(data).to_bytes(4, "little") + data
+        return {"url": infer, "json": {"inputs": [tensor | {"data": [encoded]}], "outputs": outputs}}
+    tensor["parameters"] = {"binary_data_size": len(data) + 4}  # /v2 binary: a JSON header, then the tensor
+    outputs = [{"name": "logits", "parameters": {"binary_data": True}}]
+    header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
     headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-    return {"method": "POST", "url": f"/v2/models/{model}/infer", "content": body, "headers": headers}
-
-
-async def _load(
-    url: str, model: str, seconds: float, concurrency: int, seed: int = 0
-) -> list[tuple[float, float, object]]:
-    """Closed loop: (start offset s, latency s, status or exception name) per request."""
-    images = _images(random.Random(seed))
-    results: list[tuple[float, float, object]] = []
-    begin = time.monotonic()
-
-    async def client(index: int) -> None:
-        rng = random.Random(seed * 1000 + index)
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            while time.monotonic() - begin < seconds:
-                start = time.monotonic()
-                try:
-                    response = await http.request(**_request(rng, images, model))
-                    outcome: object = response.status_code if _whole(response) else "incomplete answer"
-                except httpx.TransportError as exc:
-                    outcome = type(exc).__name__
-                    await asyncio.sleep(0.05)
-                results.append((start - begin, time.monotonic() - start, outcome))
-
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
-    return results
+    return {"url": infer, "content": header + len(data).to_bytes(4, "little") + data, "headers": headers}
 
 
 def _whole(response: httpx.Response) -> bool:
     """Whether an answer is what its status promises: a 200 carries predictions or outputs, an error its code."""
-    body = response.content
-    if "inference-header-content-length" in response.headers:  # /v2 binary: a JSON header, then the tensors
-        body = body[: int(response.headers["inference-header-content-length"])]
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return False
+    size = response.headers.get("inference-header-content-length")  # /v2 binary: a JSON header, then the tensors
     wanted = ("predictions", "outputs") if response.status_code == 200 else ("code", "error")  # /v2 errors: "error"
-    return isinstance(answer, dict) and any(key in answer for key in wanted)
+    with contextlib.suppress(ValueError):
+        answer = json.loads(response.content[: None if size is None else int(size)])
+        return isinstance(answer, dict) and any(key in answer for key in wanted)
+    return False
 
 
-def _count(outcomes: Iterable[object]) -> dict[str, int]:
-    """How many times each outcome (a status or an exception's name) occurred, in sorted order."""
-    return dict(sorted(Counter(map(str, outcomes)).items()))
+async def _load(server: Running, seconds: float, concurrency: int, seed: int, *beside: Coroutine) -> tuple[list, list]:
+    """Closed-loop clients of the mix and the ``beside`` coroutines: a Record per request, what those returned."""
+    model = json.loads(get(server.port, "/v1/model")[1])["name"]
+    good, bad = _images(random.Random(seed))
+    records: list[Record] = []
+    begin = time.monotonic()
+
+    async def client(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            while time.monotonic() - begin < seconds:
+                start = time.monotonic()
+                try:
+                    response = await http.post(**_request(rng, good, bad, model))
+                    outcome: object = response.status_code if _whole(response) else "incomplete answer"
+                except httpx.TransportError as exc:
+                    outcome = type(exc).__name__
+                    await asyncio.sleep(0.05)
+                records.append((start - begin, time.monotonic() - start, outcome))
+
+    done = await asyncio.gather(*beside, *(client(i) for i in range(concurrency)))
+    return records, done[: len(beside)]
 
 
-def _p99(results: list[tuple[float, float, object]]) -> float:
-    """p99 in ms of the answers 200 among ``(start, latency, outcome)`` records."""
-    latencies = [latency for _, latency, outcome in results if outcome == 200]
-    return statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 1 else float("nan")
+def _count(records: list[Any]) -> dict[str, int]:
+    """How many times each outcome (each record's last item: a status or an error's name) occurred, sorted."""
+    return dict(sorted(Counter(str(record[-1]) for record in records).items()))
 
 
-def _server_errors(results: list[tuple[float, float, object]]) -> int:
-    return sum(1 for _, _, outcome in results if str(outcome).startswith("5"))
+def _p99(records: list[Record]) -> float:
+    """p99 in ms of the answers 200 among the records."""
+    latencies = [latency for _, latency, outcome in records if outcome == 200]
+    return statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 1 else math.nan
 
 
-def _model_name(server: Running) -> str:
-    return httpx.get(f"{server.url}/v1/model", timeout=10).json()["name"]
+async def _rss_every_5s(server: Running, seconds: float) -> list[float]:
+    samples, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        samples.append(server.rss_mib())
+        await asyncio.sleep(min(5.0, end - time.monotonic()))
+    return samples
 
 
-def soak(model: Path, seconds: float, concurrency: int, warm_up_s: float = 30.0) -> dict[str, Any]:
-    """``concurrency`` clients of the mix for ``seconds`` after ``warm_up_s``; memory sampled every 5 s."""
-    server = start_service(LoadConfig(model=model), **QUIET)
-    try:
-        name = _model_name(server)
-        asyncio.run(_load(server.url, name, warm_up_s, concurrency, seed=1))
-        rss_start, samples = server.rss_mib(), []
-
-        async def sampled() -> list[tuple[float, float, object]]:
-            async def sample() -> None:
-                while True:
-                    samples.append(server.rss_mib())
-                    await asyncio.sleep(5)
-
-            sampler = asyncio.create_task(sample())
-            try:
-                return await _load(server.url, name, seconds, concurrency)
-            finally:
-                sampler.cancel()
-
-        results = asyncio.run(sampled())
+def soak(model: Path, soak_s: float = 600.0, concurrency: int = 16, warm_up_s: float = 30.0) -> dict[str, Any]:
+    """``concurrency`` clients of the mix for ``soak_s`` after ``warm_up_s``; memory sampled every 5 s."""
+    with service_process(model, **QUIET) as server:
+        asyncio.run(_load(server, warm_up_s, concurrency, 1))
+        rss_start = server.rss_mib()
+        records, (samples,) = asyncio.run(_load(server, soak_s, concurrency, 0, _rss_every_5s(server, soak_s)))
         rss_end = server.rss_mib()
-    finally:
-        stop_service(server.process)
-    window = min(60.0, seconds / 3)
+    window, statuses = min(60.0, soak_s / 3), _count(records)
     return {
-        "seconds": seconds, "warm_up_s": warm_up_s, "concurrency": concurrency, "requests": len(results),
-        "statuses": _count(outcome for _, _, outcome in results), "server_errors": _server_errors(results),
+        "seconds": soak_s, "warm_up_s": warm_up_s, "concurrency": concurrency, "requests": len(records),
+        "statuses": statuses, "server_errors": sum(n for status, n in statuses.items() if status.startswith("5")),
         "rss_mib_after_warmup": rss_start, "rss_mib_end": rss_end, "rss_mib_max": max(samples, default=rss_end),
         "rss_growth_mib": rss_end - rss_start, "window_s": window,
-        "p99_ms_first_window": _p99([r for r in results if r[0] < window]),
-        "p99_ms_last_window": _p99([r for r in results if r[0] >= seconds - window]),
+        "p99_ms_first_window": _p99([r for r in records if r[0] < window]),
+        "p99_ms_last_window": _p99([r for r in records if r[0] >= soak_s - window]),
     }  # fmt: skip
 
 
-async def _trickle(port: int, timeout_s: float) -> tuple[str, float]:
-    """One slow client: headers, then a byte of its declared 100 kB body every 0.5 s until answered."""
-    begin = time.monotonic()
+async def _trickle(port: int, timeout_s: float) -> tuple[float, str]:
+    """A slow client sending its declared 100 kB body a byte every 0.5 s: the seconds until answered, the status."""
+    begin, status = time.monotonic(), "no answer"
     reader, writer = await asyncio.open_connection(HOST, port)
-    head = "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-    writer.write(head.encode())
-    status = "no answer"
+    writer.write(SLOW_HEAD)
     try:
-        while time.monotonic() - begin < timeout_s * 3:
+        while status == "no answer" and time.monotonic() - begin < timeout_s * 3:
             writer.write(b" ")
             await writer.drain()
-            try:
+            with contextlib.suppress(TimeoutError):  # none within 0.5 s: another byte
                 line = await asyncio.wait_for(reader.readline(), 0.5)
-            except TimeoutError:
-                continue
-            status = line.split()[1].decode() if line else "closed"
-            break
+                status = line.split()[1].decode() if line else "closed"
     except (ConnectionError, OSError) as exc:
         status = type(exc).__name__
     writer.close()
-    return status, time.monotonic() - begin
+    return time.monotonic() - begin, status
 
 
-def slow_clients(model: Path, seconds: float, concurrency: int, slow: int, body_timeout_s: float) -> dict[str, Any]:
+def slow_clients(
+    model: Path, seconds: float = 30.0, concurrency: int = 16, slow: int = 50, body_timeout_s: float = 10.0
+) -> dict[str, Any]:
     """Normal traffic alone, then beside ``slow`` connections trickling their bodies."""
-    server = start_service(LoadConfig(model=model), CASTREAM_BODY_TIMEOUT_S=str(body_timeout_s), **QUIET)
-    try:
-        name = _model_name(server)
-        asyncio.run(_load(server.url, name, min(10.0, seconds), concurrency, seed=3))  # warm-up
-        alone = asyncio.run(_load(server.url, name, seconds, concurrency, seed=4))
-
-        async def beside() -> tuple[list, list]:
-            trickles = [asyncio.create_task(_trickle(server.port, body_timeout_s)) for _ in range(slow)]
-            normal = await _load(server.url, name, seconds, concurrency, seed=4)
-            return normal, await asyncio.gather(*trickles)
-
-        together, trickled = asyncio.run(beside())
-    finally:
-        stop_service(server.process)
+    with service_process(model, CASTREAM_BODY_TIMEOUT_S=str(body_timeout_s), **QUIET) as server:
+        asyncio.run(_load(server, min(10.0, seconds), concurrency, 3))  # warm-up
+        alone, _ = asyncio.run(_load(server, seconds, concurrency, 4))
+        trickles = [_trickle(server.port, body_timeout_s) for _ in range(slow)]
+        together, trickled = asyncio.run(_load(server, seconds, concurrency, 4, *trickles))
     return {
         "seconds": seconds, "concurrency": concurrency, "slow_connections": slow, "body_timeout_s": body_timeout_s,
-        "statuses_alone": _count(outcome for _, _, outcome in alone),
-        "statuses_beside_slow": _count(outcome for _, _, outcome in together),
-        "p99_ms_alone": _p99(alone), "p99_ms_beside_slow": _p99(together),
-        "p99_ratio": _p99(together) / _p99(alone), "slow_outcomes": _count(status for status, _ in trickled),
-        "slow_cut_off_after_s_max": max((t for _, t in trickled), default=float("nan")),
+        "statuses_alone": _count(alone), "statuses_beside_slow": _count(together),
+        "p99_ms_alone": _p99(alone), "p99_ms_beside_slow": _p99(together), "p99_ratio": _p99(together) / _p99(alone),
+        "slow_outcomes": _count(trickled), "slow_cut_off_after_s_max": max((t for t, _ in trickled), default=math.nan),
     }  # fmt: skip
 
 
-def crash(model: Path, concurrency: int, seconds: float = 25.0, kill_at_s: float = 5.0) -> dict[str, Any]:
+def crash(model: Path, concurrency: int = 16, seconds: float = 25.0, kill_at_s: float = 5.0) -> dict[str, Any]:
     """SIGKILL under load at ``kill_at_s``, a new process on the same port; what the clients saw meanwhile."""
-    config = LoadConfig(model=model)
-    server = start_service(config, **QUIET)
-    outcome: dict[str, Any] = {}
+    with service_process(model, **QUIET) as server, contextlib.ExitStack() as restarted:
 
-    async def scenario() -> list:
-        load = asyncio.create_task(_load(server.url, _model_name(server), seconds, concurrency, seed=2))
-        await asyncio.sleep(kill_at_s)
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait()
-        restarted = outcome["restarted"] = await asyncio.to_thread(start_service, config, server.port, **QUIET)
-        outcome["ready_after_kill_s"] = restarted.ready_s
-        return await load
+        async def kill_and_restart() -> float:
+            await asyncio.sleep(kill_at_s)
+            server.process.kill()  # SIGKILL
+            server.process.wait()
+            running = await asyncio.to_thread(start_service, model, server.port, **QUIET)
+            restarted.callback(stop_service, running.process)
+            return running.ready_s
 
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        stop_service(server.process)
-        if "restarted" in outcome:
-            stop_service(outcome.pop("restarted").process)
-    seen = _count(outcome for _, _, outcome in results)
-    outcome |= {"seconds": seconds, "kill_at_s": kill_at_s, "client_outcomes": seen}
-    outcome["server_errors_not_503"] = sum(n for s, n in seen.items() if s.startswith("5") and s != "503")
-    return outcome
+        records, (ready_s,) = asyncio.run(_load(server, seconds, concurrency, 2, kill_and_restart()))
+    seen = _count(records)
+    not_503 = sum(n for status, n in seen.items() if status.startswith("5") and status != "503")
+    return {"ready_after_kill_s": ready_s, "seconds": seconds, "kill_at_s": kill_at_s,
+            "client_outcomes": seen, "server_errors_not_503": not_503}  # fmt: skip
 
 
-def fuzz(model: Path, examples: int) -> dict:
+def fuzz(model: Path, examples: int = 150) -> dict[str, Any]:
+    """schemathesis over every operation, positive then negative cases, against the real app in process."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import (
-        content_type_conformance,
-        negative_data_rejection,
-        not_a_server_error,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-    from schemathesis.generation import GenerationMode
+    from hypothesis import HealthCheck, errors, given, settings
+    from schemathesis import checks as check
     from schemathesis.python import asgi
 
-    from service.app import create_app
-    from service.settings import Settings
-
     app = create_app(Settings(model_path=model, max_batch_delay_ms=2))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    client = asgi.get_client(app)
+    schema, client = schemathesis.openapi.from_asgi("/openapi.json", app), asgi.get_client(app)
     while client.get("/readyz").status_code != 200:
         time.sleep(0.05)
-    checks = [
-        not_a_server_error,
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-        negative_data_rejection,
-    ]
-    bounded = settings(
-        max_examples=examples, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
-    )
-    counts = {
-        "requests": 0,
-        "server_errors": 0,
-        "nonconforming": 0,
-        "starting": 0,
-        "operations": 0,
-        "no_negative_data": [],
-    }
-    failures: list[str] = []
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        for result in schema.get_all_operations():
-            operation = result.ok()
-            counts["operations"] += mode is GenerationMode.POSITIVE
+    checks = [check.not_a_server_error, check.status_code_conformance, check.content_type_conformance,
+              check.response_schema_conformance, check.negative_data_rejection]  # fmt: skip
+    bounded = settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                       suppress_health_check=list(HealthCheck))  # fmt: skip
+    tally: dict[str, Any] = dict.fromkeys(["requests", "server_errors", "nonconforming", "starting", "operations"], 0)
+    tally["no_negative_data"], failures = [], []
 
+    def judge(case: Any) -> None:
+        response = case.call()
+        tally["requests"] += 1
+        tally["starting"] += response.status_code == 503
+        if response.status_code != 503:
+            tally["server_errors"] += response.status_code >= 500
+            case.validate_response(response, checks=checks)
+
+    for mode in schemathesis.GenerationMode:  # positive, then negative
+        for operation in (result.ok() for result in schema.get_all_operations()):
+            tally["operations"] += mode is schemathesis.GenerationMode.POSITIVE
             where = f"{operation.method.upper()} {operation.path}"
-
-            def judge(case, where: str = where) -> None:
-                response = case.call()
-                counts["requests"] += 1
-                if response.status_code == 503:
-                    counts["starting"] += 1
-                    return
-                counts["server_errors"] += response.status_code >= 500
-                case.validate_response(response, checks=checks)
-
-            run = bounded(given(case=operation.as_strategy(generation_mode=mode))(lambda case: judge(case)))
             try:
-                run()
-            except BaseException as exc:  # a check hypothesis reports, or no negative data for this operation
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                if type(exc).__name__ == "Unsatisfiable":  # nothing in the operation can be made invalid
-                    counts["no_negative_data"].append(where)
-                    continue
-                counts["nonconforming"] += 1
+                bounded(given(case=operation.as_strategy(generation_mode=mode))(judge))()
+            except errors.Unsatisfiable:  # nothing in the operation can be made invalid
+                tally["no_negative_data"].append(where)
+            except (Exception, BaseExceptionGroup) as exc:  # a check's failure, one per operation and kind
                 failures.append(f"{where} ({mode.value}): {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-    counts["failures"] = sorted(set(failures))[:20]
-    return counts
+    return tally | {"nonconforming": len(failures), "failures": sorted(failures)[:20]}
 
 
 def _render_fuzz(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    rows = [[f"{r['requests']:,}", str(r["server_errors"]), str(r["nonconforming"]), str(r["starting"])]]
-    lines = [
-        f"schemathesis generates requests from the OpenAPI document for all {r['operations']} operations (`/v2` "
-        "included), positive and negative, against the real app in process, and checks each answer: not a server "
-        "error, a documented status, content type and body schema, negative data refused.",
-        "",
-        *table(
-            ["generated requests", "server errors (5xx)", "answers outside the schema", "503 while warming up"], rows
-        ),
-        "",
-    ]
+    header = ["generated requests", "server errors (5xx)", "answers outside the schema", "503 while warming up"]
+    row = [f"{r['requests']:,}", *(str(r[key]) for key in ("server_errors", "nonconforming", "starting"))]
+    lines = [f"schemathesis generates requests from the OpenAPI document for all {r['operations']} operations "
+             "(`/v2` included), positive and negative, against the real app in process, and checks each answer: not "
+             "a server error, a documented status, content type and body schema, negative data refused.", "",
+             *table(header, [row]), ""]  # fmt: skip
     if r["no_negative_data"]:
         lines += [f"Nothing can be made invalid in {', '.join(r['no_negative_data'])}: fuzzed positively only.", ""]
     return lines + [f"- {failure}" for failure in r["failures"]] + ([""] if r["failures"] else [])
 
 
 def _render_soak(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    statuses = ", ".join(f"{status}: {count:,}" for status, count in r["statuses"].items())
-    rows = [[f"{r['requests']:,}", statuses, str(r["server_errors"]), fmt(r["rss_mib_after_warmup"], 0),
+    rows = [[f"{r['requests']:,}", counts(r["statuses"]), str(r["server_errors"]), fmt(r["rss_mib_after_warmup"], 0),
              f"{fmt(r['rss_mib_end'], 0)} ({fmt(r['rss_mib_max'], 0)})", f"**{r['rss_growth_mib']:+.0f}**",
              fmt(r["p99_ms_first_window"], 0), fmt(r["p99_ms_last_window"], 0)]]  # fmt: skip
     header = ["requests", "answers", "5xx", "RSS after warm-up MiB", "RSS at the end (max)", "growth MiB",
               f"p99 first {r['window_s']:g} s, ms", f"p99 last {r['window_s']:g} s, ms"]  # fmt: skip
-    return [
-        f"{r['concurrency']} closed-loop clients for {r['seconds']:g} s after a {r['warm_up_s']:g} s warm-up. The mix: "
-        "half multipart `/classify` (1, 2 or 4 files; attention none, grid or overlay; a fifth with class maps, a "
-        "fifth with overlays over the whole image), 15 % JSON base64 `/classify`, 20 % `/v2` JSON infer, 15 % `/v2` "
-        "binary infer; images 16 to 1600 px as JPEG, PNG (L, RGBA), GIF and WebP; one request in ten a bad input "
-        "(empty, not an image, truncated). An answer whose body is not what its status promises counts apart.",
-        "",
-        *table(header, rows),
-        "",
-    ]
+    return [f"{r['concurrency']} closed-loop clients for {r['seconds']:g} s after a {r['warm_up_s']:g} s warm-up. "
+            "The mix: half multipart `/classify` (1, 2 or 4 files; attention none, grid or overlay; a fifth with class "
+            "maps, a fifth with overlays over the whole image), 15 % JSON base64 `/classify`, 20 % `/v2` JSON infer, "
+            "15 % `/v2` binary infer; images 16 to 1600 px as JPEG, PNG (L, RGBA), GIF and WebP; one request in ten a "
+            "bad input (empty, not an image, truncated). An answer whose body is not what its status promises counts "
+            "apart.", "", *table(header, rows), ""]  # fmt: skip
 
 
 def _render_slow(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    def answers(statuses: dict[str, int]) -> str:
-        return ", ".join(f"{status}: {count:,}" for status, count in statuses.items())
-
-    rows = [["alone", answers(r["statuses_alone"]), fmt(r["p99_ms_alone"], 0), ""],
-            [f"beside {r['slow_connections']} slow", answers(r["statuses_beside_slow"]),
-             fmt(r["p99_ms_beside_slow"], 0),
-             f"{answers(r['slow_outcomes'])}, the last after {r['slow_cut_off_after_s_max']:.1f} s"]]  # fmt: skip
-    return [
-        f"{r['concurrency']} normal clients of the soak's mix for {r['seconds']:g} s alone, then {r['seconds']:g} s "
-        f"beside {r['slow_connections']} connections that send their headers (a declared 100 kB body) and then one "
-        f"byte every 0.5 s; `CASTREAM_BODY_TIMEOUT_S={r['body_timeout_s']:g}`.",
-        "",
-        *table(["normal traffic", "answers", "p99 of the 200s, ms", "slow connections"], rows),
-        "",
-        f"p99 beside the slow connections / alone: **{r['p99_ratio']:.2f}**.",
-        "",
-    ]
+    slow = f"{counts(r['slow_outcomes'])}, the last after {r['slow_cut_off_after_s_max']:.1f} s"
+    rows = [["alone", counts(r["statuses_alone"]), fmt(r["p99_ms_alone"], 0), ""],
+            [f"beside {r['slow_connections']} slow", counts(r["statuses_beside_slow"]),
+             fmt(r["p99_ms_beside_slow"], 0), slow]]  # fmt: skip
+    return [f"{r['concurrency']} normal clients of the soak's mix for {r['seconds']:g} s alone, then "
+            f"{r['seconds']:g} s beside {r['slow_connections']} connections that send their headers (a declared "
+            f"100 kB body) and then one byte every 0.5 s; `CASTREAM_BODY_TIMEOUT_S={r['body_timeout_s']:g}`.", "",
+            *table(["normal traffic", "answers", "p99 of the 200s, ms", "slow connections"], rows), "",
+            f"p99 beside the slow connections / alone: **{r['p99_ratio']:.2f}**.", ""]  # fmt: skip
 
 
 def _render_crash(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    outcomes = ", ".join(f"{status}: {count:,}" for status, count in r["client_outcomes"].items())
-    return [
-        f"Under the soak's load, the service is killed with SIGKILL after {r['kill_at_s']:g} s and a new process "
-        f"started on the same port; the load runs {r['seconds']:g} s in all. Ready again "
-        f"**{r['ready_after_kill_s']:.2f} s** after the kill; the clients saw {outcomes}; 5xx other than "
-        f"`503 starting`: **{r['server_errors_not_503']}**. The service writes no file: none can be left half-written.",
-        "",
-    ]
+    return [f"Under the soak's load, the service is killed with SIGKILL after {r['kill_at_s']:g} s and a new process "
+            f"started on the same port; the load runs {r['seconds']:g} s in all. Ready again "
+            f"**{r['ready_after_kill_s']:.2f} s** after the kill; the clients saw {counts(r['client_outcomes'])}; 5xx "
+            f"other than `503 starting`: **{r['server_errors_not_503']}**. The service writes no file: none can be "
+            "left half-written.", ""]  # fmt: skip
 
 
 def _aims_soak(r: dict[str, Any] | None) -> list[Aim]:
-    first, last = dig(r, "p99_ms_first_window"), dig(r, "p99_ms_last_window")
-    return [
-        Aim("soak: 5xx answers", dig(r, "server_errors"), 0, False),
-        Aim("soak: resident memory growth after warm-up", dig(r, "rss_growth_mib"), 50, False, " MiB"),
-        Aim("soak: p99 of the last minute / of the first", None if r is None else last / first, 1.2, False),
-    ]
+    ratio = None if r is None else r["p99_ms_last_window"] / r["p99_ms_first_window"]
+    return [Aim("soak: 5xx answers", dig(r, "server_errors"), 0, False),
+            Aim("soak: resident memory growth after warm-up", dig(r, "rss_growth_mib"), 50, False, " MiB"),
+            Aim("soak: p99 of the last minute / of the first", ratio, 1.2, False)]  # fmt: skip
 
 
 SECTIONS = (
-    Section(
-        "fuzz",
-        "Reliability: fuzzing every operation",
-        full={"examples": 150},
-        quick={"examples": 2},
-        run=lambda context: fuzz(context.model, context.budget["examples"]),
-        render=_render_fuzz,
-        aims=lambda r: [
-            Aim("fuzz: generated requests", dig(r, "requests"), 2000, True),
-            Aim(
-                "fuzz: server errors and answers outside the schema",
-                None if r is None else r["server_errors"] + r["nonconforming"],
-                0,
-                False,
-            ),
-        ],  # fmt: skip
-    ),
-    Section(
-        "soak",
-        "Reliability: a soak under mixed traffic",
-        full={"soak_s": 600.0, "concurrency": 16, "warm_up_s": 30.0},
-        quick={"soak_s": 3.0, "concurrency": 2, "warm_up_s": 1.0},
-        run=lambda context: soak(
-            context.model, context.budget["soak_s"], context.budget["concurrency"], context.budget["warm_up_s"]
-        ),  # fmt: skip
-        render=_render_soak,
-        aims=_aims_soak,
-    ),
-    Section(
-        "slow_clients",
-        "Reliability: slow clients beside normal traffic",
-        full={"seconds": 30.0, "concurrency": 16, "slow": 50, "body_timeout_s": 10.0},
-        quick={"seconds": 2.0, "concurrency": 2, "slow": 2, "body_timeout_s": 1.0},
-        run=lambda context: slow_clients(context.model, **context.budget),
-        render=_render_slow,
-        aims=lambda r: [Aim("slow clients: normal traffic's p99 beside them / alone", dig(r, "p99_ratio"), 2, False)],
-    ),
-    Section(
-        "crash",
-        "Reliability: a crash under load, and the restart",
-        full={"concurrency": 16, "seconds": 25.0, "kill_at_s": 5.0},
-        quick={"concurrency": 2, "seconds": 4.0, "kill_at_s": 1.0},
-        run=lambda context: crash(context.model, **context.budget),
-        render=_render_crash,
-        aims=lambda r: [
-            Aim("crash: ready again after SIGKILL", dig(r, "ready_after_kill_s"), 10, False, " s"),
-            Aim("crash: 5xx other than 503 starting", dig(r, "server_errors_not_503"), 0, False),
-        ],  # fmt: skip
-    ),
-)
+    Section("fuzz", "Reliability: fuzzing every operation", fuzz, {"examples": 2}, _render_fuzz,
+            lambda r: [Aim("fuzz: generated requests", dig(r, "requests"), 2000, True),
+                       Aim("fuzz: server errors and answers outside the schema",
+                           None if r is None else r["server_errors"] + r["nonconforming"], 0, False)]),
+    Section("soak", "Reliability: a soak under mixed traffic", soak,
+            {"soak_s": 3.0, "concurrency": 2, "warm_up_s": 1.0}, _render_soak, _aims_soak),
+    Section("slow_clients", "Reliability: slow clients beside normal traffic", slow_clients,
+            {"seconds": 2.0, "concurrency": 2, "slow": 2, "body_timeout_s": 1.0}, _render_slow,
+            lambda r: [Aim("slow clients: normal traffic's p99 beside them / alone", dig(r, "p99_ratio"), 2, False)]),
+    Section("crash", "Reliability: a crash under load, and the restart", crash,
+            {"concurrency": 2, "seconds": 4.0, "kill_at_s": 1.0}, _render_crash,
+            lambda r: [Aim("crash: ready again after SIGKILL", dig(r, "ready_after_kill_s"), 10, False, " s"),
+                       Aim("crash: 5xx other than 503 starting", dig(r, "server_errors_not_503"), 0, False)]),
+)  # fmt: skip

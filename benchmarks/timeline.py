@@ -1,31 +1,23 @@
-"""Where the milliseconds of one request go: the service timestamps each stage while wrk sends one request at a time.
-
-The service runs in this process under uvicorn on a loopback port, with its stage boundaries wrapped to take
-``perf_counter`` readings (a few microseconds each); ``wrk`` (one connection) sends the same JSON base64 image
-to ``POST /classify?top_k=1`` as ``benchmarks.load`` does. With one request in flight at a time, each reading
-belongs to the one request; the report gives the median of each stage over all requests, and the client's
-latency beside the service's own time (the rest is HTTP on the wire, uvicorn's parsing and the client).
-
-    python -m benchmarks timeline --model models/castream.onnx --seconds 10
-"""
+"""Where the milliseconds of one request go: the service, under uvicorn in this process, with its stage boundaries
+wrapped to take ``perf_counter`` readings while ``wrk`` sends one request at a time (each reading belongs to it).
+``python -m benchmarks timeline --model models/castream.onnx --seconds 10``."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import uvicorn
 
-from benchmarks.harness import HOST, Phase, free_port, get_status, make_images
-from benchmarks.load import body_files, wrk_phase
+from benchmarks.harness import HOST, body_files, free_port, get, make_images, wrk_phase
 from benchmarks.sections import Section, fmt, table
 from service import inputs, middleware, serving
 from service.app import create_app
@@ -33,129 +25,84 @@ from service.batcher import Batcher
 from service.routes import classify
 from service.settings import load_settings
 
-# Stage name: (reading it starts at, reading it ends at).
-STAGES = {
-    "routing, query validation, dependencies": ("app", "handler"),
-    "body reading": ("handler", "body"),
-    "JSON and base64": ("body", "parsed"),
-    "hop to a decode thread": ("parsed", "decode_start"),
-    "decode (bytes to RGB)": ("decode_start", "decoded"),
-    "preprocess (resize, crop, normalise)": ("decoded", "prepared"),
-    "hop back to the event loop": ("prepared", "queued"),
-    "queue (until the batcher takes it)": ("queued", "taken"),
-    "hop to the inference thread": ("taken", "run_start"),
-    "run (`OnnxModel.run`, batch 1)": ("run_start", "run_end"),
-    "hop back, batcher hands the result over": ("run_end", "resumed"),
-    "encode (top-k, grid, JSON)": ("resumed", "encoded"),
-    "response (send through the middleware)": ("encoded", "sent"),
-}
+# The readings one request takes, in order; each stage runs from one reading to the next.
+READINGS = ("app", "handler", "body", "parsed", "decode_start", "decoded", "prepared", "queued", "taken",
+            "run_start", "run_end", "resumed", "encoded", "sent")  # fmt: skip
+STAGES = ("routing, query validation, dependencies", "body reading", "JSON and base64", "hop to a decode thread",
+          "decode (bytes to RGB)", "preprocess (resize, crop, normalise)", "hop back to the event loop",
+          "queue (until the batcher takes it)", "hop to the inference thread", "run (`OnnxModel.run`, batch 1)",
+          "hop back, batcher hands the result over", "encode (top-k, grid, JSON)",
+          "response (send through the middleware)")  # fmt: skip
+# What is wrapped, and the readings it takes as it is called and as it returns ("" for none).
+WRAPPED = (
+    (middleware.MetricsMiddleware, "__call__", "app", "sent"), (classify, "read_images", "handler", ""),
+    (inputs, "read_body", "", "body"), (serving.Serving, "prepare", "parsed", "queued"),
+    (serving.Serving, "_prepare", "decode_start", "prepared"), (serving.Serving, "infer", "", "resumed"),
+    (serving.Serving, "encode", "", "encoded"), (Batcher, "_take", "", "taken"),
+    (Batcher, "_run_sync", "run_start", "run_end"), (serving.Preprocessor, "__call__", "decoded", ""),
+)  # fmt: skip
 
 
-class Timeline:
-    """Readings of the request in flight; ``finish`` files them when its response has been sent."""
+def _wrapped(original: Callable, mark: Callable[[str], None], before: str, after: str) -> Callable:
+    """``original``, taking the reading ``before`` as it is called and ``after`` as it returns (or its awaiting)."""
 
-    def __init__(self) -> None:
-        self.current: dict[str, float] = {}
-        self.requests: list[dict[str, float]] = []
+    async def coroutine(*args: Any, **kwargs: Any) -> Any:
+        mark(before)
+        result = await original(*args, **kwargs)
+        mark(after)
+        return result
 
-    def mark(self, name: str) -> None:
-        self.current[name] = time.perf_counter()
+    def function(*args: Any, **kwargs: Any) -> Any:
+        mark(before)
+        result = original(*args, **kwargs)
+        mark(after)
+        return result
 
-    def finish(self) -> None:
-        self.mark("sent")
-        if all(name in self.current for pair in STAGES.values() for name in pair):
-            self.requests.append(self.current)
-        self.current = {}
+    return coroutine if inspect.iscoroutinefunction(original) else function
 
 
 @contextmanager
-def instrumented(timeline: Timeline) -> Iterator[None]:
-    """The service's stage boundaries wrapped to take readings, in this process, for the ``with`` block."""
-    mark, undo = timeline.mark, []
-
-    def wrap(owner: Any, name: str, before: str | None = None, after: str | None = None) -> None:
-        original = getattr(owner, name)
-        undo.append((owner, name, original))
-
-        def note(reading: str | None) -> None:
-            if reading == "finish":
-                timeline.finish()
-            elif reading:
-                mark(reading)
-
-        if inspect.iscoroutinefunction(original):
-
-            async def wrapped(*args: Any, **kwargs: Any) -> Any:
-                note(before)
-                result = await original(*args, **kwargs)
-                note(after)
-                return result
-
-        else:
-
-            def wrapped(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-                note(before)
-                result = original(*args, **kwargs)
-                note(after)
-                return result
-
-        setattr(owner, name, wrapped)
-
-    wrap(middleware.MetricsMiddleware, "__call__", "app", "finish")
-    wrap(classify, "read_images", "handler")
-    wrap(inputs, "read_body", after="body")
-    wrap(serving.Serving, "prepare", "parsed", "queued")
-    wrap(serving.Serving, "_prepare", "decode_start", "prepared")
-    wrap(serving.Serving, "infer", after="resumed")
-    wrap(serving.Serving, "encode", after="encoded")
-    wrap(Batcher, "_take", after="taken")
-    wrap(Batcher, "_run_sync", "run_start", "run_end")
-    wrap(serving.Preprocessor, "__call__", "decoded")
-    try:
+def instrumented(mark: Callable[[str], None]) -> Iterator[None]:
+    """The service's stage boundaries wrapped to call ``mark`` with their readings, for the ``with`` block."""
+    with ExitStack() as stack:
+        for owner, name, before, after in WRAPPED:
+            stack.enter_context(mock.patch.object(owner, name, _wrapped(getattr(owner, name), mark, before, after)))
         yield
-    finally:
-        for owner, name, original in reversed(undo):
-            setattr(owner, name, original)
 
 
-def measure(model: Path, seconds: float, images: int = 32) -> dict[str, Any]:
+def measure(model: Path, seconds: float = 10.0, images: int = 32) -> dict[str, Any]:
     """One request at a time through the instrumented service: the median of each stage, and the client's view."""
-    timeline, port = Timeline(), free_port()
+    port, current, requests = free_port(), {}, []  # the readings of the request in flight, and of those answered
     settings = load_settings(model_path=model, host=HOST, port=port, log_level="warning")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=HOST, port=port, log_level="warning"))
-    client: list[Phase] = []
+    service = threading.Thread(target=server.run, daemon=True)
 
-    def drive() -> None:
+    def mark(reading: str) -> None:
+        current[reading] = time.perf_counter()
+        if reading == "sent":  # its response has been sent
+            if current.keys() >= set(READINGS):
+                requests.append(dict(current))
+            current.clear()
+
+    with instrumented(mark), tempfile.TemporaryDirectory() as folder:
+        service.start()
         try:
             deadline = time.monotonic() + 60
-            while asyncio.run(get_status(port, "/readyz")) != 200:
-                if time.monotonic() > deadline:
-                    return  # never ready: measure() says so once the server has stopped
+            while get(port, "/readyz")[0] != 200:
+                if not service.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the instrumented service did not become ready within 60 s")
                 time.sleep(0.1)
-            with tempfile.TemporaryDirectory() as folder:
-                bodies = body_files(Path(folder), make_images(images, 300, width=451))
-                wrk_phase(port, bodies, 1, 10**6, 2)  # warm-up, discarded
-                timeline.requests.clear()
-                client.append(wrk_phase(port, bodies, 1, 10**6, seconds))
+            bodies = body_files(Path(folder), make_images(images, 300, width=451))
+            wrk_phase(port, bodies, 1, 10**6, 2)  # warm-up, discarded
+            requests.clear()
+            client = wrk_phase(port, bodies, 1, 10**6, seconds)
         finally:
             server.should_exit = True
-
-    with instrumented(timeline):
-        threading.Thread(target=drive, daemon=True).start()
-        server.run()
-    if not client:
-        raise RuntimeError("the timeline's client did not finish; see the log above")
-    requests = timeline.requests
-    stages = {
-        name: float(np.median([r[end] - r[start] for r in requests]) * 1000) for name, (start, end) in STAGES.items()
-    }
-    return {
-        "requests": len(requests),
-        "stages_ms": stages,
-        "service_ms": float(np.median([r["sent"] - r["app"] for r in requests]) * 1000),
-        "client_p50_ms": client[0].p50_ms,
-        "client_p99_ms": client[0].p99_ms,
-    }
+            service.join()
+    ms = np.array([[r[name] for name in READINGS] for r in requests]).reshape(-1, len(READINGS)) * 1000
+    stages = dict(zip(STAGES, np.median(np.diff(ms), axis=0).tolist(), strict=True))  # from each reading to the next
+    return {"requests": len(requests), "stages_ms": stages, "service_ms": float(np.median(ms[:, -1] - ms[:, 0])),
+            "client_p50_ms": client.p50_ms, "client_p99_ms": client.p99_ms}  # fmt: skip
 
 
 def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -163,22 +110,10 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
     rows += [["sum of the stages", fmt(sum(r["stages_ms"].values()), 3)],
              ["inside the app (median of the whole)", fmt(r["service_ms"], 3)],
              ["client p50 / p99 (wrk)", f"{fmt(r['client_p50_ms'], 3)} / {fmt(r['client_p99_ms'], 3)}"]]  # fmt: skip
-    return [
-        f"{r['requests']} requests from one `wrk` connection, one at a time, to the service in the benchmark's own "
-        "process with its stage boundaries timestamped (a few microseconds each); the median of each stage.",
-        "",
-        *table(["stage", "ms"], rows),
-        "",
-    ]
+    return [f"{r['requests']} requests from one `wrk` connection, one at a time, to the service in the benchmark's own "
+            "process with its stage boundaries timestamped (a few microseconds each); the median of each stage.",
+            "", *table(["stage", "ms"], rows), ""]  # fmt: skip
 
 
-SECTIONS = (
-    Section(
-        "timeline",
-        "Where the milliseconds of one request go, stage by stage",
-        full={"seconds": 10.0},
-        quick={"seconds": 1.0},
-        run=lambda context: measure(context.model, context.budget["seconds"]),
-        render=_render,
-    ),
-)
+TITLE = "Where the milliseconds of one request go, stage by stage"
+SECTIONS = (Section("timeline", TITLE, measure, {"seconds": 1.0}, _render),)
