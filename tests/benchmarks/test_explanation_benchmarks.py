@@ -38,7 +38,7 @@ def test_each_side_fetches_what_it_says(tiny_model: Path) -> None:
 @pytest.mark.slow  # exports ResNet-18 and runs Grad-CAM once: ~30 s
 def test_explanation_benchmark_reports_ratios_to_castream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(explain_speed.MODELS, "resnet18", (64, 10))
-    result = explain_speed.run("resnet18", ("castream", "gradcam"), images=2, budget_s=0.0, threads=1)
+    [result] = explain_speed.run(("resnet18",), ("castream", "gradcam"), images=2, budget_s=0.0, threads=1)
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["castream"]["castream_speedup"] == 1.0 and rows["gradcam"]["images"] == 1
     assert rows["gradcam"]["castream_speedup"] == pytest.approx(
