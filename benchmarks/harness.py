@@ -1,33 +1,31 @@
-"""What the benchmarks share: timing in alternating rounds, inputs, and a local service to load.
-
-Timing: on a shared machine the load changes from second to second, so things compared are timed round by
-round, each round running every one once, in alternating order (``interleaved``; ``export.timing`` holds
-it, since the export's own speed check uses it too).
-
-Inputs: ``make_images`` (JPEGs) and ``model_inputs`` (the same, preprocessed as the service does).
-
-Load: ``service_process`` starts ``python -m service`` on a loopback port and ``closed_loop`` drives it from
-Python on keep-alive connections, from prepared request bytes (multipart or JSON base64), closed-loop or
-paced at a rate. ``benchmarks.load`` drives it with ``wrk`` where that is installed, so that the client's
-own CPU is not Python's.
-"""
+"""What the benchmarks share: timing in alternating rounds (``interleaved``: load on a shared machine shifts all
+alike), inputs, a service on a loopback port, and Debian's ``wrk`` to load it (``make wrk`` installs it), so that
+the client's CPU is not Python's."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
+import logging
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,73 +36,37 @@ from service.model import load_model
 from service.preprocess import Preprocessor
 
 HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they start, nothing else
+LUA = Path(__file__).with_name("load.lua")
+
+
+def percentile_ms(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile of latencies in seconds, in milliseconds; NaN for none."""
+    values = list(values)
+    return float(np.percentile(values, q) * 1000) if values else math.nan
 
 
 def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
     """Median and p99 in milliseconds, and images per second at the median, of one step's timings."""
     median = float(np.median(seconds))
-    return {"rounds": len(seconds), "p50_ms": median * 1000, "p99_ms": percentile_ms(list(seconds), 99),
+    return {"rounds": len(seconds), "p50_ms": median * 1000, "p99_ms": percentile_ms(seconds, 99),
             "images_per_second": images / median}  # fmt: skip
 
 
-def percentile_ms(values: list[float], q: float) -> float:
-    """The ``q``-th percentile of latencies in seconds, in milliseconds; NaN for none."""
-    return float(np.percentile(values, q) * 1000) if len(values) else float("nan")
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    model: Path
-    batch_size: int = 8  # the service's default
-    concurrency: int = 8
-    high_concurrency: int = 32
-    requests: int = 400  # per phase
-    seconds: float = 20.0  # per phase
-    images: int = 32  # distinct images, cycled
-    image_width: int = 451  # benchmarks.load's images; the others use the model's resize
-    image_height: int = 300
-    max_batch_delay_ms: float = 0.0  # the service's default: a batch runs as soon as the model is free
-    threads: int = 0  # ONNX Runtime intra-op threads for both sides; 0 = its default
-    client: str = "auto"  # benchmarks.load: wrk where installed, else Python; or "wrk", "python"
-    overload_factor: float = 2.0  # requests offered, as a multiple of the measured capacity
-    overload_queue: int = 16
-    overload_concurrency: int = 64  # connections offering the overload
-    overload_requests: int = 20000
-    start_timeout_s: float = 60.0
-
-
-@dataclass
-class Phase:
-    """Client results of one phase: counts by status, seconds, and latency percentiles in milliseconds."""
-
-    requests: int
-    seconds: float
-    statuses: dict[str, int]
-    throughput: float
-    p50_ms: float
-    p99_ms: float
-    rejected_p50_ms: float | None = None
-    rejected_p99_ms: float | None = None
-    retry_after: str | None = None
+def photo(width: int, height: int, seed: int = 0) -> bytes:
+    """A deterministic JPEG (quality 90) of smooth colour waves with sensor-like noise, like a photo to a codec."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    waves = [127 + 90 * np.sin(x / (40 + 13 * c) + y / (57 + 7 * c) + c + seed) for c in range(3)]
+    noise = np.random.default_rng(seed).normal(0, 6, (height, width, 3)).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.stack(waves, axis=-1) + noise, 0, 255).astype(np.uint8)).save(buffer, format="JPEG",
+                                                                                             quality=90)  # fmt: skip
+    return buffer.getvalue()
 
 
 def make_images(count: int, size: int, seed: int = 0, width: int | None = None) -> list[bytes]:
-    """Deterministic JPEGs with smooth structure and noise, ``size`` pixels on the shorter side.
-
-    Their widths vary (1, 1.25 and 1.5 times ``size``) unless ``width`` fixes it.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        height, wide = size, width or int(size * (1 + 0.25 * (i % 3)))
-        y, x = np.mgrid[0:height, 0:wide]
-        phase = rng.uniform(0, 6.28, 3)
-        waves = [127 + 100 * np.sin(x / (7 + 3 * c) + y / (11 + c) + phase[c]) for c in range(3)]
-        pixels = np.stack(waves, axis=-1) + rng.normal(0, 12, (height, wide, 3))
-        buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+    """``count`` distinct photos ``size`` pixels high; their widths vary (1, 1.25 and 1.5 times ``size``) unless
+    ``width`` fixes it."""
+    return [photo(width or int(size * (1 + 0.25 * (i % 3))), size, seed * 1000 + i) for i in range(count)]
 
 
 def prepared(prepare: Preprocessor, files: Iterable[tuple[str, bytes]]) -> np.ndarray:
@@ -112,11 +74,30 @@ def prepared(prepare: Preprocessor, files: Iterable[tuple[str, bytes]]) -> np.nd
     return np.stack([prepare(decode(data, 10**8, name)).input for name, data in files])
 
 
-def model_inputs(model_path: Path, count: int) -> np.ndarray:
+def model_images(model: Path, count: int) -> list[bytes]:
+    """``count`` distinct photos as high as the model's resize."""
+    return make_images(count, load_model(model, ["cpu"]).info.preprocessing.resize)
+
+
+def model_inputs(model: Path, count: int) -> np.ndarray:
     """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
-    info = load_model(model_path, ["cpu"]).info
-    images = make_images(count, info.preprocessing.resize)
-    return prepared(Preprocessor(info.preprocessing), ((f"generated {i}", data) for i, data in enumerate(images)))
+    prepare = Preprocessor(load_model(model, ["cpu"]).info.preprocessing)
+    return prepared(prepare, ((f"generated {i}", data) for i, data in enumerate(model_images(model, count))))
+
+
+def json_body(image: bytes) -> bytes:
+    """``{"images": ["<base64>"]}`` for one image file: the body of a JSON ``POST /classify``."""
+    return json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
+
+
+@contextmanager
+def request_bodies(images: list[bytes]) -> Iterator[list[Path]]:
+    """Each image as a JSON base64 request body in a temporary file, for wrk to send, inside the ``with`` block."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"body{i}.json" for i in range(len(images))]
+        for path, image in zip(paths, images, strict=True):
+            path.write_bytes(json_body(image))
+        yield paths
 
 
 def rss_mib(pid: int) -> float:
@@ -124,13 +105,44 @@ def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return math.nan
+
+
+@contextmanager
+def sampled_rss(pid: int, interval_s: float) -> Iterator[list[float]]:
+    """A process's resident MiB every ``interval_s`` seconds inside the ``with`` block, and at both its ends."""
+    samples, stop = [rss_mib(pid)], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            samples.append(rss_mib(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+        samples.append(rss_mib(pid))
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """``GET path`` (``POST`` with a JSON body): the status and body; status 0 where nothing answered."""
+    request = urllib.request.Request(f"http://{HOST}:{port}{path}", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
 
 
 @dataclass(frozen=True)
@@ -149,23 +161,16 @@ class Running:
         return rss_mib(self.process.pid)
 
 
-def start_service(config: LoadConfig, port: int | None = None, **env: str) -> Running:
-    """``python -m service`` on a loopback port (a free one by default), returned once /readyz is 200."""
+def start_service(model: Path, port: int | None = None, timeout_s: float = 60.0, **env: str) -> Running:
+    """``python -m service`` on a loopback port (a free one by default), returned once /readyz is 200; ``env``
+    adds settings (``CASTREAM_MAX_BATCH_SIZE="16"``, ...)."""
     port = port or free_port()
-    variables = {
-        "CASTREAM_MODEL_PATH": str(config.model),
-        "CASTREAM_HOST": HOST,
-        "CASTREAM_PORT": str(port),
-        "CASTREAM_MAX_BATCH_SIZE": str(config.batch_size),
-        "CASTREAM_MAX_BATCH_DELAY_MS": str(config.max_batch_delay_ms),
-        "CASTREAM_INTRA_OP_THREADS": str(config.threads),
-        "CASTREAM_LOG_LEVEL": "warning",
-        **env,
-    }
+    variables = {"CASTREAM_MODEL_PATH": str(model), "CASTREAM_HOST": HOST, "CASTREAM_PORT": str(port),
+                 "CASTREAM_LOG_LEVEL": "warning", **env}  # fmt: skip
     begin = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
-    while asyncio.run(get_status(port, "/readyz")) != 200:
-        if process.poll() is not None or time.monotonic() > begin + config.start_timeout_s:
+    while get(port, "/readyz")[0] != 200:
+        if process.poll() is not None or time.monotonic() > begin + timeout_s:
             stop_service(process)
             raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
         time.sleep(0.05)
@@ -184,113 +189,82 @@ def stop_service(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def service_process(config: LoadConfig, **env: str) -> Iterator[Running]:
+def service_process(model: Path, **env: str) -> Iterator[Running]:
     """:func:`start_service` for the ``with`` block, stopped after it."""
-    running = start_service(config, **env)
+    running = start_service(model, **env)
     try:
         yield running
     finally:
         stop_service(running.process)
 
 
-def http_request(port: int, target: str, body: bytes, content_type: str) -> bytes:
-    """The raw bytes of one ``POST target``, built once and replayed."""
-    head = f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {content_type}\r\n"
-    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+def fresh_services(
+    model: Path, setting: str, values: Sequence[Any], rounds: int, measure: Callable[[Running, Any], dict], **env: str
+) -> dict[Any, dict]:
+    """``measure(server, value)`` on a fresh service (with ``env``) for each value of the ``CASTREAM_*`` ``setting``,
+    in alternating order over ``rounds`` rounds (ABBA...); a value's records averaged figure by figure."""
+    records: dict[Any, list[dict]] = {value: [] for value in values}
+    for round_ in range(rounds):
+        for value in round_order(list(values), round_):
+            with service_process(model, **env, **{setting: str(value)}) as server:
+                records[value].append(measure(server, value))
+    return {value: averaged(runs) for value, runs in records.items()}
 
 
-def multipart_request(port: int, image: bytes, query: str = "") -> bytes:
-    """One ``POST /classify[?query]`` with one file."""
-    boundary = "castreamloadboundary"
-    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
-    body = f"{part}Content-Type: image/jpeg\r\n\r\n".encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    target = f"/classify?{query}" if query else "/classify"
-    return http_request(port, target, body, f"multipart/form-data; boundary={boundary}")
+def averaged(records: list[dict]) -> dict:
+    """The key-by-key mean of records of the same shape (a single one as it is)."""
+    if len(records) == 1:
+        return records[0]
+    return {key: averaged([r[key] for r in records]) if isinstance(value, dict) else float(np.mean([r[key] for r in
+            records])) for key, value in records[0].items()}  # fmt: skip
 
 
-def json_request(port: int, image: bytes, query: str = "") -> bytes:
-    """One ``POST /classify[?query]`` with the image as JSON base64."""
-    return http_request(port, f"/classify?{query}" if query else "/classify", json_body(image), "application/json")
+@dataclass
+class Phase:
+    """What the client saw in one phase: answers by status, seconds, and latency percentiles in milliseconds."""
+
+    requests: int
+    seconds: float
+    statuses: dict[str, int]
+    throughput: float  # answers 200 per second
+    p50_ms: float
+    p99_ms: float
+    rejected_p50_ms: float | None = None  # of the 503 answers, where there were any
+    rejected_p99_ms: float | None = None
+    retry_after: str | None = None
 
 
-def json_body(image: bytes) -> bytes:
-    """``{"images": ["<base64>"]}`` for one image file."""
-    return json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
+def phase_of(records: list[tuple[int, float]], elapsed: float, retry_after: str | None = None) -> Phase:
+    """A phase's summary from ``(status, latency in seconds)`` per answer, over ``elapsed`` seconds."""
+    ok = [latency for status, latency in records if status == 200]
+    rejected = [latency for status, latency in records if status == 503]
+    return Phase(len(records), elapsed, dict(Counter(str(status) for status, _ in records)), len(ok) / elapsed,
+                 percentile_ms(ok, 50), percentile_ms(ok, 99), percentile_ms(rejected, 50) if rejected else None,
+                 percentile_ms(rejected, 99) if rejected else None, retry_after)  # fmt: skip
 
 
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, dict, bytes]:
-    """Sends one request on a keep-alive connection; returns its status, headers and body."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    body = await reader.readexactly(int(headers.get("content-length", 0)))
-    return int(lines[0].split()[1]), headers, body
-
-
-async def get_status(port: int, path: str) -> int:
-    try:
-        reader, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return 0
-    try:
-        return (await exchange(reader, writer, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()))[0]
-    except (OSError, asyncio.IncompleteReadError):
-        return 0
-    finally:
-        writer.close()
-
-
-async def closed_loop(
-    port: int, images: list[bytes], concurrency: int, requests: int, seconds: float, query: str = "",
-    body: str = "multipart", rate: float = 0.0,
+def wrk_phase(
+    port: int, bodies: list[Path], connections: int, requests: int, seconds: float, rate: float = 0.0,
+    target: str = "/classify?top_k=1",
 ) -> Phase:  # fmt: skip
-    """``concurrency`` clients on keep-alive connections, each sending its next request when answered.
-
-    ``query`` is added to every request's URL (``attention=overlay``, ...); ``body`` is ``multipart`` or
-    ``json`` (base64). With a ``rate`` (requests per second, all clients together) request ``i`` is not sent
-    before ``i / rate`` seconds into the phase: an open loop, as long as a client is free at that time.
-    """
-    build = json_request if body == "json" else multipart_request
-    ready = [build(port, image, query) for image in images]
-    records: list[tuple[int, float, str | None]] = []
-    sent, begin = 0, time.perf_counter()
-
-    async def client() -> None:
-        nonlocal sent
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            while sent < requests and time.perf_counter() < begin + seconds:
-                index, sent = sent, sent + 1
-                if rate > 0:
-                    await asyncio.sleep(max(0.0, begin + index / rate - time.perf_counter()))
-                start = time.perf_counter()
-                status, headers, _ = await exchange(reader, writer, ready[index % len(ready)])
-                records.append((status, time.perf_counter() - start, headers.get("retry-after")))
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return phase_of(records, time.perf_counter() - begin)
-
-
-def phase_of(records: list[tuple[int, float, str | None]], elapsed: float) -> Phase:
-    """A phase's summary from ``(status, latency in seconds, Retry-After)`` per answer, over ``elapsed`` seconds."""
-    ok = [latency for status, latency, _ in records if status == 200]
-    rejected = [latency for status, latency, _ in records if status == 503]
-    statuses: dict[str, int] = {}
-    for status, _, _ in records:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return Phase(
-        requests=len(records),
-        seconds=elapsed,
-        statuses=statuses,
-        throughput=len(ok) / elapsed,
-        p50_ms=percentile_ms(ok, 50),
-        p99_ms=percentile_ms(ok, 99),
-        rejected_p50_ms=percentile_ms(rejected, 50) if rejected else None,
-        rejected_p99_ms=percentile_ms(rejected, 99) if rejected else None,
-        retry_after=next((value for status, _, value in records if status == 503), None),
-    )
+    """``connections`` wrk connections, one per thread, POSTing the JSON ``bodies`` in turn to ``target``:
+    closed-loop, or paced at ``rate`` requests/s in all; at most ``requests`` and about ``seconds``."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed; `make wrk` installs Debian's package")
+    limit = max(1, math.ceil(requests / connections))
+    command = [
+        *("wrk", "-t", str(connections), "-c", str(connections), "-d", f"{max(1, round(seconds))}s"),
+        *("--timeout", "30s", "-s", str(LUA), f"http://{HOST}:{port}", "--"),
+        *(f"{rate / connections:.6f}", str(limit), target, "application/json", *map(str, bodies)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("castream-wrk ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no report (exit status {done.returncode}): {done.stderr.strip()[-500:]}")
+    report = json.loads(line.split(" ", 1)[1])
+    if errors := {kind: count for kind, count in report["socket_errors"].items() if count}:
+        logging.getLogger(__name__).warning("wrk socket errors: %s", errors)
+    threads = [t for t in report["threads"] if t["statuses"]]
+    records = [(s, us / 1e6) for t in threads for s, us in zip(t["statuses"], t["latencies_us"], strict=True)]
+    elapsed = (max(t["last_answered"] for t in threads) - min(t["first_sent"] for t in threads)) / 1e6
+    return phase_of(records, max(elapsed, 1e-9), next((t["retry_after"] for t in threads if t["retry_after"]), None))

@@ -1,10 +1,8 @@
 """``make bench``: every figure of ``BENCHMARKS.md`` measured in one run, on one machine, with a plot.
 
-Runs every section of every benchmark module (``SECTIONS``) one after the other on the same model and
-inputs, each bounded in requests and seconds, the service only on loopback; records the machine (its CPU
-and instruction sets), its load and the command behind each section; then writes ``BENCHMARKS.md``, the
-throughput-against-batch-size plot and the raw results. A section that fails is reported as failed in the
-file and makes the command exit with status 1.
+Runs every section (each module's ``SECTIONS``) in turn on the same model and inputs, each bounded in requests
+and seconds; records the machine, its load and each section's command; writes ``BENCHMARKS.md``, the
+throughput-against-batch-size plot and the raw results. A failed section is reported and fails the command.
 
 python -m benchmarks.report                               # the full run
 python -m benchmarks.report --quick --out /tmp/bench.md   # tiny budgets: checks the pipeline, not the figures
@@ -14,6 +12,7 @@ python -m benchmarks.report --sections load,stages        # only some sections
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -30,37 +29,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import (
-    batch_delay,
-    class_maps,
-    explain_speed,
-    gpu,
-    insertion_deletion,
-    int8,
-    load,
-    onnx_speed,
-    scaling,
-    soak,
-    stages,
-    timeline,
-    tracing_cost,
-    train_speed,
-)
-from benchmarks.sections import Aim, Context, Section, missing_model, pct, result_of, table
+from benchmarks.scaling import describe_gpu
+from benchmarks.sections import FILES, Aim, Section, missing_model, pct, result_of, table
 from training.logs import quiet_third_party, setup_logging
 from training.precision import cpu_model
 from training.revision import git_revision
 
 log = logging.getLogger("benchmarks.report")
 
-# The report's sections, in its order; each benchmark module declares its own.
-SECTIONS: tuple[Section, ...] = (
-    *load.SECTIONS, *timeline.SECTIONS, *tracing_cost.SECTIONS, *stages.SECTIONS, *batch_delay.SECTIONS,
-    *scaling.SECTIONS, *int8.SECTIONS, *onnx_speed.SECTIONS, *class_maps.SECTIONS, *explain_speed.SECTIONS,
-    *train_speed.SECTIONS, *insertion_deletion.SECTIONS, *gpu.SECTIONS, *soak.SECTIONS,
-)  # fmt: skip
+# The report's modules, in its order; each declares its sections.
+MODULES = ("load", "timeline", "stages", "scaling", "int8", "onnx_speed", "class_maps",
+           "explain_speed", "train_speed", "insertion_deletion", "soak")  # fmt: skip
+SECTIONS: tuple[Section, ...] = tuple(
+    section for name in MODULES for section in importlib.import_module(f"benchmarks.{name}").SECTIONS
+)
 NAMES = tuple(section.name for section in SECTIONS)
 PLOT_NAME = "throughput_vs_batch.png"
+RAW = argparse.RawDescriptionHelpFormatter
 WALL_AIM_MIN = 30  # the whole of `make bench` on two cores, its ten-minute soak included
 
 
@@ -77,11 +62,8 @@ class Options:
 def cpu_seconds() -> tuple[float, float]:
     """``(busy CPU seconds of the whole machine since boot, CPU seconds of this process and its finished
     children)``; the machine's figure is NaN where ``/proc/stat`` does not exist."""
-    own = sum(
-        getattr(resource.getrusage(who), name)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for name in ("ru_utime", "ru_stime")
-    )
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    own = sum(u.ru_utime + u.ru_stime for u in usage)
     stat = Path("/proc/stat")
     if not stat.is_file():
         return math.nan, own
@@ -104,20 +86,10 @@ def others_share(
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     packages = ("onnxruntime", "torch", "numpy", "pillow", "fastapi", "uvicorn")
-    return {
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-        "platform": platform.platform(),
-        "versions": {"python": platform.python_version()} | {name: metadata.version(name) for name in packages},
-        "gpu": gpu.describe(),
-        "git": git_revision(),
-    }
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    versions = {"python": platform.python_version()} | {name: metadata.version(name) for name in packages}
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, "versions": versions,
+            "platform": platform.platform(), "gpu": describe_gpu(), "git": git_revision()}  # fmt: skip
 
 
 def _model(path: Path) -> dict[str, Any] | None:
@@ -130,16 +102,16 @@ def _model(path: Path) -> dict[str, Any] | None:
             "precision": info.precision, "crop": info.preprocessing.crop, "classes": len(info.classes)}  # fmt: skip
 
 
-def _measure(section: Section, context: Context, cores: int) -> dict[str, Any]:
+def _measure(section: Section, files: dict[str, Path | None], budget: dict[str, Any], cores: int) -> dict[str, Any]:
     """One section's entry: its command, and its record or error (or why it was skipped), with its cost."""
-    entry: dict[str, Any] = {"command": section.command_line(context)}
-    if "int8_model" in section.reads and missing_model(context.int8_model, "--int8-model"):
-        return {**entry, "skipped": missing_model(context.int8_model, "--int8-model")}
+    entry: dict[str, Any] = {"command": section.command_line(files, budget)}
+    if "int8_model" in section.reads and (why := missing_model(files["int8_model"], "--int8-model")):
+        return {**entry, "skipped": why}
     entry["load_average"] = os.getloadavg()[0]
     log.info("section %s (load average %.2f)", section.name, entry["load_average"])
     begin, cpu_begin = time.perf_counter(), cpu_seconds()
     try:
-        entry["result"] = section.run(context)
+        entry["result"] = section.measure(**{name: files[name] for name in section.reads}, **budget)
     except Exception as error:  # reported in the file and in the exit status
         log.exception("section %s failed", section.name)
         entry["error"] = f"{type(error).__name__}: {error}"
@@ -151,23 +123,15 @@ def _measure(section: Section, context: Context, cores: int) -> dict[str, Any]:
 def run(options: Options) -> dict[str, Any]:
     """Every requested section, in order; a failed section records its error and the others still run."""
     started, cpu_start, load_start = time.perf_counter(), cpu_seconds(), os.getloadavg()
-    cores = len(os.sched_getaffinity(0))
+    cores, files = len(os.sched_getaffinity(0)), {"model": options.model, "int8_model": options.int8_model}
     chosen = sorted((s for s in SECTIONS if s.name in options.sections), key=lambda s: options.sections.index(s.name))
-    sections = {}
-    for section in chosen:
-        budget = options.budgets.get(section.name) or dict(section.quick if options.quick else section.full)
-        sections[section.name] = _measure(section, Context(options.model, options.int8_model, budget), cores)
-    return {
-        "command": options.command,
-        "generated": _now(),
-        "quick": options.quick,
-        "machine": machine(),
-        "model": _model(options.model),
-        "load_average": {"start": load_start, "end": os.getloadavg()},
-        "others_share": others_share(cpu_start, cpu_seconds(), time.perf_counter() - started, cores),
-        "sections": sections,
-        "wall_s": time.perf_counter() - started,
-    }
+    sections = {s.name: _measure(s, files, options.budgets.get(s.name) or s.budget(options.quick), cores)
+                for s in chosen}  # fmt: skip
+    return {"command": options.command, "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "quick": options.quick, "machine": machine(), "model": _model(options.model),
+            "load_average": {"start": load_start, "end": os.getloadavg()},
+            "others_share": others_share(cpu_start, cpu_seconds(), time.perf_counter() - started, cores),
+            "sections": sections, "wall_s": time.perf_counter() - started}  # fmt: skip
 
 
 def aims(results: dict[str, Any], sections: Sequence[Section] = SECTIONS) -> list[Aim]:
@@ -215,11 +179,6 @@ def _machine(results: dict[str, Any]) -> list[str]:
     return ["## Machine", "", *table(["", ""], rows), ""]
 
 
-def section_text(results: dict[str, Any], one: Section) -> str:
-    """One section as it reads in ``BENCHMARKS.md``."""
-    return "\n".join(_section(results, one)).rstrip() + "\n"
-
-
 def render(results: dict[str, Any], plot: str | None = PLOT_NAME) -> str:
     """The whole of ``BENCHMARKS.md``; ``plot`` is the image's path relative to it (None: no image)."""
     minutes, seconds = divmod(round(results.get("wall_s", 0)), 60)
@@ -261,14 +220,12 @@ def plot_batches(results: dict[str, Any], path: Path) -> bool:
     for name, points in series.items():
         axes.plot([p["batch_size"] for p in points], [p["images_per_second"] for p in points], marker="o", label=name)
     axes.set_xscale("log", base=2)
-    axes.set_xticks(sorted({p["batch_size"] for points in series.values() for p in points}))
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes.set_xlabel("batch size (service: CASTREAM_MAX_BATCH_SIZE, 2x as many clients)")
-    axes.set_ylabel("images / s")
-    axes.set_ylim(bottom=0)
+    axes.set(xticks=sorted({p["batch_size"] for points in series.values() for p in points}), ylim=(0, None),
+             xlabel="batch size (service: CASTREAM_MAX_BATCH_SIZE, 2x as many clients)", ylabel="images / s",
+             title=f"{results['model']['name']}, {results['machine']['usable_cores']} CPU cores")  # fmt: skip
     axes.grid(alpha=0.3)
     axes.legend()
-    axes.set_title(f"{results['model']['name']}, {results['machine']['usable_cores']} CPU cores")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -285,26 +242,62 @@ def write(results: dict[str, Any], out: Path, plot: Path | None, json_path: Path
     out.write_text(render(results, relative))
 
 
+def _arguments(parser: argparse.ArgumentParser, reads: tuple[str, ...] = FILES) -> None:
+    """The flags every command has: the model files it reads, ``--quick`` and ``--json``."""
+    if "model" in reads:
+        parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"), help="the served model")
+    if "int8_model" in reads:
+        parser.add_argument("--int8-model", type=Path, default=Path("models/castream-int8.onnx"))
+    parser.add_argument("--quick", action="store_true", help="the quick budgets: check the code, not the figures")
+
+
+def _parsed(parser: argparse.ArgumentParser, argv: list[str] | None, prog: str) -> tuple[argparse.Namespace, str]:
+    """The arguments, checked, with logging set up; and the command line as typed."""
+    args = parser.parse_args(argv)
+    if (model := getattr(args, "model", None)) is not None and missing_model(model):
+        parser.error(missing_model(model))
+    setup_logging()
+    quiet_third_party()
+    return args, shlex.join(["python", "-m", prog, *(sys.argv[1:] if argv is None else argv)])
+
+
+def section_main(argv: list[str] | None = None, description: str | None = None) -> int:
+    """``python -m benchmarks NAME``: one section with its flags (the keywords of its ``measure``), printed."""
+    top = argparse.ArgumentParser(prog="python -m benchmarks", description=description, formatter_class=RAW)
+    names = top.add_subparsers(dest="section", required=True, metavar="NAME")
+    for section in SECTIONS:
+        sub = names.add_parser(section.name, help=section.title)
+        _arguments(sub, section.reads)
+        for key, default in section.options.items():
+            several = isinstance(default, list | tuple)
+            quick = f" (--quick: {section.quick[key]})" if key in section.quick else ""
+            sub.add_argument(f"--{key.replace('_', '-')}", dest=key, nargs="+" if several else None,
+                             type=Path if default is None else type(default[0]) if several else type(default),
+                             help=f"default {' '.join(map(str, default)) if several else default}{quick}")  # fmt: skip
+        sub.add_argument("--json", type=Path, help="also write the raw results here")
+    args, words = _parsed(top, argv, "benchmarks")
+    section = next(s for s in SECTIONS if s.name == args.section)
+    budget = section.budget(args.quick) | {k: getattr(args, k) for k in section.options if getattr(args, k) is not None}
+    model, int8_model = getattr(args, "model", None) or Path(), getattr(args, "int8_model", None)
+    results = run(Options(model, int8_model, (section.name,), args.quick, words, {section.name: budget}))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print("\n".join(_section(results, section)).rstrip())
+    return 1 if "error" in results["sections"][section.name] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, default=Path("models/castream.onnx"), help="the served model")
-    parser.add_argument("--int8-model", type=Path, default=Path("models/castream-int8.onnx"))
+    """``python -m benchmarks.report``: every section (or those named), written to ``BENCHMARKS.md``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__, formatter_class=RAW)
+    _arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks") / PLOT_NAME)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="raw results")
     parser.add_argument("--sections", default=",".join(NAMES), help=f"comma list from {', '.join(NAMES)}")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets and models: checks the pipeline only")
-    args = parser.parse_args(argv)
+    args, command = _parsed(parser, argv, "benchmarks.report")
     sections = tuple(name.strip() for name in args.sections.split(",") if name.strip())
     if unknown := sorted(set(sections) - set(NAMES)):
         parser.error(f"unknown --sections {unknown}; expected names from {', '.join(NAMES)}")
-    if missing_model(args.model):
-        parser.error(missing_model(args.model))
-    setup_logging()
-    quiet_third_party()
-    command = shlex.join(["python", "-m", "benchmarks.report", *(sys.argv[1:] if argv is None else argv)])
     results = run(Options(args.model, args.int8_model, sections, args.quick, command))
     write(results, args.out, args.plot, args.json)
     failed = [name for name, entry in results["sections"].items() if "error" in entry]

@@ -1,27 +1,20 @@
-"""What one part of ``BENCHMARKS.md`` is, and the small helpers its renderer uses.
+"""What one part of ``BENCHMARKS.md`` is, and the small helpers its renderers use.
 
-Each benchmark module declares its ``SECTIONS``: a :class:`Section` holds its budgets (full and quick), the
-call that measures it (a function returning a JSON-serialisable record), how the record reads in the report,
-and the aims it is held to. ``benchmarks.report`` runs them and renders the document; ``benchmarks.__main__``
-makes one command line per section from its budget.
+Each benchmark module declares its ``SECTIONS``. A :class:`Section` names the function that measures it; that
+function's keyword defaults are the full budget and its command line (``python -m benchmarks NAME``), and the
+section's ``quick`` budget overrides some of them for a check of the code rather than of the figures.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Context:
-    """What a section runs on: the served model, the int8 export (may be absent) and the section's budget."""
-
-    model: Path
-    int8_model: Path | None
-    budget: Mapping[str, Any]
+FILES = ("model", "int8_model")  # the measuring functions' parameters that name the model files they read
 
 
 def missing_model(path: Path | None, flag: str = "--model") -> str | None:
@@ -60,31 +53,37 @@ class Section:
     Attributes:
         name: its key in ``results["sections"]`` and its command, ``python -m benchmarks NAME``.
         title: its heading.
-        full, quick: its budget in a full run and in a ``--quick`` one; each key is a flag of its command.
-        run: measures it; returns a JSON-serialisable record.
+        measure: returns its JSON-serialisable record; takes the model files it reads (``model``, ``int8_model``)
+            and its budget as keywords, whose defaults are the full budget.
+        quick: the budget of a ``--quick`` run; its keys are the budget the report's command lines show.
         render: the lines of its body, from its record and all results (for figures set beside others').
         aims: the figures it is held to, from its record (None when it did not run).
-        reads: the model files it measures (``model``, ``int8_model``); none for those that build their own.
     """
 
     name: str
     title: str
-    full: Mapping[str, Any]
+    measure: Callable[..., Any]
     quick: Mapping[str, Any]
-    run: Callable[[Context], Any]
     render: Callable[[Any, dict[str, Any]], list[str]]
     aims: Callable[[Any], list[Aim]] = lambda result: []
-    reads: tuple[str, ...] = ("model",)
 
-    def command_line(self, context: Context) -> str:
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every keyword of ``measure`` with a default, but the model files: its flags and full budget."""
+        parameters = inspect.signature(self.measure).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not p.empty and p.name not in FILES}
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(name for name in FILES if name in inspect.signature(self.measure).parameters)
+
+    def budget(self, quick: bool) -> dict[str, Any]:
+        return dict(self.quick) if quick else {key: self.options[key] for key in self.quick}
+
+    def command_line(self, files: Mapping[str, Path | None], budget: Mapping[str, Any]) -> str:
         """``python -m benchmarks NAME`` with the files it reads and its budget as flags."""
-        words = ["python -m benchmarks", self.name]
-        words += [f"--model {context.model}"] if "model" in self.reads else []
-        words += [f"--int8-model {context.int8_model}"] if "int8_model" in self.reads else []
-        for key, value in context.budget.items():
-            if value != "":  # an optional file left out
-                words.append(f"--{key.replace('_', '-')} {_shown(value)}")
-        return " ".join(words)
+        words = ["python -m benchmarks", self.name, *(f"--{k.replace('_', '-')} {files[k]}" for k in self.reads)]
+        return " ".join(words + [f"--{key.replace('_', '-')} {_shown(value)}" for key, value in budget.items()])
 
 
 def _shown(value: Any) -> str:
@@ -116,6 +115,11 @@ def fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
 
 def pct(value: float | None) -> str:
     return fmt(None if value is None else value * 100, 1, " %")
+
+
+def counts(statuses: Mapping[str, int]) -> str:
+    """``{"200": 5, "503": 1}`` as ``200: 5, 503: 1``."""
+    return ", ".join(f"{status}: {count:,}" for status, count in statuses.items())
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.harness import HOST, Running, get, service_process, start_service, stop_service
+from benchmarks.harness import HOST, Running, get, sampled_rss, service_process, start_service, stop_service
 from benchmarks.sections import Aim, Section, counts, dig, fmt, table
 from service.app import create_app
 from service.settings import Settings
@@ -111,20 +111,13 @@ def _p99(records: list[Record]) -> float:
     return statistics.quantiles(latencies, n=100)[98] * 1000 if len(latencies) > 1 else math.nan
 
 
-async def _rss_every_5s(server: Running, seconds: float) -> list[float]:
-    samples, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
-        samples.append(server.rss_mib())
-        await asyncio.sleep(min(5.0, end - time.monotonic()))
-    return samples
-
-
 def soak(model: Path, soak_s: float = 600.0, concurrency: int = 16, warm_up_s: float = 30.0) -> dict[str, Any]:
     """``concurrency`` clients of the mix for ``soak_s`` after ``warm_up_s``; memory sampled every 5 s."""
     with service_process(model, **QUIET) as server:
         asyncio.run(_load(server, warm_up_s, concurrency, 1))
         rss_start = server.rss_mib()
-        records, (samples,) = asyncio.run(_load(server, soak_s, concurrency, 0, _rss_every_5s(server, soak_s)))
+        with sampled_rss(server.process.pid, 5.0) as samples:
+            records, _ = asyncio.run(_load(server, soak_s, concurrency, 0))
         rss_end = server.rss_mib()
     window, statuses = min(60.0, soak_s / 3), _count(records)
     return {

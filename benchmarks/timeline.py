@@ -1,11 +1,13 @@
-"""Where the milliseconds of one request go: the service, under uvicorn in this process, with its stage boundaries
-wrapped to take ``perf_counter`` readings while ``wrk`` sends one request at a time (each reading belongs to it).
-``python -m benchmarks timeline --model models/castream.onnx --seconds 10``."""
+"""The app in this process, measured from inside. ``timeline``: where the milliseconds of one request go, the
+service under uvicorn with its stage boundaries wrapped to take ``perf_counter`` readings while ``wrk`` sends one
+request at a time (each reading belongs to it). ``tracing_cost``: what tracing costs per request, one 224 px JPEG
+at a time through the app, tracing off and on in turn, spans exported as a deployment's would be, minus the
+network (needs the ``tracing`` extra)."""
 
 from __future__ import annotations
 
 import inspect
-import tempfile
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,13 +19,13 @@ from unittest import mock
 import numpy as np
 import uvicorn
 
-from benchmarks.harness import HOST, body_files, free_port, get, make_images, wrk_phase
+from benchmarks.harness import HOST, free_port, get, make_images, request_bodies, wrk_phase
 from benchmarks.sections import Section, fmt, table
-from service import inputs, middleware, serving
+from service import inputs, middleware, serving, tracing
 from service.app import create_app
 from service.batcher import Batcher
 from service.routes import classify
-from service.settings import load_settings
+from service.settings import Settings, load_settings
 
 # The readings one request takes, in order; each stage runs from one reading to the next.
 READINGS = ("app", "handler", "body", "parsed", "decode_start", "decoded", "prepared", "queued", "taken",
@@ -84,7 +86,7 @@ def measure(model: Path, seconds: float = 10.0, images: int = 32) -> dict[str, A
                 requests.append(dict(current))
             current.clear()
 
-    with instrumented(mark), tempfile.TemporaryDirectory() as folder:
+    with instrumented(mark), request_bodies(make_images(images, 300, width=451)) as bodies:
         service.start()
         try:
             deadline = time.monotonic() + 60
@@ -92,7 +94,6 @@ def measure(model: Path, seconds: float = 10.0, images: int = 32) -> dict[str, A
                 if not service.is_alive() or time.monotonic() > deadline:
                     raise RuntimeError("the instrumented service did not become ready within 60 s")
                 time.sleep(0.1)
-            bodies = body_files(Path(folder), make_images(images, 300, width=451))
             wrk_phase(port, bodies, 1, 10**6, 2)  # warm-up, discarded
             requests.clear()
             client = wrk_phase(port, bodies, 1, 10**6, seconds)
@@ -116,4 +117,51 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 
 TITLE = "Where the milliseconds of one request go, stage by stage"
-SECTIONS = (Section("timeline", TITLE, measure, {"seconds": 1.0}, _render),)
+
+
+def _timed(model: Path, requests: int, traced: bool) -> list[float]:
+    """Milliseconds of each of ``requests`` requests after 20 of warm-up, tracing on or off."""
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace import TracerProvider, export
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider, original, data, times = TracerProvider(), tracing.from_environment, make_images(1, 224)[0], []
+    provider.add_span_processor(export.BatchSpanProcessor(InMemorySpanExporter()))
+    tracing.from_environment = (lambda: provider) if traced else original
+    try:
+        with TestClient(create_app(Settings(model_path=model))) as client:
+            while client.get("/readyz").status_code != 200:
+                time.sleep(0.05)
+            for _ in range(requests + 20):
+                start = time.perf_counter()
+                if (status := client.post("/classify", files=[("file", data)]).status_code) != 200:
+                    raise RuntimeError(f"POST /classify answered {status} with tracing {'on' if traced else 'off'}")
+                times.append((time.perf_counter() - start) * 1000)
+        return times[20:]
+    finally:
+        tracing.from_environment = original
+        provider.shutdown()
+
+
+def tracing_cost(model: Path, requests: int = 300) -> dict[str, Any]:
+    """Median and mean per request, off and on, over two alternating rounds (drift in load falls on both)."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for traced in (False, True, False, True):
+        times["on" if traced else "off"] += _timed(model, requests // 2, traced)
+    summary = {s: {"median_ms": statistics.median(t), "mean_ms": statistics.fmean(t)} for s, t in times.items()}
+    return {"requests": requests} | summary
+
+
+def _render_tracing(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    rows = [[f"tracing {state}", fmt(r[state]["median_ms"], 3), fmt(r[state]["mean_ms"], 3)] for state in ("off", "on")]
+    cost = r["on"]["median_ms"] - r["off"]["median_ms"]
+    return [f"{r['requests']} requests each way through the app in process (TestClient), one at a time, alternating "
+            "off and on twice; spans go to an in-memory exporter through the SDK's batch processor.",
+            "", *table(["", "median ms", "mean ms"], rows), "",
+            f"Tracing on costs **{cost:+.3f} ms** per request (difference of the medians).", ""]  # fmt: skip
+
+
+SECTIONS = (
+    Section("timeline", TITLE, measure, {"seconds": 1.0}, _render),
+    Section("tracing_cost", "What tracing costs per request", tracing_cost, {"requests": 4}, _render_tracing),
+)

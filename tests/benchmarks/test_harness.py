@@ -1,11 +1,15 @@
-"""The benchmarks' shared harness: timing summaries and the requests of the load generator."""
+"""The benchmarks' shared harness: timing summaries, inputs, and wrk's phases against the real service."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from benchmarks.harness import make_images, multipart_request, summarise
+from benchmarks.harness import get, make_images, request_bodies, service_process, summarise, wrk_phase
 
 
 def test_summarise_reports_the_median() -> None:
@@ -15,12 +19,34 @@ def test_summarise_reports_the_median() -> None:
     assert 20.0 < summary["p99_ms"] <= 30.0
 
 
-def test_requests_carry_the_query_string() -> None:
-    assert multipart_request(8000, b"jpeg").startswith(b"POST /classify HTTP/1.1\r\n")
-    with_query = multipart_request(8000, b"jpeg", "attention=overlay")
-    assert with_query.startswith(b"POST /classify?attention=overlay HTTP/1.1\r\n") and with_query.endswith(b"--\r\n")
-
-
 def test_generated_images_are_deterministic_jpegs() -> None:
     first, second = make_images(3, 40), make_images(3, 40)
     assert first == second and all(image.startswith(b"\xff\xd8") for image in first)
+    assert {Image.open(io.BytesIO(data)).size for data in make_images(3, 30, width=45)} == {(45, 30)}
+
+
+def test_request_bodies_are_json_base64_files_removed_afterwards() -> None:
+    with request_bodies(make_images(2, 40)) as bodies:
+        assert len(bodies) == 2 and all(json.loads(path.read_bytes())["images"][0] for path in bodies)
+    assert not any(path.exists() for path in bodies)
+
+
+def test_wrk_closed_loop_phase_counts_every_answer_with_its_latency(tiny_model) -> None:
+    with service_process(tiny_model) as server, request_bodies(make_images(2, 40)) as bodies:
+        phase = wrk_phase(server.port, bodies, connections=2, requests=40, seconds=5)
+        assert server.rss_mib() > 0 and server.ready_s > 0 and get(server.port, "/readyz")[0] == 200
+        overlay = wrk_phase(server.port, bodies, 1, 3, 5, target="/classify?attention=overlay")
+    assert phase.statuses == {"200": 40}  # 20 per connection, then each thread stops
+    assert 0 < phase.p50_ms <= phase.p99_ms and phase.throughput > 0 and phase.retry_after is None
+    assert overlay.statuses == {"200": 3}
+    assert get(server.port, "/readyz") == (0, b"")  # stopped: nothing answers
+
+
+def test_wrk_paced_phase_overflows_a_short_queue_into_quick_503s(tiny_model) -> None:
+    # Images linger 200 ms for company, so a queue of one image overflows under a paced stream.
+    env = {"CASTREAM_MAX_BATCH_DELAY_MS": "200", "CASTREAM_MAX_QUEUE": "1", "CASTREAM_MAX_IMAGES_PER_REQUEST": "1"}
+    with service_process(tiny_model, **env) as server, request_bodies(make_images(2, 40)) as bodies:
+        phase = wrk_phase(server.port, bodies, connections=4, requests=200, seconds=2, rate=50)
+    assert set(phase.statuses) == {"200", "503"} and phase.statuses["503"] > phase.statuses["200"]
+    assert phase.retry_after == "1" and phase.rejected_p50_ms is not None
+    assert phase.requests < 150  # paced at 50/s for 2 s: far fewer than the cap

@@ -20,25 +20,23 @@ def test_others_share_is_the_machine_cpu_this_run_did_not_use() -> None:
     assert end[1] > start[1] and end[0] >= start[0]
 
 
-def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_path) -> None:
-    out, plot, raw = tmp_path / "BENCHMARKS.md", tmp_path / "img" / "plot.png", tmp_path / "results.json"
-    sections = "batch,image_size,int8,gpu"
-    argv = [
-        "--quick",
-        "--model",
-        str(tiny_model),
-        "--int8-model",
-        str(tiny_int8_model),
-        "--sections",
-        sections,
+def _argv(model, int8_model, sections: str, tmp_path, plot: str = "img/plot.png") -> list[str]:
+    """A quick report of ``sections`` into files of ``tmp_path``."""
+    files = [
         "--out",
-        str(out),
+        str(tmp_path / "BENCHMARKS.md"),
         "--plot",
-        str(plot),
+        str(tmp_path / plot),
         "--json",
-        str(raw),
+        str(tmp_path / "r.json"),
     ]
-    assert main(argv) == 0
+    return ["--quick", "--model", str(model), "--int8-model", str(int8_model), "--sections", sections, *files]
+
+
+def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_path) -> None:
+    out, plot, raw = tmp_path / "BENCHMARKS.md", tmp_path / "img" / "plot.png", tmp_path / "r.json"
+    sections = "batch,image_size,int8,gpu"
+    assert main(_argv(tiny_model, tiny_int8_model, sections, tmp_path)) == 0
     text = out.read_text()
     assert "![throughput against batch size](img/plot.png)" in text and plot.read_bytes().startswith(b"\x89PNG")
     assert "| 12 | 4000 x 3000 |" in text and "top-1 99.5 %" in text
@@ -53,22 +51,7 @@ def test_report_writes_markdown_plot_and_json(tiny_model, tiny_int8_model, tmp_p
 
 def test_a_failed_section_is_reported_and_fails_the_command(tiny_model, tmp_path) -> None:
     out = tmp_path / "BENCHMARKS.md"
-    argv = [
-        "--quick",
-        "--model",
-        str(tiny_model),
-        "--int8-model",
-        str(tiny_model),
-        "--sections",
-        "int8",
-        "--out",
-        str(out),
-        "--plot",
-        str(tmp_path / "p.png"),
-        "--json",
-        str(tmp_path / "r.json"),
-    ]
-    assert main(argv) == 1
+    assert main(_argv(tiny_model, tiny_model, "int8", tmp_path)) == 1
     assert "**Failed:** ValueError:" in out.read_text() and "is a fp32 model" in out.read_text()
 
 
@@ -87,21 +70,7 @@ def test_unknown_sections_are_refused(tiny_model) -> None:
 
 @pytest.mark.slow
 def test_quick_report_of_the_service_sections(tiny_model, tmp_path) -> None:
-    out = tmp_path / "BENCHMARKS.md"
-    argv = [
-        "--quick",
-        "--model",
-        str(tiny_model),
-        "--sections",
-        "load,stages,overlay_png,service_batch",
-        "--out",
-        str(out),
-        "--plot",
-        str(tmp_path / "p.png"),
-        "--json",
-        str(tmp_path / "r.json"),
-    ]
-    assert main(argv) == 0
-    text = out.read_text()
+    assert main(_argv(tiny_model, tiny_model, "load,stages,overlay_png,service_batch", tmp_path)) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "recovered" in text and "`attention=overlay`" in text and "after (level 1)" in text
     assert "**Failed" not in text

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.harness import LoadConfig
-from benchmarks.stages import batch_profile, histogram_totals, overlay_png_levels, request_stages, stage_means
+from benchmarks.stages import (
+    SECTIONS,
+    batch_delays,
+    batch_profile,
+    change,
+    histogram_totals,
+    overlay_png_levels,
+    request_stages,
+    stage_means,
+)
 from service.metrics import Metrics
 
 
@@ -28,12 +36,14 @@ def test_stage_means_are_per_request_differences_between_scrapes() -> None:
         metrics.encode_seconds.labels(attention="grid").observe(0.0002)
     metrics.request_seconds.labels(route="/metrics").observe(0.5)  # another route
     after = histogram_totals(exposition(metrics))
-    means = stage_means(before, after, "grid")
+    means = stage_means(change(before, after), "grid")
     expected = {"decode": 1.0, "preprocess": 0.5, "queue wait": 5.0, "inference": 10.0, "encode": 0.2, "request": 20.0}
     for stage, value in expected.items():
         assert means[stage] == pytest.approx(value), stage
     assert means["rest"] == pytest.approx(20.0 - 16.7)
-    assert stage_means(before, after, "overlay")["encode"] == 0  # the encode histogram is read for the mode asked
+    assert (
+        stage_means(change(before, after), "overlay")["encode"] == 0
+    )  # the encode histogram is read for the mode asked
 
 
 def test_batch_profile_reads_size_run_time_and_busy_share() -> None:
@@ -41,30 +51,42 @@ def test_batch_profile_reads_size_run_time_and_busy_share() -> None:
     before = histogram_totals(exposition(metrics))
     metrics.batch(8, 0.030)
     metrics.batch(4, 0.020)
-    profile = batch_profile(before, histogram_totals(exposition(metrics)), seconds=0.1)
+    profile = batch_profile(change(before, histogram_totals(exposition(metrics))), seconds=0.1)
     assert profile == pytest.approx({"batches": 2, "mean_batch": 6.0, "run_ms": 25.0, "busy": 0.5})
     with pytest.raises(ValueError, match="no batch ran"):
-        batch_profile(before, before, seconds=1.0)
+        batch_profile(change(before, before), seconds=1.0)
 
 
 def test_stage_means_refuse_a_phase_without_requests() -> None:
     totals = histogram_totals(exposition(Metrics()))
     with pytest.raises(ValueError, match="no /classify request"):
-        stage_means(totals, totals, "grid")
+        stage_means(change(totals, totals), "grid")
 
 
 @pytest.mark.slow
 def test_live_stages_and_png_levels(tiny_model) -> None:
-    config = LoadConfig(model=tiny_model, images=4, concurrency=2)
-    stages = request_stages(config, ("grid", "overlay"), requests=6, seconds=20)
-    for mode in ("grid", "overlay"):
+    stages = request_stages(tiny_model, requests=6, seconds=20, concurrency=2)
+    for mode in ("none", "grid", "overlay"):
         assert stages["single"][mode]["statuses"] == {"200": 6}
         measured = stages["single"][mode]["stages_ms"]
         assert measured["decode"] > 0 and measured["inference"] > 0 and measured["encode"] > 0
         assert measured["request"] >= measured["inference"] + measured["decode"]
     loaded = stages["loaded"]
     assert loaded["statuses"] == {"200": 12} and 1 <= loaded["mean_batch"] <= 2 and 0 < loaded["busy"] < 1
-    levels = overlay_png_levels(config, {"before": 9, "after": 0}, requests=4, seconds=20, rounds=1)
+    levels = overlay_png_levels(tiny_model, 4, 20, rounds=1, concurrency=2, before_level=9, after_level=0)
     assert levels["before"]["png_level"] == 9 and levels["after"]["png_level"] == 0
     assert levels["after"]["png_bytes"] > levels["before"]["png_bytes"] > 0  # level 0 stores, 9 compresses
     assert levels["after"]["c2_images_per_second"] > 0
+
+
+def test_batch_delays_measure_each_delay_at_each_concurrency(tiny_model) -> None:
+    result = batch_delays(tiny_model, [0, 30], seconds=1, rounds=1)
+    assert set(result["delays_ms"]) == {"0", "30"}
+    for by_concurrency in result["delays_ms"].values():
+        assert set(by_concurrency) == {"1", "8", "32"}
+        for row in by_concurrency.values():
+            assert row["throughput"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["mean_batch"] >= 1
+    # A delay lets images from 32 clients gather; with none, a free model takes whatever is there.
+    assert result["delays_ms"]["30"]["32"]["mean_batch"] > 1
+    text = "\n".join(SECTIONS[2].render(result, {}))
+    assert "| delay ms | concurrency |" in text and "| 30 | 32 |" in text

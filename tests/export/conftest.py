@@ -11,6 +11,12 @@ from export.agreement import Thresholds
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
 from training import checkpoint
 
+# The tiny run classifies at chance, so its logits sit near ties and one top-1 flip in its 64 images (which
+# weights the machine's kernels give decides) is rounding, not disagreement: the tiny export is held to 0.95. The
+# shipped model's own export keeps the default 0.99 (`make models/castream-int8.onnx`; BENCHMARKS.md's int8
+# section). Speed is measured and reported but not required: tests assert behaviour, not timings.
+TINY_INT8 = Thresholds(top1=0.95, speedup=0.0)
+
 
 def export_tiny(checkpoint_path: Path, out: Path, **options: Any) -> ExportReport:
     """Exports with settings sized for the tiny run (64 validation images, short speed check)."""
@@ -35,7 +41,6 @@ def gap_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def int8_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
-    # Speed is measured and reported but not required here: tests assert behaviour, not timings.
-    thresholds = Thresholds(speedup=0.0)
+    thresholds = TINY_INT8
     out = tmp_path_factory.mktemp("export") / "int8.onnx"
     return export_tiny(tiny_checkpoint, out, numerics="int8", thresholds=thresholds)

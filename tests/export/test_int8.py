@@ -13,6 +13,7 @@ from export.quantize import is_quantized
 from export.samples import load_samples
 from export.sessions import make_session
 from export.verify import VerificationError
+from tests.export.conftest import TINY_INT8
 from training.checkpoint import Checkpoint
 
 
@@ -52,13 +53,13 @@ def test_int8_outputs_are_valid_attention_maps(int8_export: ExportReport, tiny_s
 def test_int8_agreement_is_reported_and_meets_the_thresholds(int8_export: ExportReport) -> None:
     measured = int8_export.agreement
     assert measured is not None and measured.images == 64
-    limits = Thresholds()
+    limits = TINY_INT8
     assert measured.top1 >= limits.top1 and measured.peak >= limits.peak and measured.correlation >= limits.correlation
     assert int8_export.speedup is not None and int8_export.speedup > 0
     props = metadata.read(int8_export.path)
     assert props["precision"] == "int8" and props["model_name"] == "castream-resnet18-ca-int8"
     recorded = props["verification"]["int8"]
-    assert recorded["top1"] == measured.top1 and recorded["thresholds"]["top1"] == 0.99
+    assert recorded["top1"] == measured.top1 and recorded["thresholds"]["top1"] == TINY_INT8.top1
     assert recorded["calibration_images"] == 64
 
 
