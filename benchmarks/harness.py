@@ -145,68 +145,51 @@ def get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-@dataclass(frozen=True)
-class Running:
-    """A started service: its port, its process, and how long it took to become ready."""
+class Service:
+    """``python -m service`` on a loopback port (a free one by default) with the settings ``env`` adds
+    (``CASTREAM_MAX_BATCH_SIZE="16"``, ...), ready once made; stopped by :meth:`stop` or at the end of a ``with``."""
 
-    port: int
-    process: subprocess.Popen
-    ready_s: float
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    def __init__(self, model: Path, port: int | None = None, timeout_s: float = 60.0, **env: str):
+        self.port, begin = port or free_port(), time.monotonic()
+        variables = {"CASTREAM_MODEL_PATH": str(model), "CASTREAM_HOST": HOST, "CASTREAM_PORT": str(self.port),
+                     "CASTREAM_LOG_LEVEL": "warning", **env}  # fmt: skip
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
+        while get(self.port, "/readyz")[0] != 200:
+            if self.process.poll() is not None or time.monotonic() > begin + timeout_s:
+                self.stop()
+                raise RuntimeError(f"the service did not become ready on port {self.port} (exit {self.process.poll()})")
+            time.sleep(0.05)
+        self.url, self.ready_s = f"http://{HOST}:{self.port}", time.monotonic() - begin
 
     def rss_mib(self) -> float:
         return rss_mib(self.process.pid)
 
+    def stop(self) -> None:
+        """Asks the service to drain and stop (SIGINT); kills it after 30 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
-def start_service(model: Path, port: int | None = None, timeout_s: float = 60.0, **env: str) -> Running:
-    """``python -m service`` on a loopback port (a free one by default), returned once /readyz is 200; ``env``
-    adds settings (``CASTREAM_MAX_BATCH_SIZE="16"``, ...)."""
-    port = port or free_port()
-    variables = {"CASTREAM_MODEL_PATH": str(model), "CASTREAM_HOST": HOST, "CASTREAM_PORT": str(port),
-                 "CASTREAM_LOG_LEVEL": "warning", **env}  # fmt: skip
-    begin = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "service"], env={**os.environ, **variables})
-    while get(port, "/readyz")[0] != 200:
-        if process.poll() is not None or time.monotonic() > begin + timeout_s:
-            stop_service(process)
-            raise RuntimeError(f"the service did not become ready on port {port} (exit code {process.poll()})")
-        time.sleep(0.05)
-    return Running(port, process, time.monotonic() - begin)
+    def __enter__(self) -> Service:
+        return self
 
-
-def stop_service(process: subprocess.Popen) -> None:
-    """Asks the service to drain and stop (SIGINT); kills it after 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextmanager
-def service_process(model: Path, **env: str) -> Iterator[Running]:
-    """:func:`start_service` for the ``with`` block, stopped after it."""
-    running = start_service(model, **env)
-    try:
-        yield running
-    finally:
-        stop_service(running.process)
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def fresh_services(
-    model: Path, setting: str, values: Sequence[Any], rounds: int, measure: Callable[[Running, Any], dict], **env: str
+    model: Path, setting: str, values: Sequence[Any], rounds: int, measure: Callable[[Service, Any], dict], **env: str
 ) -> dict[Any, dict]:
     """``measure(server, value)`` on a fresh service (with ``env``) for each value of the ``CASTREAM_*`` ``setting``,
     in alternating order over ``rounds`` rounds (ABBA...); a value's records averaged figure by figure."""
     records: dict[Any, list[dict]] = {value: [] for value in values}
     for round_ in range(rounds):
         for value in round_order(list(values), round_):
-            with service_process(model, **env, **{setting: str(value)}) as server:
+            with Service(model, **env, **{setting: str(value)}) as server:
                 records[value].append(measure(server, value))
     return {value: averaged(runs) for value, runs in records.items()}
 
@@ -234,15 +217,6 @@ class Phase:
     retry_after: str | None = None
 
 
-def phase_of(records: list[tuple[int, float]], elapsed: float, retry_after: str | None = None) -> Phase:
-    """A phase's summary from ``(status, latency in seconds)`` per answer, over ``elapsed`` seconds."""
-    ok = [latency for status, latency in records if status == 200]
-    rejected = [latency for status, latency in records if status == 503]
-    return Phase(len(records), elapsed, dict(Counter(str(status) for status, _ in records)), len(ok) / elapsed,
-                 percentile_ms(ok, 50), percentile_ms(ok, 99), percentile_ms(rejected, 50) if rejected else None,
-                 percentile_ms(rejected, 99) if rejected else None, retry_after)  # fmt: skip
-
-
 def wrk_phase(
     port: int, bodies: list[Path], connections: int, requests: int, seconds: float, rate: float = 0.0,
     target: str = "/classify?top_k=1",
@@ -266,5 +240,9 @@ def wrk_phase(
         logging.getLogger(__name__).warning("wrk socket errors: %s", errors)
     threads = [t for t in report["threads"] if t["statuses"]]
     records = [(s, us / 1e6) for t in threads for s, us in zip(t["statuses"], t["latencies_us"], strict=True)]
-    elapsed = (max(t["last_answered"] for t in threads) - min(t["first_sent"] for t in threads)) / 1e6
-    return phase_of(records, max(elapsed, 1e-9), next((t["retry_after"] for t in threads if t["retry_after"]), None))
+    elapsed = max(1e-9, (max(t["last_answered"] for t in threads) - min(t["first_sent"] for t in threads)) / 1e6)
+    ok, rejected = ([latency for status, latency in records if status == code] for code in (200, 503))
+    return Phase(len(records), elapsed, dict(Counter(str(status) for status, _ in records)), len(ok) / elapsed,
+                 percentile_ms(ok, 50), percentile_ms(ok, 99), percentile_ms(rejected, 50) if rejected else None,
+                 percentile_ms(rejected, 99) if rejected else None,
+                 next((t["retry_after"] for t in threads if t["retry_after"]), None))  # fmt: skip

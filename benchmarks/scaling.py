@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.sections import Section, fmt, result_of, table
+from benchmarks.sections import Section, body, fmt, result_of, table
 from service.contract import CUDA, INPUT
 from service.imaging import decode
 from service.model import load_model
@@ -43,7 +43,7 @@ def service_batch_sweep(
 ) -> list[dict[str, Any]]:
     """Service throughput and client latency with ``CASTREAM_MAX_BATCH_SIZE`` = b and 2b clients, per size b."""
 
-    def measure(server: harness.Running, size: int) -> dict[str, Any]:
+    def measure(server: harness.Service, size: int) -> dict[str, Any]:
         clients = 2 * size
         harness.wrk_phase(server.port, bodies, clients, clients, seconds)  # warm-up
         log.info("service with batches of up to %d images, %d clients", size, clients)
@@ -57,7 +57,7 @@ def service_batch_sweep(
 
 
 def photo_jpeg(megapixels: float, seed: int = 0) -> tuple[bytes, int, int]:
-    """A 4:3 harness.photo of about ``megapixels``: (JPEG bytes, width, height)."""
+    """A 4:3 photo of about ``megapixels``: (JPEG bytes, width, height)."""
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
     width = round(height * 4 / 3)
     return harness.photo(width, height, seed), width, height
@@ -130,16 +130,14 @@ def _render_batches(raw: list[dict[str, Any]], results: dict[str, Any]) -> list[
              f"{fmt(service.get(p['batch_size'], {}).get('p50_ms'))} / "
              f"{fmt(service.get(p['batch_size'], {}).get('p99_ms'))}"] for p in raw]  # fmt: skip
     header = ["batch", "raw images/s", "raw p50 ms", "raw p99 ms", "service images/s", "service p50 / p99 ms"]
-    plot = [f"![throughput against batch size]({results['plot']})", ""] if results.get("plot") else []
-    return [
-        "Raw: `session.run` on b preprocessed images, sizes harness.interleaved round by round (p99 over the rounds). "
+    plot = f"![throughput against batch size]({results['plot']})" if results.get("plot") else ""
+    return body(
+        "Raw: `session.run` on b preprocessed images, sizes interleaved round by round (p99 over the rounds). "
         "Service: `CASTREAM_MAX_BATCH_SIZE` = b under 2b closed-loop `wrk` connections of one image each, so batches "
         "can fill.",
-        "",
-        *table(header, rows),
-        "",
-        *plot,
-    ]
+        table(header, rows),
+        plot,
+    )
 
 
 def _render_image_sizes(r: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
@@ -147,23 +145,20 @@ def _render_image_sizes(r: list[dict[str, Any]], results: dict[str, Any]) -> lis
              fmt(p["decode_ms"]), fmt(p["preprocess_ms"]), fmt(p["total_ms"]), fmt(p["images_per_second_per_core"])]
             for p in r]  # fmt: skip
     header = ["megapixels", "pixels", "MB", "decode ms", "preprocess ms", "total ms", "images/s per core"]
-    return [
+    return body(
         "Decoding (`service.imaging.decode`: bytes to RGB, EXIF orientation) and preprocessing (resize of the shorter "
         "side, crop, normalise, to the served model's input) of one 4:3 JPEG (quality 90) on one core, medians.",
-        "",
-        *table(header, rows),
-        "",
-    ]
+        table(header, rows),
+    )
 
 
 def _render_gpu(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
     if not r.get("measured"):
-        return [f"**Not measured**: {r['reason']}. No GPU figure is estimated.", ""]
-    lines = []
-    for name, points in r["sweeps"].items():
-        rows = [[str(p["batch_size"]), fmt(p["images_per_second"]), fmt(p["p50_ms"]), fmt(p["p99_ms"])] for p in points]
-        lines += [f"{name}:", "", *table(["batch", "images/s", "p50 ms", "p99 ms"], rows), ""]
-    return [*lines, *(f"- {note}" for note in r["notes"]), ""]
+        return body(f"**Not measured**: {r['reason']}. No GPU figure is estimated.")
+    tables = [[f"{name}:", "", *table(["batch", "images/s", "p50 ms", "p99 ms"], [[str(p["batch_size"]),
+               fmt(p["images_per_second"]), fmt(p["p50_ms"]), fmt(p["p99_ms"])] for p in points])]
+              for name, points in r["sweeps"].items()]  # fmt: skip
+    return body(*tables, [f"- {note}" for note in r["notes"]])
 
 
 SECTIONS = (

@@ -48,17 +48,11 @@ class Aim:
 
 @dataclass(frozen=True)
 class Section:
-    """One section of the report.
-
-    Attributes:
-        name: its key in ``results["sections"]`` and its command, ``python -m benchmarks NAME``.
-        title: its heading.
-        measure: returns its JSON-serialisable record; takes the model files it reads (``model``, ``int8_model``)
-            and its budget as keywords, whose defaults are the full budget.
-        quick: the budget of a ``--quick`` run; its keys are the budget the report's command lines show.
-        render: the lines of its body, from its record and all results (for figures set beside others').
-        aims: the figures it is held to, from its record (None when it did not run).
-    """
+    """One section of the report: ``name`` (its key in the results and its command, ``python -m benchmarks NAME``),
+    ``title`` (its heading), ``measure`` (returns its JSON-serialisable record; takes the model files it reads,
+    ``model`` and ``int8_model``, and its budget as keywords, whose defaults are the full budget), ``quick`` (the
+    budget of a ``--quick`` run; its keys are the budget its command line shows), ``render`` (its body's lines from
+    its record and all results) and ``aims`` (the figures it is held to, from its record or None)."""
 
     name: str
     title: str
@@ -120,6 +114,11 @@ def pct(value: float | None) -> str:
 def counts(statuses: Mapping[str, int]) -> str:
     """``{"200": 5, "503": 1}`` as ``200: 5, 503: 1``."""
     return ", ".join(f"{status}: {count:,}" for status, count in statuses.items())
+
+
+def body(*parts: str | list[str]) -> list[str]:
+    """A section's lines: each part, a paragraph or a table's lines, followed by a blank line (empty ones left out)."""
+    return [line for part in parts if part for line in ([part] if isinstance(part, str) else part) + [""]]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

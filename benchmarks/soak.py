@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.harness import HOST, Running, get, sampled_rss, service_process, start_service, stop_service
+from benchmarks.harness import HOST, Service, get, sampled_rss
 from benchmarks.sections import Aim, Section, counts, dig, fmt, table
 from service.app import create_app
 from service.settings import Settings
@@ -76,7 +76,7 @@ def _whole(response: httpx.Response) -> bool:
     return False
 
 
-async def _load(server: Running, seconds: float, concurrency: int, seed: int, *beside: Coroutine) -> tuple[list, list]:
+async def _load(server: Service, seconds: float, concurrency: int, seed: int, *beside: Coroutine) -> tuple[list, list]:
     """Closed-loop clients of the mix and the ``beside`` coroutines: a Record per request, what those returned."""
     model = json.loads(get(server.port, "/v1/model")[1])["name"]
     good, bad = _images(random.Random(seed))
@@ -113,7 +113,7 @@ def _p99(records: list[Record]) -> float:
 
 def soak(model: Path, soak_s: float = 600.0, concurrency: int = 16, warm_up_s: float = 30.0) -> dict[str, Any]:
     """``concurrency`` clients of the mix for ``soak_s`` after ``warm_up_s``; memory sampled every 5 s."""
-    with service_process(model, **QUIET) as server:
+    with Service(model, **QUIET) as server:
         asyncio.run(_load(server, warm_up_s, concurrency, 1))
         rss_start = server.rss_mib()
         with sampled_rss(server.process.pid, 5.0) as samples:
@@ -152,7 +152,7 @@ def slow_clients(
     model: Path, seconds: float = 30.0, concurrency: int = 16, slow: int = 50, body_timeout_s: float = 10.0
 ) -> dict[str, Any]:
     """Normal traffic alone, then beside ``slow`` connections trickling their bodies."""
-    with service_process(model, CASTREAM_BODY_TIMEOUT_S=str(body_timeout_s), **QUIET) as server:
+    with Service(model, CASTREAM_BODY_TIMEOUT_S=str(body_timeout_s), **QUIET) as server:
         asyncio.run(_load(server, min(10.0, seconds), concurrency, 3))  # warm-up
         alone, _ = asyncio.run(_load(server, seconds, concurrency, 4))
         trickles = [_trickle(server.port, body_timeout_s) for _ in range(slow)]
@@ -167,14 +167,14 @@ def slow_clients(
 
 def crash(model: Path, concurrency: int = 16, seconds: float = 25.0, kill_at_s: float = 5.0) -> dict[str, Any]:
     """SIGKILL under load at ``kill_at_s``, a new process on the same port; what the clients saw meanwhile."""
-    with service_process(model, **QUIET) as server, contextlib.ExitStack() as restarted:
+    with Service(model, **QUIET) as server, contextlib.ExitStack() as restarted:
 
         async def kill_and_restart() -> float:
             await asyncio.sleep(kill_at_s)
             server.process.kill()  # SIGKILL
             server.process.wait()
-            running = await asyncio.to_thread(start_service, model, server.port, **QUIET)
-            restarted.callback(stop_service, running.process)
+            running = await asyncio.to_thread(Service, model, server.port, **QUIET)
+            restarted.callback(running.stop)
             return running.ready_s
 
         records, (ready_s,) = asyncio.run(_load(server, seconds, concurrency, 2, kill_and_restart()))

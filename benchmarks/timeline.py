@@ -116,9 +116,6 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
             "", *table(["stage", "ms"], rows), ""]  # fmt: skip
 
 
-TITLE = "Where the milliseconds of one request go, stage by stage"
-
-
 def _timed(model: Path, requests: int, traced: bool) -> list[float]:
     """Milliseconds of each of ``requests`` requests after 20 of warm-up, tracing on or off."""
     from fastapi.testclient import TestClient
@@ -162,6 +159,6 @@ def _render_tracing(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = (
-    Section("timeline", TITLE, measure, {"seconds": 1.0}, _render),
+    Section("timeline", "Where the milliseconds of one request go, stage by stage", measure, {"seconds": 1.0}, _render),
     Section("tracing_cost", "What tracing costs per request", tracing_cost, {"requests": 4}, _render_tracing),
 )

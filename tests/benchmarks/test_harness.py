@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.harness import get, make_images, request_bodies, service_process, summarise, wrk_phase
+from benchmarks.harness import Service, get, make_images, request_bodies, summarise, wrk_phase
 
 
 def test_summarise_reports_the_median() -> None:
@@ -32,7 +32,7 @@ def test_request_bodies_are_json_base64_files_removed_afterwards() -> None:
 
 
 def test_wrk_closed_loop_phase_counts_every_answer_with_its_latency(tiny_model) -> None:
-    with service_process(tiny_model) as server, request_bodies(make_images(2, 40)) as bodies:
+    with Service(tiny_model) as server, request_bodies(make_images(2, 40)) as bodies:
         phase = wrk_phase(server.port, bodies, connections=2, requests=40, seconds=5)
         assert server.rss_mib() > 0 and server.ready_s > 0 and get(server.port, "/readyz")[0] == 200
         overlay = wrk_phase(server.port, bodies, 1, 3, 5, target="/classify?attention=overlay")
@@ -45,7 +45,7 @@ def test_wrk_closed_loop_phase_counts_every_answer_with_its_latency(tiny_model) 
 def test_wrk_paced_phase_overflows_a_short_queue_into_quick_503s(tiny_model) -> None:
     # Images linger 200 ms for company, so a queue of one image overflows under a paced stream.
     env = {"CASTREAM_MAX_BATCH_DELAY_MS": "200", "CASTREAM_MAX_QUEUE": "1", "CASTREAM_MAX_IMAGES_PER_REQUEST": "1"}
-    with service_process(tiny_model, **env) as server, request_bodies(make_images(2, 40)) as bodies:
+    with Service(tiny_model, **env) as server, request_bodies(make_images(2, 40)) as bodies:
         phase = wrk_phase(server.port, bodies, connections=4, requests=200, seconds=2, rate=50)
     assert set(phase.statuses) == {"200", "503"} and phase.statuses["503"] > phase.statuses["200"]
     assert phase.retry_after == "1" and phase.rejected_p50_ms is not None

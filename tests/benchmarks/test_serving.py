@@ -1,21 +1,50 @@
-"""Stage means from the service's histograms, and the live measurement against a real service."""
+"""The service benchmarks: the in-process work and the load run, stage means from the service's histograms, and
+the live stages, PNG levels and batching delays against a real service."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.stages import (
+from benchmarks.harness import make_images
+from benchmarks.serving import (
     SECTIONS,
     batch_delays,
     batch_profile,
     change,
     histogram_totals,
+    load,
     overlay_png_levels,
     request_stages,
     stage_means,
+    work_in_process,
 )
 from service.metrics import Metrics
+
+
+def test_in_process_work_gives_request_latency_and_batch_rates(tiny_model) -> None:
+    result = work_in_process(tiny_model, make_images(4, 30, width=45), batch_size=8, requests=16, seconds=5)
+    assert 0 < result["request_p50_ms"] <= result["request_p99_ms"]
+    assert result["run_only"] > 0 and result["serial_decode"] > 0
+
+
+@pytest.mark.slow
+def test_load_run_reports_work_concurrency_overload_and_recovery(tiny_model) -> None:
+    report = load(tiny_model, requests=200, seconds=2, images=4, overload_concurrency=16)
+    for concurrency in (1, 8, 32):
+        phase = report[f"service_c{concurrency}"]
+        assert set(phase["statuses"]) == {"200"} and phase["throughput"] > 0
+        assert 0 < phase["p50_ms"] <= phase["p99_ms"]
+    assert report["work"]["serial_decode"] > 0 and report["ratio_c8_serial_decode"] > 0
+    burst = report["overload"]
+    assert burst["offered_per_second"] == pytest.approx(2 * report["capacity"])
+    assert set(burst["statuses"]) <= {"200", "503"} and 0 <= burst["rejected_share"] <= 1
+    assert burst["memory"]["start_mib"] > 0 and not math.isnan(burst["goodput_ratio"])
+    assert report["recovered"] is True
+    text = "\n".join(SECTIONS[0].render(report, {}))
+    assert "from `wrk`" in text and "recovered" in text and "did not recover" not in text
 
 
 def exposition(metrics: Metrics) -> str:
@@ -88,5 +117,5 @@ def test_batch_delays_measure_each_delay_at_each_concurrency(tiny_model) -> None
             assert row["throughput"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["mean_batch"] >= 1
     # A delay lets images from 32 clients gather; with none, a free model takes whatever is there.
     assert result["delays_ms"]["30"]["32"]["mean_batch"] > 1
-    text = "\n".join(SECTIONS[2].render(result, {}))
+    text = "\n".join(SECTIONS[3].render(result, {}))
     assert "| delay ms | concurrency |" in text and "| 30 | 32 |" in text
