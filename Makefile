@@ -43,8 +43,8 @@ serve: models/castream.onnx
 
 demo: serve
 
-# Every figure in one run (about 40 minutes on 2 cores, a 10-minute soak included; loopback only): rewrites BENCHMARKS.md, its plot and
-# benchmarks/results.json. Run it on an otherwise idle machine.
+# Every figure in one run (about 40 minutes on 2 cores, a 10-minute soak included; loopback only): rewrites
+# BENCHMARKS.md, its plot and benchmarks/results.json. Run it on an otherwise idle machine.
 bench: models/castream.onnx models/castream-int8.onnx wrk | $(STAMP)
 	$(BIN)/python -m benchmarks.report --model models/castream.onnx --int8-model models/castream-int8.onnx
 
