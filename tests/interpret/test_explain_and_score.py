@@ -32,6 +32,10 @@ CASES = {  # name: methods, images, image size
     "scorecam": (("scorecam",), 2, 40),  # 2 x 2 features: some channels are flat on an image and skipped
 }
 TOLERANCE = 1e-5
+# Insertion and deletion perturb pixels in saliency order, and a random model's maps hold near-ties whose order the
+# CPU's kernels decide (AVX2 against AVX-512 moved these curves' areas by up to 0.012): the areas are held to 0.03,
+# everything else (maps, energy, predictions, the settings) to TOLERANCE.
+CURVE_TOLERANCE = 0.03
 
 
 def evaluate_tiny_model(case: str) -> tuple[run.Results, list[int], str]:
@@ -91,7 +95,8 @@ def assert_close(got: Any, expected: Any, where: str = "") -> None:
         for name in expected:
             assert_close(got[name], expected[name], f"{where}/{name}")
     elif isinstance(expected, list) and expected and isinstance(expected[0], float):
-        assert got == pytest.approx(expected, abs=TOLERANCE), where
+        tolerance = CURVE_TOLERANCE if where.endswith(("/insertion", "/deletion")) else TOLERANCE
+        assert got == pytest.approx(expected, abs=tolerance), where
     else:
         assert got == expected, where
 
