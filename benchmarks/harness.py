@@ -37,6 +37,7 @@ from service.preprocess import Preprocessor
 
 HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they start, nothing else
 LUA = Path(__file__).with_name("load.lua")
+WIDTH, HEIGHT = 451, 300  # the service benchmarks' photos: a typical one, downscaled
 
 
 def percentile_ms(values: Iterable[float], q: float) -> float:
@@ -81,8 +82,9 @@ def model_images(model: Path, count: int) -> list[bytes]:
 
 def model_inputs(model: Path, count: int) -> np.ndarray:
     """``count`` distinct images, decoded and preprocessed as the service does, stacked [count, 3, crop, crop]."""
-    prepare = Preprocessor(load_model(model, ["cpu"]).info.preprocessing)
-    return prepared(prepare, ((f"generated {i}", data) for i, data in enumerate(model_images(model, count))))
+    preprocessing = load_model(model, ["cpu"]).info.preprocessing  # one session opened, for its metadata
+    images = make_images(count, preprocessing.resize)
+    return prepared(Preprocessor(preprocessing), ((f"generated {i}", data) for i, data in enumerate(images)))
 
 
 def json_body(image: bytes) -> bytes:

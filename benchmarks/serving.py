@@ -26,8 +26,6 @@ from service.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
-WIDTH, HEIGHT = 451, 300  # the images' size: a typical photo, downscaled
-
 
 def work_in_process(model: Path, images: list[bytes], batch_size: int, requests: int, seconds: float) -> dict:
     """The service's own work without the service, with the model opened as the service opens it: one request's
@@ -69,7 +67,7 @@ def load(
     """Every phase, in one process and on one model; each bounded by ``requests`` and ``seconds``."""
     config = {key: value for key, value in locals().items() if key not in ("model", "requests", "seconds")}
     report: dict[str, Any] = {"config": config}  # the run's shape, as the report describes it
-    pictures = harness.make_images(images, HEIGHT, width=WIDTH)
+    pictures = harness.make_images(images, harness.HEIGHT, width=harness.WIDTH)
     levels = (1, concurrency, high_concurrency)
     batches = {"CASTREAM_MAX_BATCH_SIZE": str(batch_size)}
     with harness.request_bodies(pictures) as bodies:
@@ -156,8 +154,9 @@ def _render_load(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
         f"{recovery['readyz']}: {'recovered' if r['recovered'] else '**did not recover**'}."
     )
     return body(
-        f"The same {config['images']} JPEGs ({WIDTH}x{HEIGHT}), each request one image as JSON base64 to `POST "
-        "/classify?top_k=1`, from `wrk` with `benchmarks/load.lua` (one connection per thread) on loopback. The "
+        f"The same {config['images']} JPEGs ({harness.WIDTH}x{harness.HEIGHT}), each request one image as JSON "
+        "base64 to `POST /classify?top_k=1`, from `wrk` with `benchmarks/load.lua` (one connection per thread) on "
+        "loopback. The "
         "in-process work is the service's code without the service (same model options and threads), measured "
         "before and after the service phases and averaged.",
         table(["", "images/s", "p50 ms", "p99 ms"], rows),
@@ -300,7 +299,7 @@ def batch_delays(
                             "mean_batch": images / batches if batches else float("nan")}  # fmt: skip
         return rows
 
-    with harness.request_bodies(harness.make_images(16, 300, width=451)) as bodies:
+    with harness.request_bodies(harness.make_images(16, harness.HEIGHT, width=harness.WIDTH)) as bodies:
         by_delay = harness.fresh_services(model, "CASTREAM_MAX_BATCH_DELAY_MS", delays, rounds, measure)
     return {"seconds": seconds, "rounds": rounds, "delays_ms": {f"{d:g}": rows for d, rows in by_delay.items()}}
 

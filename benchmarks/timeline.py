@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import uvicorn
 
-from benchmarks.harness import HOST, free_port, get, make_images, request_bodies, wrk_phase
+from benchmarks.harness import HEIGHT, HOST, WIDTH, free_port, get, make_images, request_bodies, wrk_phase
 from benchmarks.sections import Section, fmt, table
 from service import inputs, middleware, serving, tracing
 from service.app import create_app
@@ -86,7 +86,7 @@ def measure(model: Path, seconds: float = 10.0, images: int = 32) -> dict[str, A
                 requests.append(dict(current))
             current.clear()
 
-    with instrumented(mark), request_bodies(make_images(images, 300, width=451)) as bodies:
+    with instrumented(mark), request_bodies(make_images(images, HEIGHT, width=WIDTH)) as bodies:
         service.start()
         try:
             deadline = time.monotonic() + 60
