@@ -38,7 +38,7 @@ from training.revision import git_revision
 log = logging.getLogger("benchmarks.report")
 
 # The report's modules, in its order; each declares its sections.
-MODULES = ("serving", "ceiling", "timeline", "scaling", "speed", "explanations", "soak")
+MODULES = ("serving", "ceiling", "timeline", "scaling", "decoding", "speed", "explanations", "soak")
 SECTIONS: tuple[Section, ...] = tuple(
     section for name in MODULES for section in importlib.import_module(f"benchmarks.{name}").SECTIONS
 )

@@ -1,21 +1,66 @@
-"""Decoding uploaded bytes into an RGB Pillow image, refusing what is not safe or not an image."""
+"""Decoding uploaded bytes into an RGB Pillow image, refusing what is not safe or not an image.
+
+A model sees a few hundred pixels of a photo that may hold twelve million, so an image is decoded only at the
+scale it is needed: a JPEG through libjpeg's DCT scaling (1/2, 1/4 or 1/8 of each side, decided before any pixel
+is decoded), any other format in full and then reduced by an integer box filter. Either way the result keeps a
+margin over the size asked for (see :func:`reduction`), so the resize that follows still antialiases as it
+would from the full image; docs/service.md states the parity with the full decode.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from service.errors import ServiceError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
+_ORIENTATION = 0x0112  # the EXIF tag
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+JPEG_SCALES = (8, 4, 2, 1)  # the reductions libjpeg decodes directly
+# How many times the model's resize target a reduced decode keeps on its shorter side, at least: chosen by
+# measurement of parity and time (``python -m benchmarks decode_parity``; docs/service.md has the figures).
+DECODE_MARGIN = 3.0
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upright RGB ``image``, possibly reduced, and ``size``: the whole image's upright (width, height)."""
+
+    image: Image.Image
+    size: tuple[int, int]
 
 
 def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
     """Open ``data`` (first frame), check its size before decoding pixels, apply EXIF rotation, return RGB."""
+    return decode_reduced(data, max_pixels, name=name).image
+
+
+def reduction(size: tuple[int, int], min_side: int = 0, long_side: int = 0) -> int:
+    """The largest integer factor that keeps an image of ``size`` at least ``min_side`` on its shorter side and
+    at least ``long_side`` on its longer side (0: no need); 1 when the image is not larger than that."""
+    short, long = min(size), max(size)
+    need = max(min_side, math.ceil(long_side * short / long) if long_side else 0)
+    return max(1, short // need) if need > 0 else 1
+
+
+def decode_reduced(data: bytes, max_pixels: int, min_side: int = 0, long_side: int = 0, name: str = "image") -> Decoded:
+    """Like :func:`decode`, at the smallest scale whose shorter side is at least ``min_side`` pixels and whose
+    longer side at least ``long_side`` (0, 0: the full image). The limits apply to the full image."""
     if not data:
         raise ServiceError(400, "empty_image", f"{name} is empty (0 bytes); send the image file's bytes")
     try:
@@ -38,16 +83,28 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
             f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(CASTREAM_MAX_IMAGE_PIXELS); downscale it before sending",
         )
+    factor = reduction(image.size, min_side, long_side)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if factor > 1 and image.format == "JPEG":
+                scale = next(s for s in JPEG_SCALES if s <= factor)
+                image.draft(None, (width // scale, height // scale))  # draft picks the scale from this
+                factor = 1  # libjpeg did the reduction
             image.load()
-            image = ImageOps.exif_transpose(image)
+            orientation = image.getexif().get(_ORIENTATION)
     except Image.DecompressionBombError as exc:
         raise ServiceError(413, "too_many_pixels", f"{name}: {exc}") from None
     except _DECODE_ERRORS as exc:
         raise ServiceError(400, "corrupt_image", f"{name} is truncated or corrupt: {exc}") from None
-    return to_rgb(image, name)
+    rgb = to_rgb(image, name)
+    if factor > 1:
+        rgb = rgb.reduce(factor)
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+        if orientation >= 5:  # a quarter turn: the upright image is as wide as the stored one is high
+            width, height = height, width
+    return Decoded(rgb, (width, height))
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:

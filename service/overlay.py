@@ -1,4 +1,4 @@
-"""Heat maps drawn over the crop the model saw, or over the whole original image, encoded as PNG."""
+"""Heat maps drawn over the crop the model saw, or over the whole image at display size, as PNG, JPEG or WebP."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ LUT = (
 # zlib level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
 # noisy blended crop compresses little better at 6 (files about a tenth smaller; BENCHMARKS.md has the numbers).
 PNG_LEVEL = 1
+FORMATS = ("png", "jpeg", "webp")
+JPEG_QUALITY = 90
+WEBP_QUALITY = 85
+DISPLAY_SIDE = 1024  # the longer side of a whole-image overlay unless the client asks for another
 OUTSIDE_DIM = 0.45  # brightness kept outside the crop on whole-image overlays
 BOX_COLOUR = (255, 255, 255)
 
@@ -47,21 +51,34 @@ def _blend(pixels: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
     return pixels.astype(np.float32) * (1 - weight) + colours * weight
 
 
-def _png(image: Image.Image, png_level: int) -> bytes:
+def encoded(image: Image.Image, fmt: str = "png", png_level: int = PNG_LEVEL) -> bytes:
+    """``image`` as a ``fmt`` file (one of ``FORMATS``); WebP at its fastest method, which costs little in size."""
     out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=png_level)
+    if fmt == "png":
+        image.save(out, format="PNG", compress_level=png_level)
+    elif fmt == "jpeg":
+        image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    elif fmt == "webp":
+        image.save(out, format="WEBP", quality=WEBP_QUALITY, method=0)
+    else:
+        raise ValueError(f"overlay format {fmt!r} is not one of {FORMATS}")
     return out.getvalue()
 
 
 def heat_overlay(
-    view: np.ndarray, attention: np.ndarray, alpha: float = 0.55, min_side: int = 224, png_level: int = PNG_LEVEL
+    view: np.ndarray,
+    attention: np.ndarray,
+    alpha: float = 0.55,
+    min_side: int = 224,
+    png_level: int = PNG_LEVEL,
+    fmt: str = "png",
 ) -> bytes:
-    """PNG bytes: ``view`` [h, w, 3] uint8 blended with ``attention`` [gh, gw] upsampled and coloured.
+    """Image bytes: ``view`` [h, w, 3] uint8 blended with ``attention`` [gh, gw] upsampled and coloured.
 
     The map is scaled to its own maximum so that small and large models look alike (negative values, which
     class maps can hold, show as none); the result is upscaled to at least ``min_side`` pixels so that a
     few-pixel crop stays visible. ``png_level`` (0-9) trades encoding time for size; the pixels are the same
-    at every level.
+    at every level. ``fmt``: one of ``FORMATS``.
     """
     height, width = view.shape[:2]
     blended = _blend(view, _heat(attention, width, height), alpha)
@@ -69,23 +86,27 @@ def heat_overlay(
     factor = max(1, -(-min_side // max(1, min(width, height))))
     if factor > 1:
         image = image.resize((width * factor, height * factor), Image.Resampling.NEAREST)
-    return _png(image, png_level)
+    return encoded(image, fmt, png_level)
 
 
 def image_overlay(
     original: np.ndarray,
     grid: np.ndarray,
     box: tuple[float, float, float, float],
+    size: tuple[int, int] | None = None,
     alpha: float = 0.55,
     png_level: int = PNG_LEVEL,
+    fmt: str = "png",
 ) -> bytes:
-    """PNG bytes of the whole ``original`` [H, W, 3] uint8, at its own size, with ``grid`` drawn where it lies.
+    """Image bytes of the whole ``original`` [h, w, 3] uint8, at its own size, with ``grid`` drawn where it lies.
 
-    ``box`` is the crop the model saw, ``(left, top, right, bottom)`` in the original's pixels (it may reach
-    past the edges when the crop was padded). Outside it the image is dimmed; its outline is drawn.
+    ``original`` may be the image at display size: ``box``, the crop the model saw, is ``(left, top, right,
+    bottom)`` in the pixels of the image's full ``size`` (width, height; default: the original's own), and may
+    reach past the edges when the crop was padded. Outside it the image is dimmed; its outline is drawn.
     """
     height, width = original.shape[:2]
-    left, top, right, bottom = (round(v) for v in box)
+    sx, sy = (1.0, 1.0) if size is None else (width / size[0], height / size[1])
+    left, top, right, bottom = (round(v * s) for v, s in zip(box, (sx, sy, sx, sy), strict=True))
     out = original.astype(np.float32) * OUTSIDE_DIM
     heat = _heat(grid, max(1, right - left), max(1, bottom - top))
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
@@ -95,7 +116,7 @@ def image_overlay(
     image = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     line = max(1, round(min(width, height) / 150))
     ImageDraw.Draw(image).rectangle((left, top, right - 1, bottom - 1), outline=BOX_COLOUR, width=line)
-    return _png(image, png_level)
+    return encoded(image, fmt, png_level)
 
 
 def b64(png: bytes) -> str:

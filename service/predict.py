@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.model import ImageOutput
-from service.overlay import PNG_LEVEL, b64, heat_overlay, image_overlay
+from service.overlay import DISPLAY_SIDE, PNG_LEVEL, b64, heat_overlay, image_overlay
 from service.preprocess import Prepared
-from service.schemas import AttentionMap, AttentionMode, ClassMap, Label, OverlayArea, Prediction
+from service.schemas import AttentionMap, AttentionMode, ClassMap, Label, OverlayArea, OverlayFormat, Prediction
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,18 @@ class Options:
     explain: tuple[int, ...] = ()  # class indices to add, each with its map
     overlay_on: OverlayArea = OverlayArea.crop
     png_level: int = PNG_LEVEL
+    overlay_size: int = DISPLAY_SIDE  # the longest side of a whole-image overlay, in pixels
+    overlay_format: OverlayFormat = OverlayFormat.png
 
     @property
     def needs_class_maps(self) -> bool:
         return self.class_maps or bool(self.explain)
 
     @property
-    def needs_original(self) -> bool:
-        return self.attention is AttentionMode.overlay and self.overlay_on is OverlayArea.image
+    def display(self) -> int:
+        """The longest side at which the image is kept for whole-image overlays; 0 when none is drawn."""
+        wanted = self.attention is AttentionMode.overlay and self.overlay_on is OverlayArea.image
+        return self.overlay_size if wanted else 0
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -37,20 +41,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def _overlay(grid: np.ndarray, prepared: Prepared, options: Options) -> str:
+def _overlay(grid: np.ndarray, prepared: Prepared, options: Options) -> dict[str, str]:
+    """The response's overlay field for ``grid``: ``{"overlay_<format>": base64}``, empty unless overlays are asked."""
+    if options.attention is not AttentionMode.overlay:
+        return {}
+    fmt, level = options.overlay_format.value, options.png_level
     if options.overlay_on is OverlayArea.image and prepared.original is not None:
-        return b64(image_overlay(prepared.original, grid, prepared.box, png_level=options.png_level))
-    return b64(heat_overlay(prepared.view, grid, png_level=options.png_level))
+        data = image_overlay(prepared.original, grid, prepared.box, prepared.size, png_level=level, fmt=fmt)
+    else:
+        data = heat_overlay(prepared.view, grid, png_level=level, fmt=fmt)
+    return {f"overlay_{fmt}": b64(data)}
 
 
 def _class_map(output: ImageOutput, index: int, prepared: Prepared, options: Options) -> ClassMap:
     assert output.class_maps is not None
     grid = np.asarray(output.class_maps[index], np.float32)
     constant = float(output.logits[index]) - float(grid.sum(dtype=np.float64))
-    overlay = _overlay(grid, prepared, options) if options.attention is AttentionMode.overlay else None
     return ClassMap(
-        height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), constant=constant, overlay_png=overlay
-    )
+        height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), constant=constant,
+        **_overlay(grid, prepared, options),
+    )  # fmt: skip
 
 
 def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...], options: Options) -> Prediction:
@@ -70,6 +80,7 @@ def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...]
     attention = None
     if options.attention is not AttentionMode.none and output.attention is not None:
         grid = np.asarray(output.attention, np.float32)
-        overlay = _overlay(grid, prepared, options) if options.attention is AttentionMode.overlay else None
-        attention = AttentionMap(height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), overlay_png=overlay)
+        attention = AttentionMap(
+            height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), **_overlay(grid, prepared, options)
+        )
     return Prediction(top_k=labels, attention=attention, explained=explained)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from service.contract import Preprocessing
+from service.imaging import DECODE_MARGIN
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -23,14 +25,16 @@ RESAMPLE = {
 class Prepared:
     """One image ready for the model: ``input`` [3, crop, crop] float32 and ``view``, the RGB crop it sees.
 
-    ``box`` is that crop in the original image's pixels ``(left, top, right, bottom)``; ``original`` the
-    decoded RGB image [H, W, 3], kept only when asked for (whole-image overlays).
+    ``box`` is that crop in the whole image's pixels ``(left, top, right, bottom)``, ``size`` that image's
+    (width, height); ``original`` the image [h, w, 3] uint8 at display size, kept only when asked for
+    (whole-image overlays).
     """
 
     input: np.ndarray
     view: np.ndarray
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     original: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -38,6 +42,12 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     if width <= height:
         return size, int(size * height / width)
     return int(size * width / height), size
+
+
+def display_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so the longer side is at most ``long_side`` (never enlarged)."""
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def crop_origin(length: int, crop: int) -> int:
@@ -56,23 +66,35 @@ class Preprocessor:
         self.mean = np.asarray(prep.mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(prep.std, np.float32).reshape(3, 1, 1)
         self.scale = np.float32(prep.scale)
+        # The shorter side an image is decoded at, at least, before the resize (see service.imaging).
+        self.decode_side = math.ceil(prep.resize * DECODE_MARGIN)
 
-    def __call__(self, image: Image.Image, keep_original: bool = False) -> Prepared:
+    def __call__(self, image: Image.Image, display: int = 0, size: tuple[int, int] | None = None) -> Prepared:
+        """``image``, or a reduced decode of an image of ``size`` (width, height), as the model's input.
+
+        The resize target and the crop are computed from ``size``, so a reduced decode is cropped exactly where
+        the full image would be. ``display`` > 0 keeps the image too (``original``, for whole-image overlays),
+        at most that many pixels on its longer side.
+        """
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode!r}; decode with service.imaging.decode")
         crop = self.prep.crop
-        original = np.asarray(image, dtype=np.uint8) if keep_original else None
-        width, height = image.size
-        size = resized_size(width, height, self.prep.resize)
-        if size != image.size:
+        width, height = size or image.size
+        original = None
+        if display > 0:
+            shown = display_size(*image.size, display)
+            kept = image if shown == image.size else image.resize(shown, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            original = np.asarray(kept, dtype=np.uint8)
+        resized = resized_size(width, height, self.prep.resize)
+        if resized != image.size:
             # Pillow always antialiases when downscaling, like torchvision's Resize(antialias=True).
-            image = image.resize(size, self.resample)
+            image = image.resize(resized, self.resample)
         left, top = crop_origin(image.width, crop), crop_origin(image.height, crop)
         view = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
         x = view.transpose(2, 0, 1).astype(np.float32)  # [3, crop, crop]
         x *= self.scale
         x -= self.mean
         x /= self.std
-        sx, sy = width / image.width, height / image.height  # resized -> original pixels
+        sx, sy = width / image.width, height / image.height  # resized -> whole image's pixels
         box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-        return Prepared(np.ascontiguousarray(x), view, box, original)
+        return Prepared(np.ascontiguousarray(x), view, box, original, (width, height))

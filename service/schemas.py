@@ -23,6 +23,14 @@ class OverlayArea(StrEnum):
     image = "image"
 
 
+class OverlayFormat(StrEnum):
+    """The overlay's file format: PNG (lossless), or JPEG and WebP (smaller, and faster to encode)."""
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+
 class ClassMap(BaseModel):
     height: int
     width: int
@@ -34,6 +42,8 @@ class ClassMap(BaseModel):
     overlay_png: str | None = Field(
         None, description="base64 PNG heat-map of the positive evidence (attention=overlay)"
     )
+    overlay_jpeg: str | None = Field(None, description="the same as a base64 JPEG (overlay_format=jpeg)")
+    overlay_webp: str | None = Field(None, description="the same as a base64 WebP (overlay_format=webp)")
 
 
 class Label(BaseModel):
@@ -50,6 +60,8 @@ class AttentionMap(BaseModel):
     overlay_png: str | None = Field(
         None, description="base64 PNG heat-map over the crop the model saw, or over the whole image (overlay_on=image)"
     )
+    overlay_jpeg: str | None = Field(None, description="the same as a base64 JPEG (overlay_format=jpeg)")
+    overlay_webp: str | None = Field(None, description="the same as a base64 WebP (overlay_format=webp)")
 
 
 class Prediction(BaseModel):

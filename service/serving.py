@@ -19,7 +19,7 @@ from service import timings
 from service.batcher import Batcher, Ticket
 from service.contract import CLASS_MAPS
 from service.errors import ServiceError
-from service.imaging import decode
+from service.imaging import decode_reduced
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel
 from service.predict import Options, prediction
@@ -74,18 +74,16 @@ class Serving:
             )
         return tuple(dict.fromkeys(classes.index(label) for label in labels))
 
-    async def prepare(self, images: list[tuple[str, bytes]], keep_original: bool = False) -> list[Prepared]:
-        """Decode and preprocess ``images`` in the decode pool; a bad image raises its own ServiceError."""
+    async def prepare(self, images: list[tuple[str, bytes]], display: int = 0) -> list[Prepared]:
+        """Decode and preprocess ``images`` in the decode pool, each kept at ``display`` pixels on its longer side
+        too when that is positive (whole-image overlays); a bad image raises its own ServiceError."""
         loop = asyncio.get_running_loop()
         with timings.stage("decode"):
             if len(images) == 1:  # the common case, without gather's bookkeeping
                 name, data = images[0]
-                return [await loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original)]
+                return [await loop.run_in_executor(self.decode_pool, self._prepare, data, name, display)]
             return await asyncio.gather(
-                *(
-                    loop.run_in_executor(self.decode_pool, self._prepare, data, name, keep_original)
-                    for name, data in images
-                )
+                *(loop.run_in_executor(self.decode_pool, self._prepare, data, name, display) for name, data in images)
             )
 
     async def infer(self, ticket: Ticket, inputs: list[np.ndarray], class_maps: bool = False) -> list[ImageOutput]:
@@ -95,7 +93,7 @@ class Serving:
     async def classify(self, ticket: Ticket, images: list[tuple[str, bytes]], options: Options) -> bytes:
         """The JSON body answering ``images``: top-k labels, attention and class maps per image, in order."""
         ticket.resize(len(images))
-        prepared = await self.prepare(images, options.needs_original)
+        prepared = await self.prepare(images, options.display)
         outputs = await self.infer(ticket, [p.input for p in prepared], options.needs_class_maps)
         # PNG encoding is worth a thread hop; top-k and the numeric grids are not.
         with timings.stage("encode"):
@@ -114,11 +112,12 @@ class Serving:
         self.metrics.encode_seconds.labels(attention=options.attention.value).observe(time.perf_counter() - start)
         return body
 
-    def _prepare(self, data: bytes, name: str, keep_original: bool = False) -> Prepared:
+    def _prepare(self, data: bytes, name: str, display: int = 0) -> Prepared:
         start = time.perf_counter()
-        image = decode(data, self.settings.max_image_pixels, name)
+        # Only as many pixels as the model and the overlay need: a phone photo decodes at an eighth of its sides.
+        image = decode_reduced(data, self.settings.max_image_pixels, self.preprocessor.decode_side, display, name)
         decoded = time.perf_counter()
-        prepared = self.preprocessor(image, keep_original)
+        prepared = self.preprocessor(image.image, display, image.size)
         self.metrics.decode_seconds.observe(decoded - start)
         self.metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
         return prepared

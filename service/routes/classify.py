@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 from service.deps import ServingDep
 from service.errors import ErrorBody
 from service.inputs import ImagesJSON, read_images
+from service.overlay import DISPLAY_SIDE
 from service.predict import Options
-from service.schemas import AttentionMode, ClassifyResponse, OverlayArea
+from service.schemas import AttentionMode, ClassifyResponse, OverlayArea, OverlayFormat
 
 router = APIRouter(tags=["inference"])
 
@@ -54,6 +55,12 @@ async def classify(
     overlay_on: Annotated[
         OverlayArea, Query(description="overlays over the crop the model saw, or over the whole image")
     ] = OverlayArea.crop,
+    overlay_size: Annotated[
+        int, Query(ge=16, le=8192, description="whole-image overlays: pixels on the longer side, at most")
+    ] = DISPLAY_SIDE,
+    overlay_format: Annotated[
+        OverlayFormat, Query(description="png, or jpeg and webp (smaller and faster)")
+    ] = OverlayFormat.png,
 ) -> Response:
     """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
     s = serving.settings
@@ -61,7 +68,9 @@ async def classify(
     if class_maps or explain:
         serving.require_class_maps()  # before the body is read: the answer cannot depend on it
         explained = serving.class_indices(explain or [])
-    options = Options(top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level)
+    options = Options(
+        top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level, overlay_size, overlay_format
+    )
     serving.check_room()  # under overload, refused here, before the body is read; nothing is held meanwhile
     images = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
     with serving.admit(len(images)) as ticket:  # room reserved once the body is in: 503 if it went meanwhile

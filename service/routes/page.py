@@ -59,6 +59,7 @@ PAGE = """<!doctype html>
 </section>
 <script>
 const $ = (id) => document.getElementById(id);
+const SHOWN_PX = 224; // the width and height of the page's images (CSS pixels)
 let classMaps = false;
 fetch("v1/model").then((r) => r.json()).then((m) => {
   const about = m.name && `${m.name} (${m.backbone}, ${m.pooling}, ${m.classes.length} classes)`;
@@ -99,6 +100,8 @@ async function showSamples() {
 function query() {
   const params = new URLSearchParams({ top_k: $("topk").value || "5", attention: "overlay" });
   params.set("overlay_on", $("whole").checked ? "image" : "crop");
+  // The overlay at the size it is shown (the images' CSS box times the screen's pixel density), not the photo's.
+  params.set("overlay_size", String(Math.ceil(SHOWN_PX * (window.devicePixelRatio || 1))));
   if (classMaps && $("explain").value) params.append("explain", $("explain").value);
   else if (classMaps) params.set("class_maps", "true");
   return params.toString();
