@@ -35,6 +35,7 @@ JPEG_SCALES = (8, 4, 2, 1)  # the reductions libjpeg decodes directly
 # How many times the model's resize target a reduced decode keeps on its shorter side, at least: chosen by
 # measurement of parity and time (``python -m benchmarks decode_parity``; docs/service.md has the figures).
 DECODE_MARGIN = 3.0
+DISPLAY_SLACK = 0.95  # a display image may be enlarged by up to 5 % rather than decoded at twice the size
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,13 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
 
 def reduction(size: tuple[int, int], min_side: int = 0, long_side: int = 0) -> int:
     """The largest integer factor that keeps an image of ``size`` at least ``min_side`` on its shorter side and
-    at least ``long_side`` on its longer side (0: no need); 1 when the image is not larger than that."""
+    about ``long_side`` on its longer side (0: no need); 1 when the image is not larger than that.
+
+    ``long_side`` is a display size, which may be reached by enlarging a little (``DISPLAY_SLACK``): a 4032 px
+    photo is then decoded at a quarter (1008 px) for a 1024 px overlay, not at half its size.
+    """
     short, long = min(size), max(size)
-    need = max(min_side, math.ceil(long_side * short / long) if long_side else 0)
+    need = max(min_side, math.ceil(long_side * DISPLAY_SLACK * short / long) if long_side else 0)
     return max(1, short // need) if need > 0 else 1
 
 
