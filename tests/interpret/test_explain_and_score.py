@@ -108,9 +108,9 @@ def test_results_are_the_recorded_ones(evaluated: tuple[str, run.Results, list[i
     assert_close(got, expected)
     # The case is not a trivial one: the scores differ between images.
     _, count, size = CASES[case]
-    for by_metric in expected["scores"].values():
+    for by_metric in got["scores"].values():
         assert len(set(by_metric["insertion"])) == count
-    assert all(grid["shape"] == [count, size, size] for grid in expected["grid"].values())
+    assert all(grid["shape"] == [count, size, size] for grid in got["grid"].values())
 
 
 def test_the_progress_bar_counts_every_backbone_pass_and_ends_full(
