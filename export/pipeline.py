@@ -35,6 +35,7 @@ from training.options import option
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 12
+CHECK_BATCH = 8  # int8's checks and its speed run batches of this many images, as the service's default batch
 
 
 @dataclass
@@ -155,7 +156,10 @@ def _int8(
         raise VerificationError("quantisation left no int8 operator in the graph; the int8 model would be float32")
     fp32_session, int8_session = make_session(fp32, options.threads), make_session(int8, options.threads)
     images = val.images[: options.agreement_images]
-    reference, candidate = run_batches(fp32_session, images, 8), run_batches(int8_session, images, 8)
+    reference, candidate = (
+        run_batches(fp32_session, images, CHECK_BATCH),
+        run_batches(int8_session, images, CHECK_BATCH),
+    )
     if ATTENTION in candidate:
         check_attention_maps(candidate[ATTENTION])
     _check_batch_invariance(int8_session, images, candidate)
@@ -163,9 +167,10 @@ def _int8(
     log.info("int8 agreement with fp32: %s", report.agreement)
     agreement.check(report.agreement, options.thresholds)
 
-    timings = time_sessions({"fp32": fp32_session, "int8": int8_session}, images[:8], budget_s=options.speed_budget_s)
+    batch = images[:CHECK_BATCH]
+    timings = time_sessions({"fp32": fp32_session, "int8": int8_session}, batch, budget_s=options.speed_budget_s)
     report.speedup = timings.ratio("fp32", "int8")
-    log.info("int8 is %.2fx as fast as fp32 (batch %d, %d rounds)", report.speedup, len(images[:8]), timings.rounds)
+    log.info("int8 is %.2fx as fast as fp32 (batch %d, %d rounds)", report.speedup, len(batch), timings.rounds)
     if report.speedup < options.thresholds.speedup:
         raise VerificationError(
             f"int8 runs only {report.speedup:.2f}x as fast as fp32 on this CPU, below the "
@@ -175,7 +180,7 @@ def _int8(
     summary = {
         **report.agreement.to_dict(),
         "speedup": round(report.speedup, 3),
-        "speed_batch": len(images[:8]),
+        "speed_batch": len(batch),
         "thresholds": asdict(options.thresholds),
         "calibration_images": len(calibration),
     }
@@ -184,11 +189,13 @@ def _int8(
 
 def _check_batch_invariance(session: Any, images: np.ndarray, batched: dict[str, np.ndarray]) -> None:
     """An image's int8 outputs do not depend on the other images in its batch (static quantisation)."""
-    single = run_batches(session, images[:8], 1)
-    scale = max(1.0, float(np.abs(batched[LOGITS][:8]).max()))
-    error = float(np.abs(single[LOGITS] - batched[LOGITS][:8]).max())
+    single = run_batches(session, images[:CHECK_BATCH], 1)
+    scale = max(1.0, float(np.abs(batched[LOGITS][:CHECK_BATCH]).max()))
+    error = float(np.abs(single[LOGITS] - batched[LOGITS][:CHECK_BATCH]).max())
     if not error <= FP32.logits * scale:
-        raise VerificationError(f"int8 logits at batch 1 differ from batch 8 by {error:.3g} (scale {scale:.3g})")
+        raise VerificationError(
+            f"int8 logits at batch 1 differ from batch {CHECK_BATCH} by {error:.3g} (scale {scale:.3g})"
+        )
 
 
 def _fp16(

@@ -40,6 +40,8 @@ from training.revision import git_revision
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "castream.pt"
+BASELINE_MOMENTUM = 0.9  # SGD's momentum for the baseline (AdamW keeps its own betas)
+BASELINE_WARMUP_EPOCHS = 0.3  # the baseline's learning rate ramps up over this share of an epoch
 
 
 @dataclass
@@ -182,9 +184,9 @@ def _plan(options: FitOptions, baseline: str) -> list[tuple[str, StageSettings]]
             options.baseline_epochs,
             lr,
             options.baseline_optimizer,
-            0.9,
+            BASELINE_MOMENTUM,
             weight_decay,
-            0.3,
+            BASELINE_WARMUP_EPOCHS,
             small_size=small,
             small_epochs=min(options.baseline_small_epochs, options.baseline_epochs - 1) if small else 0,
         )
