@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +15,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
+        # The labelled series of each (route, status) answered so far: looked up once, not on every request.
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,5 +37,11 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             # The route template, not the raw path, keeps label values bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.request_seconds.labels(route=route).observe(time.perf_counter() - start)
+            series = self._series.get((route, status))
+            if series is None:
+                series = self._series[route, status] = (
+                    self.metrics.requests.labels(route=route, status=str(status)),
+                    self.metrics.request_seconds.labels(route=route),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)

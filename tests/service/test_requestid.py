@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.requestid import HEADER, MAX_LENGTH, RequestIdFilter
+from service.requestid import HEADER, MAX_LENGTH, RequestIdFilter, new_request_id
 from tests.service.servicetools import COLOURS, make_settings, solid_png
 
 RED = solid_png(COLOURS["red"])
@@ -20,6 +21,15 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 def test_a_request_without_an_id_gets_a_new_one_on_every_response(client: TestClient) -> None:
     ids = [client.get("/healthz").headers[HEADER] for _ in range(3)]
     assert all(GENERATED.fullmatch(i) for i in ids) and len(set(ids)) == 3
+
+
+def test_made_ids_are_distinct_version_4_uuids() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for made in ids:
+        assert GENERATED.fullmatch(made)
+        parsed = uuid.UUID(hex=made)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize("given", ["abc-123", "x" * MAX_LENGTH, "req:7/2026~!"])
