@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from service import timings, tracing
+from service import handoff, timings, tracing
 from service.errors import ServiceError
 from service.metrics import Metrics
 
@@ -266,9 +266,7 @@ class Batcher:
         start = time.perf_counter()
         try:
             with tracing.batch_span(len(batch), [job.trace for job, _ in batch]):
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_sync, inputs, flags
-                )
+                outputs = await handoff.call(self._executor, self._run_sync, inputs, flags)
             if len(outputs) != len(batch):
                 raise RuntimeError(f"run returned {len(outputs)} outputs for {len(batch)} images")
         except Exception as exc:

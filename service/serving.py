@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import timings
+from service import handoff, timings
 from service.batcher import Batcher, Ticket
 from service.contract import CLASS_MAPS
 from service.errors import ServiceError
@@ -81,7 +81,7 @@ class Serving:
         with timings.stage("decode"):
             if len(images) == 1:  # the common case, without gather's bookkeeping
                 name, data = images[0]
-                return [await loop.run_in_executor(self.decode_pool, self._prepare, data, name, display)]
+                return [await handoff.call(self.decode_pool, self._prepare, data, name, display)]
             return await asyncio.gather(
                 *(loop.run_in_executor(self.decode_pool, self._prepare, data, name, display) for name, data in images)
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar, Token
 
 from service import tracing
@@ -30,9 +30,19 @@ def current() -> dict[str, float] | None:
     return _stages.get()
 
 
+_UNTIMED = nullcontext()
+
+
+def stage(name: str) -> AbstractContextManager[None]:
+    """Add the block's wall time, in milliseconds, to stage ``name`` of the current request (and trace it as a span
+    when tracing is on); a shared do-nothing context when neither listens."""
+    if _stages.get() is None and not tracing.enabled():
+        return _UNTIMED
+    return _stage(name)
+
+
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Add the block's wall time, in milliseconds, to stage ``name`` of the current request."""
+def _stage(name: str) -> Iterator[None]:
     stages = _stages.get()
     if stages is None:
         with tracing.span(name):

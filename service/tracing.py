@@ -66,6 +66,11 @@ def stop(provider: Any) -> None:
         provider.shutdown()
 
 
+def enabled() -> bool:
+    """Whether traces are being recorded."""
+    return _tracer is not None
+
+
 def _monotonic_to_ns(monotonic: float) -> int:
     return time.time_ns() - int((time.monotonic() - monotonic) * 1e9)
 
