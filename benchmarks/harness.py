@@ -38,6 +38,9 @@ from service.preprocess import Preprocessor
 HOST = "127.0.0.1"  # loopback only: the benchmarks measure the service they start, nothing else
 LUA = Path(__file__).with_name("load.lua")
 WIDTH, HEIGHT = 451, 300  # the service benchmarks' photos: a typical one, downscaled
+JSON = "application/json"
+BOUNDARY = "castream-benchmark-form-boundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def percentile_ms(values: Iterable[float], q: float) -> float:
@@ -53,14 +56,16 @@ def summarise(seconds: np.ndarray, images: int) -> dict[str, float]:
             "images_per_second": images / median}  # fmt: skip
 
 
-def photo(width: int, height: int, seed: int = 0) -> bytes:
-    """A deterministic JPEG (quality 90) of smooth colour waves with sensor-like noise, like a photo to a codec."""
+def photo(width: int, height: int, seed: int = 0, grain: float = 6.0, quality: int = 90, kind: str = "JPEG") -> bytes:
+    """A deterministic photo to a codec: smooth colour waves with sensor-like noise of ``grain`` levels (standard
+    deviation), as a JPEG of ``quality`` or another Pillow format (``kind``). At 12 MP the default grain makes a
+    JPEG of about 2.8 MiB; libjpeg's entropy decoding costs by the byte, so the grain sets the decode's time."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     waves = [127 + 90 * np.sin(x / (40 + 13 * c) + y / (57 + 7 * c) + c + seed) for c in range(3)]
-    noise = np.random.default_rng(seed).normal(0, 6, (height, width, 3)).astype(np.float32)
+    noise = np.random.default_rng(seed).normal(0, grain, (height, width, 3)).astype(np.float32)
+    pixels = np.clip(np.stack(waves, axis=-1) + noise, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.stack(waves, axis=-1) + noise, 0, 255).astype(np.uint8)).save(buffer, format="JPEG",
-                                                                                             quality=90)  # fmt: skip
+    Image.fromarray(pixels).save(buffer, format=kind, **({"quality": quality} if kind == "JPEG" else {}))
     return buffer.getvalue()
 
 
@@ -92,13 +97,27 @@ def json_body(image: bytes) -> bytes:
     return json.dumps({"images": [base64.b64encode(image).decode()]}).encode()
 
 
+def multipart_body(image: bytes) -> bytes:
+    """One image file as the form field ``file`` of a ``multipart/form-data`` body (with :data:`MULTIPART`'s
+    boundary), as a browser's form or ``curl -F file=@photo.jpg`` sends it."""
+    if BOUNDARY.encode() in image:
+        raise ValueError(f"the image's bytes contain the multipart boundary {BOUNDARY!r}; change the image or it")
+    kind = Image.open(io.BytesIO(image)).format or "octet-stream"  # the header only: no pixel is decoded
+    part = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="photo.{kind.lower()}"\r\n'
+            f"Content-Type: image/{kind.lower()}\r\n\r\n")  # fmt: skip
+    return part.encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 @contextmanager
-def request_bodies(images: list[bytes]) -> Iterator[list[Path]]:
-    """Each image as a JSON base64 request body in a temporary file, for wrk to send, inside the ``with`` block."""
+def request_bodies(images: list[bytes], content_type: str = JSON) -> Iterator[list[Path]]:
+    """Each image as a request body in a temporary file, for wrk to send, inside the ``with`` block: JSON base64,
+    or a multipart form where ``content_type`` is :data:`MULTIPART`."""
+    encode = multipart_body if content_type == MULTIPART else json_body
     with tempfile.TemporaryDirectory() as folder:
-        paths = [Path(folder) / f"body{i}.json" for i in range(len(images))]
+        suffix = "form" if content_type == MULTIPART else "json"
+        paths = [Path(folder) / f"body{i}.{suffix}" for i in range(len(images))]
         for path, image in zip(paths, images, strict=True):
-            path.write_bytes(json_body(image))
+            path.write_bytes(encode(image))
         yield paths
 
 
@@ -129,15 +148,33 @@ def sampled_rss(pid: int, interval_s: float) -> Iterator[list[float]]:
         samples.append(rss_mib(pid))
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live process descended from it, from the parent ids in Linux's ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            text = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # exited meanwhile
+            continue
+        if text:  # after "pid (comm) state ", the parent's id; comm may hold spaces and parentheses
+            children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
+    tree, stack = [], [pid] if Path(f"/proc/{pid}").exists() else []
+    while stack:
+        tree.append(current := stack.pop())
+        stack.extend(children.get(current, ()))
+    return tree
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
-def get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """``GET path`` (``POST`` with a JSON body): the status and body; status 0 where nothing answered."""
-    request = urllib.request.Request(f"http://{HOST}:{port}{path}", body, {"Content-Type": "application/json"})
+def get(port: int, path: str, body: bytes | None = None, content_type: str = JSON) -> tuple[int, bytes]:
+    """``GET path`` (``POST`` with a body, JSON unless ``content_type`` says otherwise): the status and body;
+    status 0 where nothing answered."""
+    request = urllib.request.Request(f"http://{HOST}:{port}{path}", body, {"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -165,6 +202,10 @@ class Service:
 
     def rss_mib(self) -> float:
         return rss_mib(self.process.pid)
+
+    def processes(self) -> int:
+        """How many processes the service runs (itself and its descendants), as Linux lists them."""
+        return len(process_tree(self.process.pid))
 
     def stop(self) -> None:
         """Asks the service to drain and stop (SIGINT); kills it after 30 s."""
@@ -221,17 +262,18 @@ class Phase:
 
 def wrk_phase(
     port: int, bodies: list[Path], connections: int, requests: int, seconds: float, rate: float = 0.0,
-    target: str = "/classify?top_k=1",
+    target: str = "/classify?top_k=1", content_type: str = JSON,
 ) -> Phase:  # fmt: skip
-    """``connections`` wrk connections, one per thread, POSTing the JSON ``bodies`` in turn to ``target``:
-    closed-loop, or paced at ``rate`` requests/s in all; at most ``requests`` and about ``seconds``."""
+    """``connections`` wrk connections, one per thread, POSTing the ``bodies`` (JSON unless ``content_type`` says
+    otherwise) in turn to ``target``: closed-loop, or paced at ``rate`` requests/s in all; at most ``requests``
+    and about ``seconds`` (wrk runs whole seconds, at least one)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed; `make wrk` installs Debian's package")
-    limit = max(1, math.ceil(requests / connections))
+    limit, duration = max(1, math.ceil(requests / connections)), max(1, round(seconds))
     command = [
-        *("wrk", "-t", str(connections), "-c", str(connections), "-d", f"{max(1, round(seconds))}s"),
+        *("wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration}s"),
         *("--timeout", "30s", "-s", str(LUA), f"http://{HOST}:{port}", "--"),
-        *(f"{rate / connections:.6f}", str(limit), target, "application/json", *map(str, bodies)),
+        *(f"{rate / connections:.6f}", str(limit), target, content_type, *map(str, bodies)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
     line = next((line for line in done.stdout.splitlines() if line.startswith("castream-wrk ")), None)
@@ -241,6 +283,9 @@ def wrk_phase(
     if errors := {kind: count for kind, count in report["socket_errors"].items() if count}:
         logging.getLogger(__name__).warning("wrk socket errors: %s", errors)
     threads = [t for t in report["threads"] if t["statuses"]]
+    if not threads:
+        logging.getLogger(__name__).warning("wrk: no answer to %s within %d s", target, duration)
+        return Phase(0, duration, {}, 0.0, math.nan, math.nan)
     records = [(s, us / 1e6) for t in threads for s, us in zip(t["statuses"], t["latencies_us"], strict=True)]
     elapsed = max(1e-9, (max(t["last_answered"] for t in threads) - min(t["first_sent"] for t in threads)) / 1e6)
     ok, rejected = ([latency for status, latency in records if status == code] for code in (200, 503))

@@ -2,9 +2,13 @@
 --
 -- wrk -t N -c N -d 10s -s benchmarks/load.lua http://127.0.0.1:PORT -- RATE LIMIT PATH CONTENT-TYPE BODY-FILE...
 --
---   RATE   requests per second for each thread (0: closed loop, the next request as soon as one is answered);
---          a paced thread sends on a fixed schedule, and catches up at once when an answer came late
---   LIMIT  requests each thread sends at most (the phase is also bounded by -d)
+--   RATE          requests per second for each thread (0: closed loop, the next request as soon as one is
+--                 answered); a paced thread sends on a fixed schedule, and catches up at once when an answer came late
+--   LIMIT         requests each thread sends at most (the phase is also bounded by -d)
+--   CONTENT-TYPE  the bodies' type, one argument: "application/json", or for forms
+--                 "multipart/form-data; boundary=B" with the boundary the files were written with
+--                 (benchmarks.harness.multipart_body)
+--   BODY-FILE     sent byte for byte, in turn; each request carries its Content-Length
 --
 -- One connection per thread (-t equal to -c), so each response answers its thread's last request: that is
 -- what lets latency be told apart by status. done() prints one line, "castream-wrk <JSON>", with each
