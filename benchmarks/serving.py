@@ -1,8 +1,10 @@
 """The service measured from outside, with ``wrk`` on loopback. ``load``: beside the same work done in process, on
 one model and image set, then an overload at twice the measured capacity on a short queue and the recovery after
-it. From the service's own metrics, scraped before and after a phase: where the time of one request goes and how
-batches went under load (``stages``), what the overlay PNG's zlib level costs (``overlay_png``), and when a
-batching delay pays (``batch_delay``)."""
+it; and what users send (0.1 to 12 MP, JPEG and PNG, as multipart forms, plain and with whole-image overlays),
+each file beside its own work in process, and one serving process against two. From the service's own metrics,
+scraped before and after a phase: where the time of one request goes and how batches went under load
+(``stages``), what the overlay PNG's zlib level costs (``overlay_png``), and when a batching delay pays
+(``batch_delay``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import base64
 import json
 import logging
 import math
+import os
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import harness
 from benchmarks.sections import Aim, Section, body, counts, dig, fmt, pct, result_of, table
+from service.imaging import decode_reduced
 from service.inputs import parse_json
-from service.model import load_model
+from service.model import OnnxModel, load_model
+from service.overlay import DISPLAY_SIDE
 from service.preprocess import Preprocessor
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +66,194 @@ def work_in_process(model: Path, images: list[bytes], batch_size: int, requests:
     return result
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One kind of file users send: ``harness.photo`` at ``width`` x ``height`` with its ``grain``, as a JPEG of
+    ``quality`` or a PNG."""
+
+    name: str
+    width: int
+    height: int
+    grain: float = 6.0
+    quality: int = 90
+    kind: str = "JPEG"
+    note: str = ""
+
+    def make(self) -> bytes:
+        return harness.photo(self.width, self.height, grain=self.grain, quality=self.quality, kind=self.kind)
+
+    def label(self, size: int | None = None) -> str:
+        """``0.1 MP JPEG 384x256``, with the file's size where given."""
+        megapixels = self.width * self.height / 1e6
+        shown = f"{megapixels:.1f}" if megapixels < 1 else f"{megapixels:.0f}"
+        kib = "" if size is None else f", {size / 2**20:.2f} MiB" if size >= 2**20 * 0.5 else f", {size / 1024:.0f} KiB"
+        return f"{shown} MP {self.kind} {self.width}x{self.height}{kib}" + (f" ({self.note})" if self.note else "")
+
+
+REFERENCE = "reference"  # the load phases' photo: the upload every other is compared with
+UPLOADS = {
+    "small": Upload("small", 384, 256),
+    REFERENCE: Upload(REFERENCE, harness.WIDTH, harness.HEIGHT),
+    "2mp": Upload("2mp", 1632, 1224),
+    "12mp_light": Upload("12mp_light", 4032, 3024, grain=1.5, quality=85, note="light grain, quality 85"),
+    "12mp": Upload("12mp", 4032, 3024, note="grainy, quality 90"),
+    "2mp_png": Upload("2mp_png", 1632, 1224, kind="PNG"),
+}
+TWELVE_MP = ("12mp_light", "12mp")  # held to the aims; real phone photos of 12 MP are about 1 to 4 MiB
+WORKER_UPLOADS = ("small", "12mp")
+PAGE_OVERLAY = 448  # what the upload page asks for on a 2x screen: its 224 CSS px images times devicePixelRatio
+VARIANTS = {  # what a request asks for beyond the top-1 label, by the name its figures carry
+    "plain": "/classify?top_k=1",
+    "overlay_page": f"/classify?top_k=1&attention=overlay&overlay_on=image&overlay_size={PAGE_OVERLAY}",
+    "overlay_default": "/classify?top_k=1&attention=overlay&overlay_on=image",  # the API's own size, DISPLAY_SIDE
+}
+PLAIN_AIM, PAGE_AIM = 2.0, 3.0  # a 12 MP photo's p50 over the reference's plain p50: plain, and with the page's overlay
+
+
+def upload_work(onnx: OnnxModel, prepare: Preprocessor, image: bytes, requests: int, seconds: float) -> dict:
+    """One image file's work in process, the service's way: decoded at the scale the model needs
+    (``decode_reduced`` with the preprocessor's decode side), preprocessed, run at batch 1. Medians in ms of the
+    whole and of each step, over at most ``requests`` repetitions and about ``seconds``."""
+    limit = Settings.model_fields["max_image_pixels"].default
+
+    def once() -> tuple[float, float, float]:
+        start = time.perf_counter()
+        decoded = decode_reduced(image, limit, prepare.decode_side)
+        read = time.perf_counter()
+        prepared = prepare(decoded.image, 0, decoded.size)
+        ready = time.perf_counter()
+        onnx.run(prepared.input[None])
+        return read - start, ready - read, time.perf_counter() - ready
+
+    once()  # warm-up
+    steps: list[tuple[float, float, float]] = []
+    begin = time.perf_counter()
+    while len(steps) < max(1, requests) and time.perf_counter() - begin < seconds:
+        steps.append(once())
+    columns = [[step[i] for step in steps] for i in range(3)]
+    return {"p50_ms": harness.percentile_ms(map(sum, steps), 50),
+            **{f"{name}_ms": harness.percentile_ms(column, 50)
+               for name, column in zip(("decode", "preprocess", "run"), columns, strict=True)}}  # fmt: skip
+
+
+LONE_ANSWERS, CLIENT_ANSWERS = 12, 4  # what an uploads phase lasts for: answers at concurrency 1, and per client
+
+
+def phase_seconds(latency_s: float, concurrency: int, least: float) -> int:
+    """Whole seconds (wrk's unit), at least ``least``, for a closed-loop phase of requests that take ``latency_s``
+    alone: about ``LONE_ANSWERS`` answers at concurrency 1, ``CLIENT_ANSWERS`` per client at any other, the clients
+    sharing the usable cores."""
+    share = max(1.0, concurrency / len(os.sched_getaffinity(0)))
+    answers = LONE_ANSWERS if concurrency == 1 else CLIENT_ANSWERS
+    return math.ceil(max(least, answers * latency_s * share))
+
+
+def form_phase(
+    server: harness.Service, paths: list[Path], concurrency: int, requests: int, seconds: int, target: str
+) -> harness.Phase:
+    """A closed-loop ``wrk`` phase of multipart ``paths`` lasting ``seconds``; run again, twice as long (up to
+    eight times), while fewer requests were answered than there are clients: a machine busier than when the phase's
+    length was chosen may answer a large photo's first requests only after it ended."""
+    for length in (seconds, seconds * 2, seconds * 4, seconds * 8):
+        phase = harness.wrk_phase(server.port, paths, concurrency, requests, length, target=target,
+                                  content_type=harness.MULTIPART)  # fmt: skip
+        if phase.requests >= min(concurrency, requests):
+            break
+        log.warning("uploads: %d answers to %s in %d s from %d clients; again for longer", phase.requests, target,
+                    length, concurrency)  # fmt: skip
+    return phase
+
+
+def upload_phases(
+    server: harness.Service, onnx: OnnxModel, prepare: Preprocessor, files: dict[str, bytes], concurrency: int,
+    requests: int, seconds: float, rounds: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Each file sent alone as a multipart form, with each of ``VARIANTS``: the p50 at concurrency 1 and images/s at
+    ``concurrency``, and the same file's work in process. Phases run variant by variant, the files side by side in
+    alternating order over ``rounds`` rounds (averaged), so that a ratio between files is measured seconds apart;
+    each phase bounded by ``requests``, and long enough (``phase_seconds``, at least ``seconds``) for the time one
+    request of that file and variant took alone (``alone_ms``, the second of two checks made first)."""
+    statuses: dict[str, Counter[str]] = {name: Counter() for name in files}
+    response_kib: dict[str, dict[str, float]] = {name: {} for name in files}
+    latency: dict[tuple[str, str], float] = {}  # one request's seconds alone, which sizes the file's phases
+    with harness.request_bodies(list(files.values()), harness.MULTIPART) as paths:
+        bodies = dict(zip(files, paths, strict=True))
+        for name, data in files.items():  # a check of the answer and a warm-up, twice each
+            for variant, target in VARIANTS.items():
+                for _ in range(2):
+                    start = time.perf_counter()
+                    status, answer = harness.get(server.port, target, harness.multipart_body(data), harness.MULTIPART)
+                    latency[name, variant] = time.perf_counter() - start
+                    if status != 200:
+                        shown = UPLOADS[name].label(len(data))
+                        raise RuntimeError(f"POST {target} with the {shown} answered {status}: {answer[:200]!r}")
+                response_kib[name][variant] = len(answer) / 1024
+        records = []
+        for round_ in range(rounds):
+            order = harness.round_order(list(files), round_)
+            record: dict[str, dict[str, Any]] = {name: {} for name in files}
+            for name in order:
+                record[name]["in_process"] = upload_work(onnx, prepare, files[name], requests, seconds)
+            for c, figure in ((1, "c1_p50_ms"), (concurrency, f"c{concurrency}_images_per_second")):
+                for variant, target in VARIANTS.items():
+                    log.info("uploads: %s at concurrency %d, round %d", variant, c, round_ + 1)
+                    for name in order:
+                        length = phase_seconds(latency[name, variant], c, seconds)
+                        phase = form_phase(server, [bodies[name]], c, requests, length, target)
+                        statuses[name].update(phase.statuses)
+                        record[name].setdefault(figure, {})[variant] = phase.p50_ms if c == 1 else phase.throughput
+            records.append(record)
+    rows = harness.averaged(records)
+    reference = rows[REFERENCE]["c1_p50_ms"]["plain"]
+    for name, row in rows.items():
+        upload = UPLOADS[name]
+        row["c1_over_reference"] = {variant: p50 / reference for variant, p50 in row["c1_p50_ms"].items()}
+        row |= {"label": upload.label(len(files[name])), "bytes": len(files[name]), "format": upload.kind,
+                "width": upload.width, "height": upload.height, "response_kib": response_kib[name],
+                "alone_ms": {v: latency[name, v] * 1000 for v in VARIANTS},
+                "statuses": dict(statuses[name])}  # fmt: skip
+    return {"concurrency": concurrency, "seconds": seconds, "rounds": rounds, "reference": REFERENCE,
+            "overlay_sizes": {"overlay_page": PAGE_OVERLAY, "overlay_default": DISPLAY_SIDE}, "rows": rows}  # fmt: skip
+
+
+def worker_phases(
+    model: Path, files: dict[str, bytes], concurrency: int, requests: int, seconds: dict[str, int], rounds: int,
+    **env: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One serving process against two (``CASTREAM_WORKERS``), a fresh service each in alternating order over
+    ``rounds`` rounds: each file's plain images/s at ``concurrency``, as a multipart form, in phases of its
+    ``seconds``; and how many processes each service ran, which tells whether the setting took effect."""
+
+    def measure(server: harness.Service, workers: int) -> dict[str, float]:
+        warm_up = list(bodies.values())
+        harness.wrk_phase(server.port, warm_up, concurrency, requests, 1.0, content_type=harness.MULTIPART)
+        record = {"processes": float(server.processes())}
+        for name, path in bodies.items():
+            log.info("uploads: %s with %d serving process(es) at concurrency %d", name, workers, concurrency)
+            phase = form_phase(server, [path], concurrency, requests, seconds[name], VARIANTS["plain"])
+            record[name] = phase.throughput if set(phase.statuses) == {"200"} else math.nan
+        return record
+
+    with harness.request_bodies(list(files.values()), harness.MULTIPART) as paths:
+        bodies = dict(zip(files, paths, strict=True))
+        by_workers = harness.fresh_services(model, "CASTREAM_WORKERS", (1, 2), rounds, measure, **env)
+    one, two = by_workers[1], by_workers[2]
+    return {"concurrency": concurrency, "rounds": rounds, "processes": {"1": one["processes"], "2": two["processes"]},
+            "images_per_second": {name: {"1": one[name], "2": two[name], "ratio": two[name] / one[name]}
+                                  for name in files}}  # fmt: skip
+
+
 def load(
     model: Path, requests: int = 20000, seconds: float = 10.0, batch_size: int = 8, concurrency: int = 8,
     high_concurrency: int = 32, images: int = 32, overload_factor: float = 2.0, overload_queue: int = 16,
-    overload_concurrency: int = 64,
+    overload_concurrency: int = 64, upload_seconds: float = 1.0, upload_rounds: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
-    """Every phase, in one process and on one model; each bounded by ``requests`` and ``seconds``."""
+    """Every phase, in one process and on one model; each bounded by ``requests`` and ``seconds`` (the uploads'
+    phases by ``upload_seconds``, over ``upload_rounds`` rounds)."""
     config = {key: value for key, value in locals().items() if key not in ("model", "requests", "seconds")}
     report: dict[str, Any] = {"config": config}  # the run's shape, as the report describes it
     pictures = harness.make_images(images, harness.HEIGHT, width=harness.WIDTH)
+    files = {name: upload.make() for name, upload in UPLOADS.items()}
     levels = (1, concurrency, high_concurrency)
     batches = {"CASTREAM_MAX_BATCH_SIZE": str(batch_size)}
     with harness.request_bodies(pictures) as bodies:
@@ -78,7 +264,10 @@ def load(
             for c in levels:
                 log.info("service at concurrency %d", c)
                 report[f"service_c{c}"] = asdict(harness.wrk_phase(server.port, bodies, c, requests, seconds))
-        after = work_in_process(model, pictures, batch_size, requests, seconds / 2)
+            after = work_in_process(model, pictures, batch_size, requests, seconds / 2)  # the service idle meanwhile
+            onnx = load_model(model, ["cpu"], 0, 0)  # as the service opens it
+            report["uploads"] = upload_phases(server, onnx, Preprocessor(onnx.info.preprocessing), files, concurrency,
+                                              requests, upload_seconds, upload_rounds)  # fmt: skip
         work = report["work"] = {key: (before[key] + after[key]) / 2 for key in before}
         capacity = report["capacity"] = max(report[f"service_c{c}"]["throughput"] for c in levels[1:])
         rate, short = overload_factor * capacity, {"CASTREAM_MAX_QUEUE": str(overload_queue)}
@@ -90,6 +279,11 @@ def load(
                 burst = harness.wrk_phase(server.port, bodies, overload_concurrency, requests, seconds, rate)
             recovery = harness.wrk_phase(server.port, bodies, 1, 20, min(5.0, seconds))
             ready = harness.get(server.port, "/readyz")[0]
+    chosen, rows = {name: files[name] for name in WORKER_UPLOADS}, report["uploads"]["rows"]
+    lengths = {name: phase_seconds(rows[name]["alone_ms"]["plain"] / 1000, concurrency, upload_seconds)
+               for name in chosen}  # fmt: skip
+    report["uploads"]["workers"] = worker_phases(model, chosen, concurrency, requests, lengths, upload_rounds,
+                                                 **batches)  # fmt: skip
     report["overhead_c1_p50_ms"] = report["service_c1"]["p50_ms"] - work["request_p50_ms"]
     report["overhead_c1_p99_ms"] = report["service_c1"]["p99_ms"] - work["request_p99_ms"]
     for c in levels[1:]:
@@ -110,6 +304,20 @@ def load(
     return report
 
 
+def _aims_uploads(rows: dict[str, Any] | None) -> list[Aim]:
+    reference = f"the {harness.WIDTH}x{harness.HEIGHT} JPEG's plain p50"
+    aims = []
+    for name in TWELVE_MP:
+        label = dig(rows, name, "label") or UPLOADS[name].label()
+        aims += [
+            Aim(f"{label}, concurrency 1: plain p50 / {reference}", dig(rows, name, "c1_over_reference", "plain"),
+                PLAIN_AIM, False),
+            Aim(f"{label}, concurrency 1: p50 with the page's whole-image overlay ({PAGE_OVERLAY} px) / {reference}",
+                dig(rows, name, "c1_over_reference", "overlay_page"), PAGE_AIM, False),
+        ]  # fmt: skip
+    return aims
+
+
 def _aims_load(r: dict[str, Any] | None) -> list[Aim]:
     c, high = dig(r, "config", "concurrency") or 8, dig(r, "config", "high_concurrency") or 32
     growth = dig(r, "overload", "memory", "growth")
@@ -123,7 +331,50 @@ def _aims_load(r: dict[str, Any] | None) -> list[Aim]:
         Aim("overload: p99 of the 503 answers", dig(r, "overload", "rejected_p99_ms"), 50, False, " ms"),
         Aim("overload: the service's memory growth over the phase", None if growth is None else growth * 100, 5, False,
             " %"),
+        *_aims_uploads(dig(r, "uploads", "rows")),
     ]  # fmt: skip
+
+
+def _three(values: dict[str, float], digits: int = 1, bold: tuple[str, ...] = ()) -> str:
+    """A figure of each variant, ``plain / page overlay / default overlay``; those in ``bold`` in bold."""
+    return " / ".join(f"**{fmt(values[v], digits)}**" if v in bold else fmt(values[v], digits) for v in VARIANTS)
+
+
+def _render_uploads(u: dict[str, Any]) -> list[str | list[str]]:
+    c, sizes, rows = u["concurrency"], u["overlay_sizes"], u["rows"]
+    variants = f"plain / overlay {sizes['overlay_page']} / overlay {sizes['overlay_default']}"
+    lines = [[UPLOADS[name].label() + (" (reference)" if name == u["reference"] else ""), fmt(row["bytes"] / 1024, 0),
+              f"{fmt(row['in_process']['p50_ms'])} ({fmt(row['in_process']['decode_ms'])})",
+              _three(row["c1_p50_ms"]), _three(row[f"c{c}_images_per_second"]),
+              _three(row["c1_over_reference"], 2, ("plain", "overlay_page") if name in TWELVE_MP else ()),
+              counts(row["statuses"])]
+             for name, row in rows.items()]  # fmt: skip
+    header = ["image", "KiB", "in process: p50 ms (decode)", f"concurrency 1: p50 ms, {variants}",
+              f"concurrency {c}: images/s, {variants}", "concurrency 1: p50 / the reference's plain p50",
+              "answers"]  # fmt: skip
+    workers, reference = u["workers"], UPLOADS[u["reference"]].label()
+    one, two = workers["processes"]["1"], workers["processes"]["2"]
+    effect = f"the two services ran {one:.0f} and {two:.0f} processes"
+    if two <= one:
+        effect = f"**`CASTREAM_WORKERS=2` was not in effect: {effect}**"
+    served = [[UPLOADS[name].label(rows[name]["bytes"]), fmt(n["1"]), fmt(n["2"]), fmt(n["ratio"], 2)]
+              for name, n in workers["images_per_second"].items()]  # fmt: skip
+    return [
+        "What users send: one file per request as a multipart form (field `file`, as a browser or `curl -F` sends "
+        f"it), on the service of the concurrency phases, plain (`top_k=1`) and with the whole-image overlay "
+        f"(`attention=overlay&overlay_on=image`) at {sizes['overlay_page']} px (`overlay_size`, what the upload page "
+        f"asks for on a 2x screen) and at the API's default, {sizes['overlay_default']} px. Each phase "
+        f"{u['seconds']:g} s; the files side by side, variant by variant, in alternating order over {u['rounds']} "
+        "round(s), averaged. In process: the same file decoded as the service decodes it (at the scale the model "
+        "needs), preprocessed and run at batch 1. The reference is the concurrency phases' photo, "
+        f"{reference}. A JPEG's decode costs by its bytes, not its pixels: phone photos of 12 MP are about 1 to 4 "
+        "MiB.",
+        table(header, lines),
+        f"One serving process against two (`CASTREAM_WORKERS`), plain at concurrency {workers['concurrency']}, a "
+        f"fresh service each, {workers['rounds']} round(s) in alternating order, averaged ({effect}); the aim of two "
+        "over one is held on a null model, in the ceiling section.",
+        table(["image", "1 process: images/s", "2 processes: images/s", "2 / 1"], served),
+    ]
 
 
 def _render_load(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -166,6 +417,7 @@ def _render_load(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
          f"**{r[f'ratio_c{c}_serial_decode']:.2f}** at concurrency {c}, **{r[f'ratio_c{high}_serial_decode']:.2f}** "
          f"at {high} ({r[f'ratio_c{c}_run_only']:.2f} and {r[f'ratio_c{high}_run_only']:.2f} of `run` alone); "
          f"concurrency {high} / {c}: {r['ratio_high_low']:.2f}.", overload],
+        *(_render_uploads(r["uploads"]) if "uploads" in r else []),
     )  # fmt: skip
 
 

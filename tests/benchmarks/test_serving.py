@@ -8,20 +8,30 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.harness import make_images
+from benchmarks import serving
+from benchmarks.harness import make_images, photo
 from benchmarks.serving import (
     SECTIONS,
+    TWELVE_MP,
+    UPLOADS,
+    VARIANTS,
+    WORKER_UPLOADS,
     batch_delays,
     batch_profile,
     change,
     histogram_totals,
     load,
     overlay_png_levels,
+    phase_seconds,
     request_stages,
     stage_means,
+    upload_work,
     work_in_process,
 )
 from service.metrics import Metrics
+from service.model import load_model
+from service.preprocess import Preprocessor
+from service.settings import Settings
 
 
 def test_in_process_work_gives_request_latency_and_batch_rates(tiny_model) -> None:
@@ -30,9 +40,35 @@ def test_in_process_work_gives_request_latency_and_batch_rates(tiny_model) -> No
     assert result["run_only"] > 0 and result["serial_decode"] > 0
 
 
+def test_one_file_in_process_is_decoded_reduced_preprocessed_and_run(tiny_model) -> None:
+    onnx = load_model(tiny_model, ["cpu"], 0, 0)
+    work = upload_work(onnx, Preprocessor(onnx.info.preprocessing), photo(640, 480), requests=5, seconds=5)
+    assert set(work) == {"p50_ms", "decode_ms", "preprocess_ms", "run_ms"}
+    assert all(value > 0 for value in work.values())
+
+
+def test_phases_last_whole_seconds_long_enough_for_the_files_latency(monkeypatch) -> None:
+    monkeypatch.setattr(serving.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert phase_seconds(0.005, 1, 1.0) == 1  # a short request: the least
+    assert phase_seconds(0.25, 1, 1.0) == 3  # 12 answers alone
+    assert phase_seconds(0.1, 8, 1.0) == 2  # 4 answers per client, 8 clients sharing 2 cores
+    assert phase_seconds(0.1, 2, 3.0) == 3
+
+
+def test_uploads_are_labelled_by_pixels_format_and_size() -> None:
+    assert UPLOADS["small"].label(23_900) == "0.1 MP JPEG 384x256, 23 KiB"
+    assert UPLOADS["12mp_light"].label(880_000) == "12 MP JPEG 4032x3024, 0.84 MiB (light grain, quality 85)"
+    assert UPLOADS["2mp_png"].label() == "2 MP PNG 1632x1224"
+
+
+def test_the_uploads_aims_are_not_measured_without_a_record() -> None:
+    aims = [aim for aim in SECTIONS[0].aims(None) if "12 MP" in aim.figure]
+    assert len(aims) == 4 and all(aim.met is None for aim in aims)
+
+
 @pytest.mark.slow
-def test_load_run_reports_work_concurrency_overload_and_recovery(tiny_model) -> None:
-    report = load(tiny_model, requests=200, seconds=2, images=4, overload_concurrency=16)
+def test_load_quick_budget_reports_work_concurrency_overload_recovery_and_uploads(tiny_model) -> None:
+    report = load(tiny_model, **SECTIONS[0].quick)
     for concurrency in (1, 8, 32):
         phase = report[f"service_c{concurrency}"]
         assert set(phase["statuses"]) == {"200"} and phase["throughput"] > 0
@@ -43,8 +79,35 @@ def test_load_run_reports_work_concurrency_overload_and_recovery(tiny_model) -> 
     assert set(burst["statuses"]) <= {"200", "503"} and 0 <= burst["rejected_share"] <= 1
     assert burst["memory"]["start_mib"] > 0 and not math.isnan(burst["goodput_ratio"])
     assert report["recovered"] is True
+
+    uploads = report["uploads"]
+    rows, c = uploads["rows"], uploads["concurrency"]
+    assert list(rows) == list(UPLOADS) and uploads["reference"] == "reference"
+    for name, row in rows.items():
+        assert set(row["statuses"]) == {"200"}, name
+        assert row["format"] == UPLOADS[name].kind and row["bytes"] > 0
+        assert all(value > 0 for value in row["in_process"].values())
+        for figure in ("c1_p50_ms", f"c{c}_images_per_second", "c1_over_reference", "alone_ms", "response_kib"):
+            assert set(row[figure]) == set(VARIANTS) and all(value > 0 for value in row[figure].values()), figure
+    assert rows["reference"]["c1_over_reference"]["plain"] == pytest.approx(1.0)
+    # What the files are, not how fast they went: a light and a grainy phone photo, a PNG of its pixels.
+    assert 0.7 < rows["12mp_light"]["bytes"] / 2**20 < 1.1 < 2.5 < rows["12mp"]["bytes"] / 2**20 < 3.1
+    assert rows["2mp_png"]["bytes"] > rows["2mp"]["bytes"]
+    # An overlay at 448 px is smaller than one at 1024 px where the photo is larger than both.
+    assert rows["12mp"]["response_kib"]["overlay_page"] < rows["12mp"]["response_kib"]["overlay_default"]
+    workers = uploads["workers"]
+    assert set(workers["images_per_second"]) == set(WORKER_UPLOADS)
+    assert all(n["1"] > 0 and n["2"] > 0 and n["ratio"] > 0 for n in workers["images_per_second"].values())
+    assert workers["processes"]["1"] == 1
+    if "workers" in Settings.model_fields:  # a supervisor and its two serving processes
+        assert workers["processes"]["2"] >= 3
+
+    aims = SECTIONS[0].aims(report)
+    assert sum("12 MP" in aim.figure for aim in aims) == 2 * len(TWELVE_MP)
+    assert all(aim.met is not None for aim in aims if "12 MP" in aim.figure)
     text = "\n".join(SECTIONS[0].render(report, {}))
     assert "from `wrk`" in text and "recovered" in text and "did not recover" not in text
+    assert "| image | KiB |" in text and "| 2 MP PNG 1632x1224 | " in text and "2 / 1" in text
 
 
 def exposition(metrics: Metrics) -> str:
