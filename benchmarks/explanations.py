@@ -27,6 +27,7 @@ from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
 from training import synthetic
 from training.backbones import fold_batch_norm
 from training.data import Preprocessing
+from training.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _explained(backbone: str, methods: tuple[str, ...], images: int, budget_s: f
     image_size, classes = MODELS[backbone]
     model = random_model(backbone, classes)
     session = make_session(export_graph(model, "ca", image_size), threads)
-    net, layer = Logits(model).eval(), [model.backbone.net.layer4[-1]]
+    net, layer = Logits(model).eval(), [model.backbone.cam_layer]  # the last stage
     cams = {"gradcam": GradCAM(net, layer), "gradcam++": GradCAMPlusPlus(net, layer), "scorecam": ScoreCAM(net, layer)}
     ig = IntegratedGradients(net)  # 50 steps from a zero baseline, 10 a batch
 
@@ -109,6 +110,8 @@ def _times(row: dict[str, Any]) -> str:
 
 
 def _render_explain(results: list[dict[str, Any]], report: dict[str, Any]) -> list[str]:
+    layers = " / ".join(dict.fromkeys(f"`{family_of(result['backbone']).cam_layer}`" for result in results))
+    layers = layers or "the last stage"
     rows = [[f"{result['backbone']} {result['image_size']} px", LABELS[row["method"]],
              f"{row['images_per_second']:.3g}", _times(row), str(row["images"])]
             for result in results for row in result["rows"]]  # fmt: skip
@@ -116,9 +119,9 @@ def _render_explain(results: list[dict[str, Any]], report: dict[str, Any]) -> li
         f"One image at a time, {results[0]['threads'] if results else 0} thread(s) for PyTorch and ONNX Runtime, the "
         "same backbone, random weights and images for every method. castream: one `session.run` for logits, attention "
         "and all class maps, then the top-1 class's map; the others explain the top-1 class on the same CA model in "
-        "PyTorch (`layer4` for the CAM methods; Integrated Gradients: 50 steps, zero baseline, 10 steps a batch).",
+        f"PyTorch ({layers} for the CAM methods; Integrated Gradients: 50 steps, zero baseline, 10 steps a batch).",
         table(["model", "method", "explained images/s", "castream is ... x as fast", "images timed"], rows),
-        "Score-CAM runs the network once per channel of `layer4` (2048 for ResNet-50, 512 for ResNet-18), Integrated "
+        f"Score-CAM runs the network once per channel of {layers} (2048 for ResNet-50, 512 for ResNet-18), Integrated "
         "Gradients 50 forward and backward passes, Grad-CAM one of each; castream one forward pass, and its maps "
         "come with it. The methods run one after another, not interleaved: the ratios are approximate on a shared "
         "machine, the order of magnitude is the finding.",

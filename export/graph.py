@@ -16,7 +16,7 @@ from torch.export import Dim
 
 from export.rewrite import attention_as_matmul, fold_linear_chains
 from service.contract import BATCH, INPUT, output_names
-from training.backbones import CONVNEXTS
+from training.families import normalising_scale
 from training.model import CAStreamNet
 
 log = logging.getLogger(__name__)
@@ -32,34 +32,25 @@ class ClassMapHead(nn.Module):
     """Class-specific maps from the last feature map in one product: the head folded into the last CA block.
 
     The last block pools ``sum_p a_p f_p``, projects it (``W f + b``) and the frozen head turns that into
-    logits. The head is affine up to a per-image factor (1 for a ResNet's ``fc``; for ConvNeXt's LayerNorm
-    the inverse deviation of the final token), so logit c splits exactly over positions as
-    ``a_p * s * (M f_p + m)_c`` plus a constant, with ``M`` and ``m`` folded here once, in float64.
+    logits. The head is affine up to a per-image factor ``s`` (the backbone's ``AffineHead``: 1 for a plain
+    Linear; after a LayerNorm, the inverse deviation of the final token), so logit c splits exactly over
+    positions as ``a_p * s * (M f_p + m)_c`` plus a constant, with ``M`` and ``m`` folded here once, in float64.
     The same split as ``CAStreamNet.class_maps``, which verification compares it with.
     """
 
     def __init__(self, model: CAStreamNet) -> None:
         super().__init__()
-        backbone, last = model.backbone, model.stream.blocks[-1]
-        linear = backbone.classifier
-        w_proj, b_proj = last.proj.weight.double(), last.proj.bias.double()  # (D, C), (D,)
-        w_head = linear.weight.double()  # (K, D)
-        self.layer_norm = backbone.name in CONVNEXTS
-        if self.layer_norm:
-            norm = backbone.head[0]
-            width = w_proj.shape[0]
-            centre = torch.eye(width, dtype=torch.float64) - 1.0 / width  # subtracts each vector's own mean
-            w_head = w_head * norm.weight.double() @ centre
-            self.eps = float(norm.eps)
-        self.register_buffer("weight", (w_head @ w_proj).float().detach().clone())  # (K, C)
-        self.register_buffer("bias", (w_head @ b_proj).float().detach().clone()[:, None])  # (K, 1)
+        head, last = model.backbone.affine_head(torch.float64), model.stream.blocks[-1]
+        weight, bias = head.fold(last.proj.weight.double(), last.proj.bias.double())  # (K, C), (K,)
+        self.eps = head.eps
+        self.register_buffer("weight", weight.float().detach().clone())  # (K, C)
+        self.register_buffer("bias", bias.float().detach().clone()[:, None])  # (K, 1)
 
     def forward(self, features: Tensor, weights: Tensor, token: Tensor) -> Tensor:
         """Maps (N, K, P) for the last feature map (N, C, P), its attention (N, P) and the final token (N, D)."""
         evidence = torch.matmul(self.weight, features) + self.bias  # (N, K, P)
-        if self.layer_norm:
-            scale = torch.rsqrt(token.var(dim=1, unbiased=False) + self.eps)  # (N,)
-            evidence = evidence * scale[:, None, None]
+        if self.eps is not None:
+            evidence = evidence * normalising_scale(token, self.eps)[:, :, None]  # (N, 1, 1)
         return evidence * weights[:, None, :]
 
 

@@ -1,8 +1,8 @@
-"""Torchvision ResNets and ConvNeXts seen as a list of feature taps plus a frozen classifier head.
+"""A torchvision classifier seen as a list of feature taps plus a frozen classifier head, as its family says.
 
-A CA stream reads the stem's output and every stage's output, so no stage is skipped. The head is
-whatever the backbone applies after global average pooling: ``fc`` for a ResNet, LayerNorm2d then a
-Linear layer for a ConvNeXt.
+A CA stream reads the stem's output and every stage's output, so no stage is skipped. The head is whatever
+the backbone applies after global average pooling. Which modules those are is the family's knowledge
+(``training.families``); this module reads it.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-CONVNEXTS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
-BACKBONES = RESNETS + CONVNEXTS
+from training.families import BACKBONES, AffineHead, Family, family_of
+
+__all__ = ["BACKBONES", "Backbone", "check_backbone_name", "fold_batch_norm"]
 
 
 def check_backbone_name(name: str) -> str:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    family_of(name)  # raises for a name no family covers
     return name
 
 
@@ -27,6 +26,7 @@ class Backbone(nn.Module):
     """A torchvision classifier seen as stages (each output is a tap) and a ``head``.
 
     Attributes:
+        family: the adapter that says which modules are the stages, the head and the classifier.
         widths: channel count of each tap, stem first.
         head_width: input width of the head (the width of the pooled vector).
     """
@@ -34,38 +34,39 @@ class Backbone(nn.Module):
     def __init__(self, name: str, num_classes: int = 1000) -> None:
         super().__init__()
         self.name = check_backbone_name(name)
+        self.family: Family = family_of(name)
         # Keep torchvision's module tree as it is, so its state dicts load unchanged into ``net``.
         self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         self.widths = tuple(self._tap_widths())
-        self.head_width = self.classifier.in_features
-
-    def _stages(self) -> list[nn.Module]:
-        net = self.net
-        if self.name in RESNETS:
-            stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-            return [stem, net.layer1, net.layer2, net.layer3, net.layer4]
-        # features: stem, stage1, down, stage2, down, stage3, down, stage4; a tap after each stage.
-        f = net.features
-        return [f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]), nn.Sequential(f[6], f[7])]
+        self.head_width = self.family.head_width(self.net)
 
     @property
-    def head(self) -> nn.Module:
-        """What the backbone applies after pooling: ``fc``, or ConvNeXt's LayerNorm2d, Flatten, Linear."""
-        return nn.Sequential(self.net.fc) if self.name in RESNETS else self.net.classifier
+    def head(self) -> nn.Sequential:
+        """What the backbone applies after pooling, as a Sequential."""
+        return self.family.head_of(self.net)
 
     @property
     def classifier(self) -> nn.Linear:
         """The final Linear layer of the head."""
-        return self.net.fc if self.name in RESNETS else self.net.classifier[-1]
+        return self.family.classifier_of(self.net)
 
     @property
     def classifier_prefix(self) -> str:
         """State-dict prefix of the final Linear layer inside ``net``."""
-        return "fc." if self.name in RESNETS else "classifier.2."
+        return self.family.classifier_prefix
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The module CAM-style methods hook: the last stage, whose output is the last tap."""
+        return self.family.cam_layer_of(self.net)
 
     @property
     def num_classes(self) -> int:
         return self.classifier.out_features
+
+    def affine_head(self, dtype: torch.dtype | None = None) -> AffineHead:
+        """The head as an affine map, for exact decompositions (see :class:`training.families.AffineHead`)."""
+        return self.family.affine_head(self.net, dtype)
 
     @torch.no_grad()
     def _tap_widths(self) -> list[int]:
@@ -79,14 +80,14 @@ class Backbone(nn.Module):
     def taps(self, x: Tensor) -> list[Tensor]:
         """Feature maps after the stem and after each stage, each (N, C_i, H_i, W_i)."""
         features = []
-        for stage in self._stages():
+        for stage in self.family.stages(self.net):
             x = stage(x)
             features.append(x)
         return features
 
     def classify(self, pooled: Tensor) -> Tensor:
         """Applies the head to a pooled vector (N, C) and returns logits (N, classes)."""
-        return self.head(pooled[:, :, None, None] if self.name in CONVNEXTS else pooled)
+        return self.head(pooled[:, :, None, None] if self.family.head_reads_map else pooled)
 
     def decompose_head(self, values: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """Splits the head's logits over positions, exactly, for a pooled vector ``sum_p weights_p values_p``.
@@ -99,20 +100,12 @@ class Backbone(nn.Module):
             ``(contributions, constant)``: (N, P, classes) and (N, classes) with
             ``contributions.sum(1) + constant`` equal to the logits.
         """
-        linear = self.classifier
-        pooled = torch.einsum("np,npc->nc", weights, values)
-        if self.name in CONVNEXTS:
-            # LayerNorm is affine once its statistics are fixed: centre each value by its own mean (the
-            # weighted means add up to the pooled mean) and divide by the pooled vector's deviation.
-            norm = self.head[0]
-            var = pooled.var(dim=1, unbiased=False, keepdim=True)  # (N, 1)
-            scale = torch.rsqrt(var + norm.eps)
-            values = (values - values.mean(dim=2, keepdim=True)) * scale[:, None, :] * norm.weight
-            constant = linear(norm.bias.expand(len(pooled), -1))
-        else:
-            constant = linear.bias.expand(len(pooled), -1)
-        contributions = weights[..., None] * (values @ linear.weight.T)
-        return contributions, constant
+        head = self.affine_head()
+        evidence = head.evidence(values)  # (N, P, classes)
+        if head.normalised:  # one factor per image, from the pooled vector's spread
+            evidence = evidence * head.scale(torch.einsum("np,npc->nc", weights, values))[:, :, None]
+        contributions = weights[..., None] * evidence
+        return contributions, head.constant.expand(len(values), -1)
 
 
 def fold_batch_norm(module: nn.Module) -> int:

@@ -69,10 +69,10 @@ class Preprocessing(contract.Preprocessing):
         return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
-def preprocessing_for(weights_transforms: Any | None, image_size: int) -> Preprocessing:
-    """The backbone's own preprocessing (from torchvision weights), scaled to ``image_size``."""
+def preprocessing_for(weights_transforms: Any | None, image_size: int, default: Preprocessing) -> Preprocessing:
+    """The backbone's own preprocessing (from torchvision weights), scaled to ``image_size``; ``default`` without."""
     if weights_transforms is None:
-        return Preprocessing(resize=math.floor(image_size * 256 / 224), crop=image_size)
+        return default
     crop = weights_transforms.crop_size[0]
     resize = weights_transforms.resize_size[0]
     return Preprocessing(

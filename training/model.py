@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from service.contract import POOLINGS
-from training.backbones import CONVNEXTS, Backbone, check_backbone_name
+from training.backbones import Backbone, check_backbone_name
 
 STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
 STREAM_INITS = ("paper", "identity", "gap")
@@ -160,8 +160,8 @@ class CAStreamNet(nn.Module):
 
     @property
     def paper_init(self) -> str:
-        """The projections' initialisation in the paper: truncated normal for ConvNeXt, Xavier for ResNet."""
-        return "trunc_normal" if self.config.backbone in CONVNEXTS else "xavier"
+        """The projections' initialisation in the paper, as the backbone's family gives it."""
+        return self.backbone.family.projection_init
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """The backbone's taps for images (N, 3, H, W)."""

@@ -30,6 +30,7 @@ from training.engine import (
     top1,
     train_stage,
 )
+from training.families import family_of
 from training.files import write_text
 from training.model import CAStreamNet, ModelConfig
 from training.options import option
@@ -241,7 +242,7 @@ def fresh_start(options: FitOptions) -> Start:
     """A new run: the initial weights resolved, and the preprocessing they were trained with."""
     initial = weights.resolve(options.weights, options.backbone)
     size = _data_config(options).image_size
-    preprocessing = preprocessing_for(initial.transforms, size)
+    preprocessing = preprocessing_for(initial.transforms, size, family_of(options.backbone).preprocessing(size))
     if initial.kind == "checkpoint":
         stored = initial.checkpoint.preprocessing
         preprocessing = Preprocessing(

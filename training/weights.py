@@ -13,6 +13,7 @@ import torchvision
 
 from training import checkpoint
 from training.checkpoint import Checkpoint
+from training.families import family_of
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _from_file(path: Path, backbone: str) -> InitialWeights:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"{str(path)!r} is neither a state dict nor a castream checkpoint")
     state = {key.removeprefix("module."): value for key, value in loaded.items()}
-    classifier = "fc.weight" if "fc.weight" in state else "classifier.2.weight"
+    classifier = family_of(backbone).classifier_prefix + "weight"
     if classifier not in state:
         raise ValueError(
             f"{str(path)!r} has no classifier weights ({classifier!r}); expected a torchvision {backbone} state dict"

@@ -1,0 +1,185 @@
+"""Backbone families: everything generic code needs to know of a torchvision classifier, one record per family.
+
+A :class:`Family` names the torchvision models it covers and says where the stream reads (the stem and each stage,
+so no stage is skipped), what the head does after pooling, which Linear layer is the classifier and its key in a
+state dict, whether a LayerNorm comes before it (the head as an affine map, for exact class maps), how the paper
+initialises the stream's projections, the preprocessing to use without pretrained weights, and which module
+CAM-style baselines hook. Modules are named by their dotted path in torchvision's module tree, so the model keeps
+that tree and its state dicts load unchanged. Nothing outside this module names a family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from training.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+
+def normalising_scale(pooled: Tensor, eps: float) -> Tensor:
+    """LayerNorm's per-vector factor ``1 / sqrt(var(z) + eps)`` of vectors (N, D), as (N, 1)."""
+    return torch.rsqrt(pooled.var(dim=1, unbiased=False, keepdim=True) + eps)
+
+
+@dataclass(frozen=True)
+class AffineHead:
+    """The head after pooling as ``logits = s(z) * (weight @ c(z)) + constant`` for pooled vectors z (N, D).
+
+    A plain Linear layer: ``c(z) = z``, ``s = 1``, its weight and bias. LayerNorm then Linear is affine once the
+    pooled vector's mean and spread are fixed: ``c(z) = z - mean(z)`` is linear (the mean of a weighted sum of
+    vectors is the weighted sum of their means), ``s(z) = 1 / sqrt(var(z) + eps)`` is one factor per image,
+    ``weight = W diag(gamma)`` and ``constant = W beta + b``. So for ``z = sum_p a_p v_p`` the logits split
+    exactly over positions: ``sum_p a_p s(z) (weight @ c(v_p)) + constant``.
+    """
+
+    weight: Tensor  # (K, D)
+    constant: Tensor  # (K,)
+    eps: float | None = None  # the LayerNorm's epsilon; None: no LayerNorm, s = 1
+
+    @classmethod
+    def of(cls, linear: nn.Linear, norm: nn.LayerNorm | None = None, dtype: torch.dtype | None = None) -> AffineHead:
+        """The affine map of ``linear`` (K x D), after ``norm`` when there is one, in ``dtype`` if given."""
+        weight, bias = linear.weight, linear.bias
+        if dtype is not None:
+            weight, bias = weight.to(dtype), bias.to(dtype)
+        if norm is None:
+            return cls(weight, bias)
+        gamma, beta = norm.weight.to(weight.dtype), norm.bias.to(weight.dtype)
+        return cls(weight * gamma, weight @ beta + bias, float(norm.eps))
+
+    @property
+    def normalised(self) -> bool:
+        """Whether a LayerNorm comes first, so that ``s(z)`` is not 1."""
+        return self.eps is not None
+
+    def scale(self, pooled: Tensor) -> Tensor:
+        """``s(z)`` per image (N, 1) for pooled vectors (N, D)."""
+        return normalising_scale(pooled, self.eps) if self.eps is not None else pooled.new_ones(len(pooled), 1)
+
+    def evidence(self, values: Tensor) -> Tensor:
+        """``weight @ c(v)`` for vectors (..., D): (..., K), without the scale and the constant."""
+        if self.eps is not None:
+            values = values - values.mean(dim=-1, keepdim=True)
+        return values @ self.weight.T
+
+    def fold(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """``evidence`` of an affine map ``weight @ f + bias`` (D x C) before the head, as ``(M, m)``: M f + m."""
+        if self.eps is not None:  # centring the output of an affine map centres its rows and its bias
+            weight, bias = weight - weight.mean(dim=0, keepdim=True), bias - bias.mean()
+        return self.weight @ weight, self.weight @ bias
+
+
+@dataclass(frozen=True)
+class Family:
+    """One backbone family, read by generic code.
+
+    Attributes:
+        name: the family's name.
+        members: the torchvision model names it covers.
+        stages: torchvision's network -> the modules that, run in turn, give the stem's output and each stage's
+            output (the taps).
+        head: dotted path of what the network applies after global average pooling.
+        classifier: dotted path of the head's final Linear layer.
+        head_norm: dotted path of a LayerNorm the head applies before the classifier; None for a plain Linear.
+        head_reads_map: whether the head takes the pooled vector as a (N, C, 1, 1) map rather than (N, C).
+        projection_init: the paper's initialisation of the stream's projections (see ``CABlock.reset``).
+        cam_layer: dotted path of the module CAM-style baselines hook: the last stage, whose output is the last tap.
+        resize, crop: the reference evaluation's resize for a crop, scaled to the crop used when no pretrained
+            weights say otherwise.
+        mean, std, interpolation: that evaluation's normalisation and resampling.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    stages: Callable[[nn.Module], list[nn.Module]]
+    head: str
+    classifier: str
+    head_norm: str | None = None
+    head_reads_map: bool = False
+    projection_init: str = "xavier"
+    cam_layer: str = ""
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    @property
+    def classifier_prefix(self) -> str:
+        """State-dict prefix of the classifier inside torchvision's network (its keys are this + weight, bias)."""
+        return self.classifier + "."
+
+    def head_of(self, net: nn.Module) -> nn.Sequential:
+        """What ``net`` applies after pooling, as a Sequential."""
+        head = net.get_submodule(self.head)
+        return head if isinstance(head, nn.Sequential) else nn.Sequential(head)
+
+    def classifier_of(self, net: nn.Module) -> nn.Linear:
+        return net.get_submodule(self.classifier)
+
+    def head_width(self, net: nn.Module) -> int:
+        """Width of the pooled vector the head reads."""
+        return self.classifier_of(net).in_features
+
+    def affine_head(self, net: nn.Module, dtype: torch.dtype | None = None) -> AffineHead:
+        """The head of ``net`` as an affine map (see :class:`AffineHead`)."""
+        norm = None if self.head_norm is None else net.get_submodule(self.head_norm)
+        return AffineHead.of(self.classifier_of(net), norm, dtype)
+
+    def cam_layer_of(self, net: nn.Module) -> nn.Module:
+        return net.get_submodule(self.cam_layer)
+
+    def preprocessing(self, image_size: int) -> Preprocessing:
+        """The family's reference evaluation scaled to crops of ``image_size`` pixels."""
+        resize = math.floor(image_size * self.resize / self.crop)
+        return Preprocessing(resize, image_size, self.mean, self.std, self.interpolation)
+
+
+def _resnet_stages(net: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    return [stem, net.layer1, net.layer2, net.layer3, net.layer4]
+
+
+RESNET = Family(
+    name="resnet",
+    members=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+    stages=_resnet_stages,
+    head="fc",
+    classifier="fc",
+    projection_init="xavier",
+    cam_layer="layer4",
+)
+
+
+def _convnext_stages(net: nn.Module) -> list[nn.Module]:
+    # features: stem, stage1, down, stage2, down, stage3, down, stage4; a tap after each stage.
+    f = net.features
+    return [f[0], f[1], nn.Sequential(f[2], f[3]), nn.Sequential(f[4], f[5]), nn.Sequential(f[6], f[7])]
+
+
+CONVNEXT = Family(
+    name="convnext",
+    members=("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+    stages=_convnext_stages,
+    head="classifier",  # LayerNorm2d, Flatten, Linear
+    classifier="classifier.2",
+    head_norm="classifier.0",
+    head_reads_map=True,
+    projection_init="trunc_normal",
+    cam_layer="features.7",
+)
+
+FAMILIES = (RESNET, CONVNEXT)
+BACKBONES = tuple(name for family in FAMILIES for name in family.members)
+
+
+def family_of(name: str) -> Family:
+    """The family of the torchvision model ``name``; ValueError for a model no family covers."""
+    for family in FAMILIES:
+        if name in family.members:
+            return family
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
