@@ -285,4 +285,6 @@ class Batcher:
                 job.future.set_result(job.results)
 
     def _run_sync(self, inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
-        return self._run_fn(np.stack(inputs), **dict.fromkeys(sorted(flags), True))
+        # A lone image (every batch at low load) goes as a view with a batch axis rather than a copy.
+        batch = np.ascontiguousarray(inputs[0][np.newaxis]) if len(inputs) == 1 else np.stack(inputs)
+        return self._run_fn(batch, **dict.fromkeys(sorted(flags), True))
