@@ -12,6 +12,7 @@ from service import tracing
 from service.auth import require_api_key
 from service.contract import VERSION
 from service.errors import install_handlers
+from service.fleet import Slot
 from service.lifecycle import Lifecycle
 from service.logs import install_access_log
 from service.metrics import Metrics
@@ -26,11 +27,14 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the model is loaded when its lifespan starts. Settings default to the environment."""
+def create_app(settings: Settings | None = None, slot: Slot | None = None) -> FastAPI:
+    """Build the app; the model is loaded when its lifespan starts. Settings default to the environment.
+
+    ``slot``: this process is one of several workers of ``python -m service`` (see ``service.supervisor``).
+    """
     settings = settings or load_settings()
-    metrics = Metrics()
-    lifecycle = Lifecycle(settings, metrics)
+    metrics = Metrics(slot)
+    lifecycle = Lifecycle(settings, metrics, slot)
     tracer_provider = tracing.from_environment()
 
     @asynccontextmanager

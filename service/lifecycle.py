@@ -1,7 +1,8 @@
 """The service's lifecycle: load the model, warm it up, publish the serving object, drain, stop.
 
 Owned by the app's lifespan. ``serving`` stays None until warm-up has finished, then holds one immutable
-:class:`~service.serving.Serving` for the rest of the process; ``phase`` is what the probes report.
+:class:`~service.serving.Serving` for the rest of the process; ``phase`` is what the probes report: this
+process's own phase, or, in one of several worker processes, the whole service's (see ``service.fleet``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import asyncio
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from enum import StrEnum
 
 from service.batcher import Batcher
+from service.fleet import Phase, Slot
 from service.memory import pin_mmap_threshold
 from service.metrics import Metrics
 from service.model import OnnxModel, load_model
@@ -23,13 +24,6 @@ from service.settings import Settings
 from service.workers import worker_pool
 
 log = logging.getLogger(__name__)
-
-
-class Phase(StrEnum):
-    starting = "starting"
-    ready = "ready"
-    draining = "draining"
-    failed = "failed"
 
 
 def batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -45,21 +39,35 @@ def batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 class Lifecycle:
     """Loads the model at start, warms it up in the background, then publishes ``serving`` until stopped."""
 
-    def __init__(self, settings: Settings, metrics: Metrics):
-        self.settings, self.metrics = settings, metrics
-        self.phase = Phase.starting
+    def __init__(self, settings: Settings, metrics: Metrics, slot: Slot | None = None):
+        self.settings, self.metrics, self._slot = settings, metrics, slot
+        self._set(Phase.starting)
+        # Read at each scrape rather than set: ``drain`` runs in a signal handler, which must take no lock that
+        # the thread it interrupted may hold (with several workers, every metric shares one lock).
+        metrics.ready.set_function(lambda: float(self.phase is Phase.ready))
         self.serving: Serving | None = None
         self._warm_task: asyncio.Task | None = None
         self._batcher: Batcher | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
 
+    @property
+    def phase(self) -> Phase:
+        """What the probes report: this process's phase, or with sibling workers, the service's."""
+        return self._phase if self._slot is None else self._slot.board.service_phase()
+
+    def _set(self, phase: Phase) -> None:
+        self._phase = phase
+        if self._slot is not None:
+            self._slot.publish(phase)
+
     async def start(self) -> None:
         """Load the model now (a bad file fails start-up); warm it up in the background.
 
         A lifespan may run more than once (test transports restart apps): each start begins afresh.
         """
-        self.phase, self.serving, self._batcher, self._decode_pool = Phase.starting, None, None, None
+        self.serving, self._batcher, self._decode_pool = None, None, None
+        self._set(Phase.starting)
         s = self.settings
         # Before the first image: large buffers then go back to the system when freed (see service.memory).
         pin_mmap_threshold()
@@ -83,7 +91,7 @@ class Lifecycle:
             await asyncio.get_running_loop().run_in_executor(self._inference, model.warm_up, sizes)
         except Exception:
             log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
-            self.phase = Phase.failed
+            self._set(Phase.failed)
             return
         s = self.settings
         self._batcher = Batcher(
@@ -104,16 +112,14 @@ class Lifecycle:
         # the collector's generations, it is no longer scanned by the collections that requests' garbage triggers.
         gc.collect()
         gc.freeze()
-        if self.phase is Phase.starting:
-            self.phase = Phase.ready
-            self.metrics.ready.set(1)
+        if self._phase is Phase.starting:
+            self._set(Phase.ready)
             log.info("ready: %s on %s", model.info.name, model.providers)
 
     def drain(self) -> None:
         """Report unready from now on; accepted and new requests are still served until ``stop``."""
-        if self.phase is not Phase.failed:
-            self.phase = Phase.draining
-        self.metrics.ready.set(0)
+        if self._phase is not Phase.failed:
+            self._set(Phase.draining)
 
     async def stop(self) -> None:
         self.drain()

@@ -1,6 +1,14 @@
-"""Prometheus metrics, one registry per app. Latencies are histograms so percentiles aggregate across replicas."""
+"""Prometheus metrics, one registry per app. Latencies are histograms so percentiles aggregate across replicas.
+
+With several worker processes (``CASTREAM_WORKERS``), each process writes its values to files in a directory
+the parent made (prometheus-client's multiprocess mode), and a scrape, whichever worker answers it, reads them
+all: counters and histograms summed over every worker that ever ran (the files of a dead one stay), gauges as
+their ``multiprocess_mode`` says.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -12,23 +20,36 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from service.fleet import Phase, Slot
+from service.procstats import ServiceProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+READY = "castream_ready"
+READY_HELP = "1 once the model is loaded and warmed up (in every worker process), 0 otherwise"
 
 
 class Metrics:
     """Every ``castream_*`` metric; docs/service.md lists them for dashboards and autoscaling."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Slot | None = None) -> None:
         disable_created_metrics()  # the *_created series only add noise to dashboards
         self.registry = CollectorRegistry()
-        r = self.registry
-        # The standard process_* (memory, CPU, open fds) and python_* (GC, version) series, as the default registry
-        # has them: dashboards and alerts written for any Python exporter work here too.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        # The standard process_* (memory, CPU, open fds) and python_* series, as the default registry has them:
+        # dashboards and alerts written for any Python exporter work here too.
+        PlatformCollector(registry=self.registry)
+        if shared is None:
+            r = self.registry
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+        else:
+            # The metrics below are only written (to this process's files); the registry reads every process's.
+            r = None
+            self.registry.register(SharedCollector(shared))
         self.requests = Counter(
             "castream_requests", "HTTP requests answered, by route and status code", ["route", "status"], registry=r
         )
@@ -66,17 +87,25 @@ class Metrics:
         self.batch_images = Histogram(
             "castream_batch_size_images", "Images per session.run", buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("castream_queue_depth", "Images waiting in the batch queue", registry=r)
-        self.in_flight = Gauge("castream_requests_in_flight", "HTTP requests being handled", registry=r)
+        # Across processes: what is queued and in flight now in the live workers, summed.
+        self.queue_depth = Gauge(
+            "castream_queue_depth", "Images waiting in the batch queue", multiprocess_mode="livesum", registry=r
+        )
+        self.in_flight = Gauge(
+            "castream_requests_in_flight", "HTTP requests being handled", multiprocess_mode="livesum", registry=r
+        )
         self.rejections = Counter(
             "castream_rejections", "Requests refused, by reason (the error code)", ["reason"], registry=r
         )
         self.images = Counter("castream_images_classified", "Images classified", registry=r)
-        self.ready = Gauge("castream_ready", "1 once the model is loaded and warmed up, 0 otherwise", registry=r)
+        # The lifecycle gives its value; across processes, SharedCollector reports it from the shared board.
+        self.ready = Gauge(READY, READY_HELP, multiprocess_mode="livemin", registry=r)
+        # Across processes: every worker sets the same labels to 1, so the maximum is the one series it has alone.
         self.model_info = Gauge(
             "castream_model_info",
             "Always 1; the labels describe the model being served",
             ["name", "version", "backbone", "pooling", "precision", "provider"],
+            multiprocess_mode="max",
             registry=r,
         )
 
@@ -87,3 +116,23 @@ class Metrics:
         self.batch_images.observe(size)
         self.inference_seconds.observe(seconds)
         self.images.inc(size)
+
+
+class SharedCollector(Collector):
+    """What a scrape of one worker among several reports for the whole service.
+
+    The ``castream_*`` values of every worker, merged from their files; ``castream_ready`` from the shared
+    board, so that it is 1 exactly when ``/readyz`` is 200 (between a worker's exit and its replacement's
+    first values, the files of the others alone would say ready); and the process_* series summed over the
+    parent and its workers.
+    """
+
+    def __init__(self, shared: Slot):
+        self._board = shared.board
+        self._files = MultiProcessCollector(None, shared.metrics_dir)
+        self._processes = ServiceProcessCollector(self._board.pids)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from (family for family in self._files.collect() if family.name != READY)
+        yield GaugeMetricFamily(READY, READY_HELP, value=float(self._board.service_phase() is Phase.ready))
+        yield from self._processes.collect()

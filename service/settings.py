@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     drain_delay_s: float = Field(3.0, ge=0, le=600)
     shutdown_timeout_s: float = Field(20.0, gt=0, le=3600)
+    workers: int = Field(1, ge=1, le=64)  # serving processes on the one port; each gets its share of queue and cores
 
     @field_validator("model_path")
     @classmethod
@@ -87,7 +88,27 @@ class Settings(BaseSettings):
                 f"{self.max_images_per_request}, so the largest request could never be queued; raise the first "
                 "or lower the second"
             )
+        share = self.max_queue // self.workers
+        if share < self.max_images_per_request:
+            raise ValueError(
+                f"{PREFIX}MAX_QUEUE={self.max_queue} is the whole service's queue, and each of {PREFIX}WORKERS="
+                f"{self.workers} processes gets {share} images of it, fewer than {PREFIX}MAX_IMAGES_PER_REQUEST="
+                f"{self.max_images_per_request}, so the largest request could never be queued; raise {PREFIX}MAX_QUEUE "
+                f"to at least {self.workers * self.max_images_per_request}, or lower one of the others"
+            )
         return self
+
+    def worker_share(self, index: int) -> Settings:
+        """The settings worker ``index`` of ``workers`` runs with: its part of the queue (the parts add up to
+        ``max_queue``) and, where the thread counts are automatic (0), its part of the usable cores."""
+        n, cores = self.workers, usable_cores()
+        return self.model_copy(
+            update={
+                "max_queue": self.max_queue // n + (index < self.max_queue % n),
+                "intra_op_threads": self.intra_op_threads or max(1, cores // n),
+                "decode_threads": self.decode_threads or max(1, min(4, cores // n)),
+            }
+        )
 
     @property
     def decode_workers(self) -> int:
@@ -96,6 +117,13 @@ class Settings(BaseSettings):
     @property
     def provider_list(self) -> list[str]:
         return self.providers.split(",")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which container CPU sets narrow), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def load_settings(**overrides: object) -> Settings:

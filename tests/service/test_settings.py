@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.metrics import Metrics
-from service.settings import PREFIX, Settings, SettingsError, load_settings
+from service.settings import PREFIX, Settings, SettingsError, load_settings, usable_cores
 from tests.service.servicetools import REPO
 
 DOCS = (REPO / "docs" / "service.md").read_text()
@@ -44,6 +44,9 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
         ("CASTREAM_PROVIDERS", "cuda,,cpu", "CASTREAM_PROVIDERS='cuda,,cpu'"),
         ("CASTREAM_API_KEY", "  ", "CASTREAM_API_KEY=<hidden>: is set but empty"),
         ("CASTREAM_MAX_QUEUE", "4", "CASTREAM_MAX_QUEUE=4 is smaller than CASTREAM_MAX_IMAGES_PER_REQUEST=16"),
+        ("CASTREAM_WORKERS", "0", "CASTREAM_WORKERS='0': Input should be greater than or equal to 1"),
+        ("CASTREAM_WORKERS", "65", "CASTREAM_WORKERS='65': Input should be less than or equal to 64"),
+        ("CASTREAM_WORKERS", "two", "CASTREAM_WORKERS='two'"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
@@ -51,6 +54,32 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable:
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert message in str(error.value)
+
+
+def test_each_worker_needs_room_for_the_largest_request_in_its_part_of_the_queue(monkeypatch) -> None:
+    monkeypatch.setenv("CASTREAM_WORKERS", "4")
+    monkeypatch.setenv("CASTREAM_MAX_QUEUE", "40")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert (
+        "CASTREAM_MAX_QUEUE=40 is the whole service's queue, and each of CASTREAM_WORKERS=4 processes gets 10 images "
+        "of it, fewer than CASTREAM_MAX_IMAGES_PER_REQUEST=16, so the largest request could never be queued; raise "
+        "CASTREAM_MAX_QUEUE to at least 64"
+    ) in str(error.value)
+    monkeypatch.setenv("CASTREAM_MAX_IMAGES_PER_REQUEST", "10")
+    assert load_settings().workers == 4
+
+
+def test_workers_share_the_queue_and_the_cores_when_the_threads_are_automatic() -> None:
+    cores = usable_cores()
+    settings = load_settings(workers=3, max_queue=50)
+    shares = [settings.worker_share(i) for i in range(3)]
+    assert [s.max_queue for s in shares] == [17, 17, 16]  # adding up to the whole
+    assert {s.intra_op_threads for s in shares} == {max(1, cores // 3)}
+    assert {s.decode_threads for s in shares} == {max(1, min(4, cores // 3))}
+    explicit = load_settings(workers=2, intra_op_threads=3, decode_threads=2).worker_share(1)
+    assert (explicit.intra_op_threads, explicit.decode_threads, explicit.max_queue) == (3, 2, 32)
+    assert load_settings().workers == 1  # one process, as without the setting
 
 
 def test_docs_list_every_setting_with_its_default() -> None:
