@@ -146,7 +146,8 @@ class Supervisor:
                 self._forward(self._signals.pop(0))
         stragglers = self._alive()
         for process in stragglers:
-            log.error("worker %s (pid %d) did not stop within %.0f s; killing it", process.name, process.pid, bound)
+            index = self._processes.index(process)
+            log.error("worker %d (pid %d) did not stop within %.0f s; killing it", index, process.pid, bound)
         self._kill(stragglers)
         return 1 if stragglers else 0
 

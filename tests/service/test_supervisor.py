@@ -168,6 +168,18 @@ def test_sigterm_drains_every_worker_finishes_requests_and_every_process_exits(l
     assert log.count("SIGTERM: draining for 3.0 s") == 2 and log.count("Application shutdown complete") == 2
 
 
+def test_a_worker_that_does_not_stop_in_time_is_killed(live_server) -> None:
+    server = live_server(CASTREAM_WORKERS="2", CASTREAM_DRAIN_DELAY_S="0", CASTREAM_SHUTDOWN_TIMEOUT_S="1")
+    first, second = worker_pids(server)
+    os.kill(first, signal.SIGSTOP)  # it cannot act on the signal the parent passes on
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(60)  # the bound is 0 + 2 x 1 + 5 s
+    log = server.process.stdout.read()
+    assert server.process.returncode == 1, log
+    assert f"worker 0 (pid {first}) did not stop within 7 s; killing it" in log
+    assert [state(first), state(second)] == ["gone", "gone"]
+
+
 def environment(pid: int) -> dict[str, str]:
     entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
