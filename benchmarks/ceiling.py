@@ -25,30 +25,19 @@ WORKERS_AIM = 1.6  # two serving processes over one, requests/s
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """``(parent pid, CPU seconds of the process and of its children it has waited for)``, None once it is gone."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) of process ``pid`` and of the children it has waited for; 0 once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
+        return 0.0
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": fields 3 on of proc(5)
-    return int(fields[1]), sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    return sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user and system) used so far by process ``pid`` and every process under it, live or reaped."""
-    stats = {int(entry.name): _stat(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
-    children: dict[int, list[int]] = {}
-    for child, stat in stats.items():
-        if stat is not None:
-            children.setdefault(stat[0], []).append(child)
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        if (stat := stats.get(current)) is not None:
-            total += stat[1]
-            stack.extend(children.get(current, ()))
-    return total
+    """CPU seconds used so far by process ``pid`` and every process under it, live or exited and waited for."""
+    return sum(cpu_seconds(p) for p in harness.process_tree(pid))
 
 
 def _phase(server: harness.Service, bodies: list[Path], concurrency: int, requests: int, seconds: float) -> dict:
@@ -86,7 +75,8 @@ def ceiling(
             used = tree_cpu_seconds(server.process.pid) - cpu
             return {"requests_per_second": phase.throughput, "p50_ms": phase.p50_ms, "p99_ms": phase.p99_ms,
                     "cpu_ms_per_request": used / max(1, phase.requests) * 1000, "cpu_cores": used / phase.seconds,
-                    "ok_share": phase.statuses.get("200", 0) / max(1, phase.requests)}  # fmt: skip
+                    "ok_share": phase.statuses.get("200", 0) / max(1, phase.requests),
+                    "processes": float(server.processes())}  # fmt: skip
 
         by_workers = harness.fresh_services(null, "CASTREAM_WORKERS", (1, 2), rounds, measure)
     one, two = by_workers[1], by_workers[2]
@@ -114,8 +104,8 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
     stages = [[f"{stage}: {note}", *(fmt(level["stages_ms"][stage], 3) for level in levels.values())]
               for stage, note in STAGE_NOTES.items()]  # fmt: skip
     w = workers["concurrency"]
-    process = [[n, fmt(workers[n]["requests_per_second"]), fmt(workers[n]["p50_ms"], 2),
-                fmt(workers[n]["cpu_ms_per_request"], 3), fmt(workers[n]["cpu_cores"], 2)]
+    process = [[n, f"{workers[n]['processes']:.0f}", fmt(workers[n]["requests_per_second"]),
+                fmt(workers[n]["p50_ms"], 2), fmt(workers[n]["cpu_ms_per_request"], 3), fmt(workers[n]["cpu_cores"], 2)]
                for n in ("1", "2")]  # fmt: skip
     cores = results.get("machine", {}).get("usable_cores", "?")
     return body(
@@ -133,7 +123,10 @@ def _render(r: dict[str, Any], results: dict[str, Any]) -> list[str]:
         f"One serving process against two (`CASTREAM_WORKERS`), at concurrency {w}, a fresh service each, "
         f"{r['rounds']} round(s) in alternating order, averaged, on {cores} cores shared with `wrk`: two / one = "
         f"**{workers['ratio']:.2f}**.",
-        table(["processes", "requests/s", "p50 ms", "service CPU ms / request", "cores busy"], process),
+        table(
+            ["`CASTREAM_WORKERS`", "processes", "requests/s", "p50 ms", "service CPU ms / request", "cores busy"],
+            process,
+        ),
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks.ceiling import SECTIONS, ceiling, tree_cpu_seconds
+from benchmarks.ceiling import SECTIONS, ceiling, cpu_seconds, tree_cpu_seconds
 from benchmarks.nullmodel import null_model, save_null_model
 from service.model import load_model
 from tests.service.servicetools import CLASSES, PREPROCESSING
@@ -59,7 +59,7 @@ def test_tree_cpu_counts_the_process_and_its_children() -> None:
     before = tree_cpu_seconds(os.getpid())
     subprocess.run([sys.executable, "-c", busy], input=b"", check=True)  # reaped: counted in our children's time
     assert tree_cpu_seconds(os.getpid()) > before
-    assert tree_cpu_seconds(2**22 + 1) == 0  # no such process
+    assert tree_cpu_seconds(2**22 + 1) == 0 and cpu_seconds(2**22 + 1) == 0  # no such process
 
 
 def test_quick_ceiling_reports_each_concurrency_stages_and_workers(tiny_model) -> None:
@@ -75,6 +75,7 @@ def test_quick_ceiling_reports_each_concurrency_stages_and_workers(tiny_model) -
     workers = result["workers"]
     for n in ("1", "2"):
         assert workers[n]["requests_per_second"] > 0 and workers[n]["ok_share"] == 1
+    assert workers["1"]["processes"] == 1 and workers["2"]["processes"] >= 3  # a supervising parent and two workers
     assert workers["ratio"] == pytest.approx(workers["2"]["requests_per_second"] / workers["1"]["requests_per_second"])
     text = "\n".join(section.render(result, {"machine": {"usable_cores": 2}}))
     assert "| concurrency | requests/s |" in text and "| 32 | " in text and "two / one = **" in text
