@@ -13,6 +13,7 @@ from service.files import unreadable
 from service.overlay import PNG_LEVEL
 
 PREFIX = "CASTREAM_"
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" in microseconds, or "max <period>" for no limit
 
 
 class SettingsError(ValueError):
@@ -119,11 +120,16 @@ class Settings(BaseSettings):
         return self.providers.split(",")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which container CPU sets narrow), else all of them."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def usable_cores(quota_file: Path = CPU_MAX) -> int:
+    """The cores this process may use: those it may run on (its CPU affinity, which a container's CPU set
+    narrows), fewer under a CPU quota (a container's CPU limit, as cgroup v2's ``cpu.max`` states it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = quota_file.read_text().split()[:2]
+        limit = int(quota) // int(period) if quota != "max" else cores
+    except (OSError, ValueError):  # no cgroup v2 here, or a format this does not know: no quota
+        limit = cores
+    return max(1, min(cores, limit))
 
 
 def load_settings(**overrides: object) -> Settings:

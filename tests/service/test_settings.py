@@ -82,6 +82,15 @@ def test_workers_share_the_queue_and_the_cores_when_the_threads_are_automatic() 
     assert load_settings().workers == 1  # one process, as without the setting
 
 
+@pytest.mark.parametrize(("cpu_max", "limit"), [("200000 100000", 2), ("150000 100000", 1), ("50000 100000", 1),
+                                               ("max 100000", None), ("", None)])  # fmt: skip
+def test_usable_cores_follow_a_cpu_quota(tmp_path: Path, cpu_max: str, limit: int | None) -> None:
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max + "\n")
+    everything = usable_cores(tmp_path / "missing")
+    assert usable_cores(quota) == min(everything, limit or everything)
+
+
 def test_docs_list_every_setting_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `(CASTREAM_[A-Z_]+)` \| `?([^|`]*)`? \|", DOCS, flags=re.MULTILINE))
     names = {PREFIX + field.upper() for field in Settings.model_fields}
