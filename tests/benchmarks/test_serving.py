@@ -87,6 +87,7 @@ def test_load_quick_budget_reports_work_concurrency_overload_recovery_and_upload
         assert set(row["statuses"]) == {"200"}, name
         assert row["format"] == UPLOADS[name].kind and row["bytes"] > 0
         assert all(value > 0 for value in row["in_process"].values())
+        assert row["c1_plain_stages_ms"]["decode"] > 0 and row["c1_plain_stages_ms"]["request"] > 0
         for figure in ("c1_p50_ms", f"c{c}_images_per_second", "c1_over_reference", "alone_ms", "response_kib"):
             assert set(row[figure]) == set(VARIANTS) and all(value > 0 for value in row[figure].values()), figure
     assert rows["reference"]["c1_over_reference"]["plain"] == pytest.approx(1.0)
