@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 _tracer: Any = None  # an opentelemetry Tracer while tracing is on
+_UNTRACED = nullcontext()
 _model = ""
 
 
@@ -108,12 +109,14 @@ def record_wait(enqueued: float, taken: float | None, images: int) -> None:
     _tracer.start_span("run", start_time=_monotonic_to_ns(taken)).end(end_time=now)
 
 
+def batch_span(size: int, requests: list[Any]) -> AbstractContextManager[None]:
+    """One span per batch, a root of its own, linked to every request whose images it runs (a shared do-nothing
+    context when tracing is off)."""
+    return _UNTRACED if _tracer is None else _batch_span(size, requests)
+
+
 @contextmanager
-def batch_span(size: int, requests: list[Any]) -> Iterator[None]:
-    """One span per batch, a root of its own, linked to every request whose images it runs."""
-    if _tracer is None:
-        yield
-        return
+def _batch_span(size: int, requests: list[Any]) -> Iterator[None]:
     from opentelemetry import context as otel_context
     from opentelemetry.trace import Link
 
