@@ -6,6 +6,13 @@ state dict, whether a LayerNorm comes before it (the head as an affine map, for 
 initialises the stream's projections, the preprocessing to use without pretrained weights, and which module
 CAM-style baselines hook. Modules are named by their dotted path in torchvision's module tree, so the model keeps
 that tree and its state dicts load unchanged. Nothing outside this module names a family.
+
+Beside the paper's ResNets and ConvNeXts, RegNets (RegNetX and RegNetY, Radosavovic et al. 2020) are a third
+family: small and fast on a CPU (RegNetY-400MF has 4.3 M parameters), BatchNorm only (so the frozen backbone folds
+like a ResNet), with a plain ``fc`` after pooling (so class maps need no LayerNorm factor), one module per stage
+(``trunk_output.block1`` to ``block4``) and one reference evaluation for every size (torchvision's first weights:
+resize 256, crop 224, bilinear), where EfficientNet's resolution and interpolation change with each size and its
+last stage is followed by one more convolution. ``regnet_y_128gf`` is left out: torchvision has only weights fine-tuned at 384 px for it.
 """
 
 from __future__ import annotations
@@ -173,7 +180,27 @@ CONVNEXT = Family(
     cam_layer="features.7",
 )
 
-FAMILIES = (RESNET, CONVNEXT)
+
+_REGNET_SIZES = ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")
+
+
+def _regnet_stages(net: nn.Module) -> list[nn.Module]:
+    return [net.stem, *net.trunk_output]  # the stem (stride 2), then block1 to block4
+
+
+REGNET = Family(
+    name="regnet",
+    # regnet_y_400mf to regnet_y_32gf, then regnet_x_400mf to regnet_x_32gf
+    members=tuple(f"regnet_{kind}_{size}" for kind in "yx" for size in _REGNET_SIZES),
+    stages=_regnet_stages,
+    head="fc",
+    classifier="fc",
+    # The paper trains no RegNet stream: Xavier, as for its BatchNorm network (ResNet).
+    projection_init="xavier",
+    cam_layer="trunk_output.block4",
+)
+
+FAMILIES = (RESNET, CONVNEXT, REGNET)
 BACKBONES = tuple(name for family in FAMILIES for name in family.members)
 
 

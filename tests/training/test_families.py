@@ -84,3 +84,11 @@ def test_a_state_dict_file_needs_its_familys_classifier(tmp_path: Path) -> None:
     torch.save({"classifier.2.weight": torch.zeros(3, 4), "classifier.2.bias": torch.zeros(3)}, foreign)
     with pytest.raises(ValueError, match=r"no classifier weights \('fc.weight'\); expected a torchvision resnet18"):
         weights.resolve(str(foreign), "resnet18")
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
+def test_a_state_dict_file_of_each_family_gives_its_class_count(family: Family, tmp_path: Path) -> None:
+    path = tmp_path / "net.pth"
+    torch.save(_smallest(family).net.state_dict(), path)
+    loaded = weights.resolve(str(path), family.members[0])
+    assert loaded.kind == "file" and loaded.num_classes == 7

@@ -11,6 +11,7 @@ from training.backbones import BACKBONES
 from training.model import CABlock, CAStreamNet, ModelConfig
 
 LARGE = {"resnet101", "resnet152", "convnext_base", "convnext_large"}
+LARGE |= {f"regnet_{kind}_{size}" for kind in "xy" for size in ("1_6gf", "3_2gf", "8gf", "16gf", "32gf")}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in BACKBONES])
@@ -58,7 +59,7 @@ def test_resnet50_stream_has_the_papers_parameter_count() -> None:
     assert model.backbone.widths == (64, 256, 512, 1024, 2048)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "regnet_y_400mf"])
 def test_class_maps_sum_exactly_to_the_logits(name: str) -> None:
     torch.manual_seed(0)
     model = CAStreamNet(ModelConfig(name, num_classes=5)).eval()
@@ -81,7 +82,7 @@ def test_unknown_pooling_and_backbone_are_refused() -> None:
         model(torch.randn(1, 3, 64, 64), pooling="max")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "regnet_y_400mf"])
 @pytest.mark.parametrize("taps", ["all", "last"])
 def test_a_gap_start_stream_computes_exactly_the_gap_prediction(name: str, taps: str) -> None:
     torch.manual_seed(0)

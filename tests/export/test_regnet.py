@@ -1,0 +1,141 @@
+"""The RegNet family end to end: a tiny run trains, ``python -m export.to_onnx`` exports it with its parity checks,
+the service serves the file, and the interpretability evaluation scores it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from export import metadata
+from export.samples import load_samples
+from export.sessions import make_session
+from interpret import evaluate
+from service.app import create_app
+from service.imaging import decode
+from service.metadata import parse_metadata
+from service.preprocess import Preprocessor
+from tests.interpret.conftest import read_csv
+from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
+from training import checkpoint, synthetic
+from training.pipeline import FitOptions, fit
+
+BACKBONE = "regnet_y_400mf"
+
+
+@pytest.fixture(scope="module")
+def regnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A RegNetY-400MF run on 64 px synthetic images, as ``tiny_run`` trains its ResNet-18; returns the checkpoint."""
+    out = tmp_path_factory.mktemp("regnet-run")
+    options = FitOptions(
+        backbone=BACKBONE,
+        image_size=64,
+        synthetic_train=128,
+        synthetic_val=32,
+        epochs=1,
+        baseline_epochs=1,
+        recipe="paper",
+        batch_size=32,
+        out=str(out),
+        progress=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(options)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "castream.pt"
+
+
+@pytest.fixture(scope="module")
+def regnet_onnx(regnet_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("regnet-export") / "regnet.onnx"
+    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(regnet_run), "--out", str(out)]
+    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return out
+
+
+def test_a_regnet_trains_and_its_checkpoint_rebuilds_it(regnet_run: Path) -> None:
+    state = checkpoint.load(regnet_run)
+    assert state.model.backbone == BACKBONE and state.stage == checkpoint.FINISHED
+    assert {"val_top1_gap", "val_top1_ca"} <= set(state.metrics)
+    assert set(state.completed) == {"full", "stream"}  # random weights: the GAP baseline first, then the stream
+    # torchvision's module tree under ``net``: its classifier ``fc`` reads the last stage's 440 channels.
+    assert state.state_dict["backbone.net.fc.weight"].shape == (len(synthetic.CLASSES), 440)
+    assert any(key.startswith("backbone.net.trunk_output.block4.") for key in state.state_dict)
+    model = state.build_model()
+    assert len(model.stream.blocks) == 5 and model.backbone.widths == (32, 48, 104, 208, 440)
+    assert model.stream.blocks[0].proj.in_features == 32  # the stem is read too
+
+
+@pytest.mark.slow  # ~20 s: tracing and checking the export
+def test_a_regnet_exports_logits_attention_and_class_maps(regnet_run: Path, regnet_onnx: Path) -> None:
+    props = metadata.read(regnet_onnx)
+    assert (props["backbone"], props["model_name"]) == (BACKBONE, f"castream-{BACKBONE}-ca")
+    state = checkpoint.load(regnet_run)
+    images = load_samples(state, "val", 3, cache_dir=None).images
+    logits, attention, maps = make_session(onnx.load(str(regnet_onnx))).run(None, {"image": images})
+    assert logits.shape == (3, len(synthetic.CLASSES)) and np.isfinite(logits).all()
+    assert attention.shape == (3, 2, 2) and (attention >= 0).all()
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    # A plain ``fc`` head: the maps plus the classifier's bias add up to the logits.
+    bias = state.build_model().backbone.classifier.bias.detach().numpy()
+    assert maps.shape == (3, len(synthetic.CLASSES), 2, 2)
+    allowed = 1e-4 * max(1.0, float(np.abs(logits).max()))
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)) + bias, logits, rtol=0, atol=allowed)
+    with torch.no_grad():
+        expected = state.build_model().eval()(torch.from_numpy(images)).logits.numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=allowed)
+
+
+@pytest.mark.slow
+def test_the_service_serves_the_exported_regnet_as_onnx_runtime_runs_it(regnet_onnx: Path) -> None:
+    session = ort.InferenceSession(str(regnet_onnx), providers=["CPUExecutionProvider"])
+    model = parse_metadata(session.get_modelmeta().custom_metadata_map, str(regnet_onnx))
+    rng = np.random.default_rng(0)
+    images = [solid_png(tuple(int(v) for v in rng.integers(0, 255, 3)), size=(90, 70)) for _ in range(2)]
+    with TestClient(create_app(make_settings(regnet_onnx))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        response = client.post(
+            "/classify", files=[("file", image) for image in images], params={"top_k": 3, "class_maps": "true"}
+        )
+    assert info["classes"] == list(model.classes) and info["pooling"] == "ca"
+    assert response.status_code == 200
+    prepare = Preprocessor(model.preprocessing)
+    batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
+    logits, attention = session.run(["logits", "attention"], {"image": batch})
+    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
+        top = prediction["top_k"][0]
+        assert top["index"] == int(row.argmax()) and top["label"] == model.classes[top["index"]]
+        np.testing.assert_allclose(np.array(prediction["attention"]["values"]), grid, atol=1e-6)
+        values = np.array(top["map"]["values"])
+        assert values.shape == grid.shape == (2, 2)
+        assert values.sum() + top["map"]["constant"] == pytest.approx(float(row[top["index"]]), abs=1e-4)
+
+
+@pytest.mark.slow  # ~40 s
+def test_the_evaluation_scores_a_regnet(regnet_run: Path, tmp_path: Path) -> None:
+    argv = ["--checkpoint", str(regnet_run), "--limit", "3", "--methods", "gradcam", "attention", "classmap"]
+    argv += ["--pixels-per-step", "512", "--grid-images", "2", "--out", str(tmp_path), "--no-progress"]
+    assert evaluate.main(argv) == 0
+    rows = read_csv(tmp_path / "interpretability.csv")
+    assert [(r["method"], r["pooling"]) for r in rows] == [
+        ("Grad-CAM", "gap"),
+        ("Grad-CAM", "ca"),
+        ("Raw attention", "ca"),
+        ("Class-specific map", "ca"),
+    ]
+    for row in rows:
+        assert row["images"] == "3"
+        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
+            assert 0.0 <= float(row[metric]) <= 100.0
