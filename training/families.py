@@ -12,7 +12,8 @@ family: small and fast on a CPU (RegNetY-400MF has 4.3 M parameters), BatchNorm 
 like a ResNet), with a plain ``fc`` after pooling (so class maps need no LayerNorm factor), one module per stage
 (``trunk_output.block1`` to ``block4``) and one reference evaluation for every size (torchvision's first weights:
 resize 256, crop 224, bilinear), where EfficientNet's resolution and interpolation change with each size and its
-last stage is followed by one more convolution. ``regnet_y_128gf`` is left out: torchvision has only weights fine-tuned at 384 px for it.
+last stage is followed by one more convolution. ``regnet_y_128gf`` is left out: torchvision has only weights
+fine-tuned at 384 px for it.
 """
 
 from __future__ import annotations
