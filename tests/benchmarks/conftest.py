@@ -37,7 +37,16 @@ def tiny_int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Every section that needs no service process, measured for real with its quick budget.
-OFFLINE_SECTIONS = ("batch", "image_size", "decode_parity", "int8", "onnx_speed", "train_speed", "insertion_deletion", "gpu")
+OFFLINE_SECTIONS = (
+    "batch",
+    "image_size",
+    "decode_parity",
+    "int8",
+    "onnx_speed",
+    "train_speed",
+    "insertion_deletion",
+    "gpu",
+)
 
 
 @pytest.fixture(scope="session")
