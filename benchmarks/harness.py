@@ -260,6 +260,27 @@ class Phase:
     retry_after: str | None = None
 
 
+def _run_wrk(command: list[str], threads: int, timeout_s: float) -> tuple[list[str], str, int]:
+    """Run wrk to the end of its duration, or until every thread has sent its requests and been answered (the
+    script prints a line for each; wrk stops early and reports on SIGINT): ``(stdout lines, stderr, status)``."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        killer = threading.Timer(timeout_s, process.kill)
+        killer.start()
+        try:
+            lines, finished = [], 0
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line.rstrip("\n"))
+                finished += line.startswith("castream-thread-done")
+                if finished == threads and process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                    finished += 1  # once
+            stderr = process.stderr.read() if process.stderr else ""
+            return lines, stderr, process.wait()
+        finally:
+            killer.cancel()
+
+
 def wrk_phase(
     port: int, bodies: list[Path], connections: int, requests: int, seconds: float, rate: float = 0.0,
     target: str = "/classify?top_k=1", content_type: str = JSON,
@@ -275,10 +296,10 @@ def wrk_phase(
         *("--timeout", "30s", "-s", str(LUA), f"http://{HOST}:{port}", "--"),
         *(f"{rate / connections:.6f}", str(limit), target, content_type, *map(str, bodies)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
-    line = next((line for line in done.stdout.splitlines() if line.startswith("castream-wrk ")), None)
+    stdout, stderr, status = _run_wrk(command, connections, seconds + 120)
+    line = next((line for line in stdout if line.startswith("castream-wrk ")), None)
     if line is None:
-        raise RuntimeError(f"wrk gave no report (exit status {done.returncode}): {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"wrk gave no report (exit status {status}): {stderr.strip()[-500:]}")
     report = json.loads(line.split(" ", 1)[1])
     if errors := {kind: count for kind, count in report["socket_errors"].items() if count}:
         logging.getLogger(__name__).warning("wrk socket errors: %s", errors)

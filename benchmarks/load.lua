@@ -84,6 +84,10 @@ function response(status, headers, body)
   end
   last_answered = now
   if answered >= limit then
+    -- A stopped thread does not end the run (wrk sleeps out -d): this line lets the caller end it with SIGINT,
+    -- on which wrk stops every thread and reports as at the end of -d.
+    io.write("castream-thread-done\n")
+    io.flush()
     wrk.thread:stop()
   end
 end
