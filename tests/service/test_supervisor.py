@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,10 +189,12 @@ def environment(pid: int) -> dict[str, str]:
 def test_workers_stop_when_the_parent_is_killed(live_server) -> None:
     server = live_server(CASTREAM_WORKERS="2")
     pids = worker_pids(server)
+    metrics_dir = Path(environment(pids[0])["PROMETHEUS_MULTIPROC_DIR"])
     server.process.kill()
     server.process.wait(10)
     # Whoever adopts them reaps them, or leaves them as zombies: either way they are no longer running.
     wait_for(lambda: all(state(pid) in ("gone", "Z") for pid in pids), "the orphaned workers to exit")
+    shutil.rmtree(metrics_dir)  # a killed parent cannot remove it
 
 
 def run_service(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
