@@ -39,16 +39,17 @@ class Metrics:
     def __init__(self, shared: Slot | None = None) -> None:
         disable_created_metrics()  # the *_created series only add noise to dashboards
         self.registry = CollectorRegistry()
-        # The standard process_* (memory, CPU, open fds) and python_* series, as the default registry has them:
-        # dashboards and alerts written for any Python exporter work here too.
-        PlatformCollector(registry=self.registry)
+        # The standard process_* (memory, CPU, open fds) and python_* (GC, version) series, as the default registry
+        # has them: dashboards and alerts written for any Python exporter work here too.
         if shared is None:
             r = self.registry
             ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
             GCCollector(registry=r)
         else:
             # The metrics below are only written (to this process's files); the registry reads every process's.
             r = None
+            PlatformCollector(registry=self.registry)
             self.registry.register(SharedCollector(shared))
         self.requests = Counter(
             "castream_requests", "HTTP requests answered, by route and status code", ["route", "status"], registry=r
