@@ -1,5 +1,5 @@
-"""The model-file contract (docs/onnx-model.md): tensor names, metadata keys, format version, poolings, the
-preprocessing record and the execution providers a model file is run with.
+"""The model-file contract (docs/onnx-model.md): tensor names, the table of outputs, metadata keys, format version,
+poolings, the preprocessing record and the execution providers a model file is run with.
 
 Written once here and imported by both ``export/`` (which writes model files) and ``service/`` (which
 reads them). It imports neither torch nor onnx, so the serving image carries it with nothing else.
@@ -27,7 +27,7 @@ def _project_version() -> str:
 
 VERSION = _project_version()  # written into every model file (``castream_version``) and reported by the service
 
-# Graph tensors. ``class_maps`` is optional within format 1: files exported before it existed lack it.
+# Graph tensors: the input, and the outputs of the table below (``OUTPUTS``).
 INPUT = "image"
 LOGITS, ATTENTION, CLASS_MAPS = "logits", "attention", "class_maps"
 BATCH = "N"  # name of the symbolic batch dimension, on the input and on every output
@@ -107,13 +107,114 @@ class Preprocessing:
         return prep
 
 
-def output_names(pooling: str) -> tuple[str, ...]:
-    """The outputs a model file of ``pooling`` has, in graph order."""
+# The symbolic dimensions of the outputs' shapes, and what sets each.
+DIMS = {
+    BATCH: "the batch (symbolic in the graph)",
+    "classes": "the class count: the length of the `classes` metadata list",
+    "h": "the last feature map's height: 1/32 of the crop (1/16 with dilation)",
+    "w": "the last feature map's width",
+    "width": "the width of the pooled vector the classifier reads (the backbone's head width)",
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far export lets an output of ONNX Runtime fall from PyTorch's, per numeric format checked against it.
+
+    Each bound is a fraction of a scale: the largest absolute value of the reference output ``scale`` (the output's
+    own, or the logits' for values in logit units), at least ``floor``; ``words`` says it in messages and the docs.
+    """
+
+    fp32: float
+    fp16: float
+    scale: str
+    words: str
+    floor: float = 0.0
+
+    def fraction(self, numerics: str) -> float:
+        """The fraction allowed for a graph in ``numerics`` (fp32 or fp16: int8 is checked against fp32 instead)."""
+        if numerics not in ("fp32", "fp16"):
+            raise ValueError(f"no PyTorch tolerance for {numerics!r}; expected 'fp32' or 'fp16'")
+        return self.fp32 if numerics == "fp32" else self.fp16
+
+
+LOGIT_SCALE = "the largest absolute logit, at least 1"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of the graph: one row of the table of outputs (docs/onnx-model.md).
+
+    Attributes:
+        shape: symbolic dimensions (``DIMS``), the batch first.
+        poolings: the poolings whose graphs have it.
+        optional: files exported before it existed lack it; they are still format 1 and serve everything else.
+        float_in_int8: computed in float32 in an int8 file too (its nodes are left out of quantisation).
+        tolerance: what export allows against PyTorch.
+        on_request: the service computes it only when a request asks for it (it is large, or rarely wanted).
+    """
+
+    name: str
+    shape: tuple[str, ...]
+    meaning: str
+    tolerance: Tolerance
+    poolings: tuple[str, ...] = POOLINGS
+    dtype: str = "float32"
+    optional: bool = False
+    float_in_int8: bool = True
+    on_request: bool = False
+
+
+# The table of outputs, in graph order. Everything else (the graph, export's checks, the service's listings and
+# requests, the Triton configuration, the docs) iterates it.
+OUTPUTS = (
+    OutputSpec(
+        LOGITS,
+        (BATCH, "classes"),
+        "the classifier's logits",
+        Tolerance(fp32=1e-4, fp16=2e-2, scale=LOGITS, words=LOGIT_SCALE, floor=1.0),
+    ),
+    OutputSpec(
+        ATTENTION,
+        (BATCH, "h", "w"),
+        "the last CA block's softmax weights: each map is non-negative and sums to 1",
+        Tolerance(fp32=1e-4, fp16=1e-2, scale=ATTENTION, words="the largest weight of the maps"),
+        poolings=("ca",),
+    ),
+    OutputSpec(
+        CLASS_MAPS,
+        (BATCH, "classes", "h", "w"),
+        "each logit split exactly over the grid: `class_maps[n, c].sum() + constant[c] == logits[n, c]`",
+        Tolerance(fp32=1e-4, fp16=2e-2, scale=LOGITS, words=LOGIT_SCALE, floor=1.0),
+        poolings=("ca",),
+        optional=True,
+        on_request=True,
+    ),
+)
+OUTPUT_NAMES = tuple(spec.name for spec in OUTPUTS)
+_BY_NAME = {spec.name: spec for spec in OUTPUTS}
+
+
+def output_spec(name: str) -> OutputSpec:
+    """The table's row for ``name``; ``ValueError`` names the outputs there are."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown output {name!r}; the outputs are {list(OUTPUT_NAMES)}") from None
+
+
+def outputs_of(pooling: str) -> tuple[OutputSpec, ...]:
+    """The rows of the outputs a model file of ``pooling`` has (optional ones included), in graph order."""
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    return (LOGITS, ATTENTION, CLASS_MAPS) if pooling == "ca" else (LOGITS,)
+    return tuple(spec for spec in OUTPUTS if pooling in spec.poolings)
+
+
+def output_names(pooling: str) -> tuple[str, ...]:
+    """The outputs a model file of ``pooling`` has, in graph order."""
+    return tuple(spec.name for spec in outputs_of(pooling))
 
 
 def required_outputs(pooling: str) -> tuple[str, ...]:
-    """The outputs a file must have to be served: ``class_maps`` may be missing from older CA files."""
-    return tuple(name for name in output_names(pooling) if name != CLASS_MAPS)
+    """The outputs a file must have to be served: optional ones may be missing from older files."""
+    return tuple(spec.name for spec in outputs_of(pooling) if not spec.optional)
