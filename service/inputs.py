@@ -11,11 +11,12 @@ from typing import Annotated
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from service.errors import ServiceError
+from service.formdata import FIELD, MAX_PARTS, form_files
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 
@@ -122,16 +123,25 @@ def _b64(text: str, index: int) -> bytes:
 
 
 async def parse_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    """The form's files named ``file``, in order: split in memory when the body has the usual shape, otherwise
+    (and for every body that is refused) through Starlette's parser."""
+    files = form_files(request.headers.get("content-type", ""), body)
+    return files if files is not None else await parse_form(request.headers, body)
+
+
+async def parse_form(headers: Headers, body: bytes) -> list[tuple[str, bytes]]:
+    """Starlette's streaming parser, which spools files over 1 MiB to disk and names what is wrong."""
+
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1000, max_fields=1000).parse()
+        form = await MultiPartParser(headers, stream(), max_files=MAX_PARTS, max_fields=MAX_PARTS).parse()
     except (MultiPartException, ValueError) as exc:
         raise ServiceError(400, "invalid_multipart", f"the multipart body cannot be parsed: {exc}") from None
     images = []
     try:
-        for i, value in enumerate(form.getlist("file")):
+        for i, value in enumerate(form.getlist(FIELD)):
             if not isinstance(value, UploadFile):
                 raise ServiceError(422, "not_a_file", f"form field 'file' #{i} is text, not a file upload")
             images.append((value.filename or f"file {i}", await value.read()))
