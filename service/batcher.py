@@ -5,14 +5,15 @@ No image waits for company. Whenever the runner is free, the batcher runs whatev
 load and a lone request runs at once. A positive ``max_delay_s`` is an opt-in: a batch that is not full then
 waits until its oldest image has waited that long (docs/service.md says when that pays).
 
-Admission happens once per request, once its body has arrived: ``admit`` reserves room in the bounded queue
-(a full queue refuses at once with 503 and ``Retry-After``) and returns a :class:`Ticket`, on which the
-request's images are later submitted. Before the body is read, ``check`` refuses the same way when the queue
-is already full but reserves nothing, so overload is refused without reading a body, and a client that is
-slow to send its body holds no room. The room is held until the images are taken into a batch, so the
-queue bounds every image between admission and the model, decoding included. A request that has not
-started by its deadline is answered 504 and never run; a batch that fails fails only its own requests;
-``stop`` refuses new work and finishes what was accepted.
+Admission happens once per request, once its body has arrived and its image count is known: ``admit``
+reserves room for all of the request's images in the bounded queue (a full queue refuses at once with 503 and
+``Retry-After``) and returns a :class:`Ticket`, on which exactly those images are later submitted. Before the
+body is read, ``check`` refuses the same way when the queue is already full but reserves nothing, so overload
+is refused without reading a body, and a client that is slow to send its body holds no room. The room is held
+until the images are taken into a batch, so the queue bounds every image between admission and the model,
+decoding included. The batcher alone counts the room: a ticket is a handle, and ``release`` gives its room
+back. A request that has not started by its deadline is answered 504 and never run; a batch that fails fails
+only its own requests; ``stop`` refuses new work and finishes what was accepted.
 
 A request may ask for extra outputs (``flags``, such as ``class_maps``): the batch it lands in runs with
 ``run(batch, flag=True)`` for every flag any of its requests asked for, and plain ``run(batch)`` otherwise.
@@ -55,32 +56,20 @@ class _Job:
     deadline: asyncio.TimerHandle | None = None
 
 
+@dataclass(eq=False)
 class Ticket:
     """Room for a request's images in the queue, from admission until they are taken into a batch.
 
-    Use it as a context manager: leaving the block without submitting (a bad image, a client gone) gives
-    the room back.
+    Made by :meth:`Batcher.admit`, sized once for all of the request's images. Use it as a context manager: leaving
+    the block without submitting (a bad image, a client gone) gives the room back.
     """
 
-    def __init__(self, batcher: Batcher, images: int):
-        self._batcher, self.images, self._held = batcher, images, True
-
-    def resize(self, images: int) -> None:
-        """Hold room for ``images`` instead (the count is known once the body is read); 503 if it does not fit."""
-        if images > self.images:
-            self._batcher._reserve(images - self.images)
-        else:
-            self._batcher._reserved -= self.images - images
-        self.images = images
+    images: int
+    batcher: Batcher = field(repr=False)
+    held: bool = True  # False once given back, or once its images are queued (the batcher frees them as it takes them)
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._batcher._reserved -= self.images
-
-    def _hand_over(self) -> None:
-        """The images are queued now; the batcher frees their room as it takes them."""
-        self._held = False
+        self.batcher.release(self)
 
     def __enter__(self) -> Ticket:
         return self
@@ -103,13 +92,16 @@ class Batcher:
         retry_after_s: int = 1,
         metrics: Metrics | None = None,
         executor: Executor | None = None,
+        queue_limit: str | None = None,
     ):
+        """``queue_limit`` names what sets ``max_queue`` in a queue-full answer (default ``CASTREAM_MAX_QUEUE=<n>``)."""
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size={max_batch_size} and max_queue={max_queue} must both be at least 1")
         if max_delay_s < 0 or timeout_s <= 0:
             raise ValueError(f"max_delay_s={max_delay_s} must be >= 0 and timeout_s={timeout_s} > 0")
         self._run_fn, self.max_batch_size, self.max_delay_s = run, max_batch_size, max_delay_s
         self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
+        self.queue_limit = queue_limit or f"CASTREAM_MAX_QUEUE={max_queue}"
         self.metrics = metrics or Metrics()
         self.runs = 0
         self._items: deque[tuple[_Job, int]] = deque()
@@ -149,9 +141,16 @@ class Batcher:
         self._executor.shutdown(wait=False)
 
     def admit(self, images: int = 1) -> Ticket:
-        """Room for ``images`` now, or 503 at once: the request's one reservation, once its body is in."""
-        self._reserve(images)
-        return Ticket(self, images)
+        """Room for all of a request's ``images`` now, or 503 at once: its one reservation, once its body is in."""
+        self._refuse_unless_room(images)
+        self._reserved += images
+        return Ticket(images, self)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back the room of ``ticket`` unless its images were queued (then ``_take`` frees it); once only."""
+        if ticket.held:
+            ticket.held = False
+            self._reserved -= ticket.images
 
     def check(self, images: int = 1) -> None:
         """503 at once, as ``admit`` would, unless ``images`` fit now; reserves nothing.
@@ -161,36 +160,39 @@ class Batcher:
         """
         self._refuse_unless_room(images)
 
-    def _reserve(self, images: int) -> None:
-        self._refuse_unless_room(images)
-        self._reserved += images
-
     def _refuse_unless_room(self, images: int) -> None:
         if self._closing or self._task is None:
             raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
-        if self._reserved + images > self.max_queue:
-            raise ServiceError(
-                503,
-                "queue_full",
-                f"the queue holds {self._reserved} of {self.max_queue} images (CASTREAM_MAX_QUEUE); retry later",
-                self._retry_headers(),
+        free = self.max_queue - self._reserved
+        if images > free:
+            wait = f"retry in {self.retry_after_s} s" if self.retry_after_s else "retry"
+            detail = (
+                f"the queue is full ({self._reserved} images waiting; {self.queue_limit}); {wait}"
+                if free <= 0
+                else f"the queue has room for {free} of this request's {images} images ({self.queue_limit}); "
+                f"{wait}, or send fewer images at once"
             )
+            raise ServiceError(503, "queue_full", detail, self._retry_headers())
 
     async def submit(
         self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset(), ticket: Ticket | None = None
     ) -> list[Any]:
         """Queue one request's images and wait for their outputs, in order; ``flags`` ask for extra outputs.
 
-        ``ticket`` is the request's admission; without one, the images are admitted here.
+        ``ticket`` is the request's admission, for exactly these images; without one, they are admitted here.
         """
         if ticket is None:
             ticket = self.admit(len(inputs))
+        elif not ticket.held or ticket.images != len(inputs):
+            state = "held" if ticket.held else "no longer held"
+            raise ValueError(
+                f"a ticket for {ticket.images} images ({state}) cannot queue {len(inputs)}; admit each request once, "
+                "for all of its images"
+            )
         elif self._closing:
-            ticket.release()
+            self.release(ticket)
             raise ServiceError(503, "shutting_down", "the service is not accepting work", self._retry_headers())
-        elif ticket.images != len(inputs):
-            ticket.resize(len(inputs))
-        ticket._hand_over()
+        ticket.held = False  # queued: ``_take`` frees the room image by image
         loop = asyncio.get_running_loop()
         job = _Job(inputs, time.monotonic(), loop.create_future(), flags, [None] * len(inputs), len(inputs))
         job.deadline = loop.call_later(self.timeout_s, self._expire_waiting, job)

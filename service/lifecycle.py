@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.model import OnnxModel, load_model
 from service.preprocess import Preprocessor
 from service.providers import CUDA
-from service.serving import Serving
+from service.serving import Serving, queue_limit
 from service.settings import Settings
 from service.workers import worker_pool
 
@@ -103,6 +103,7 @@ class Lifecycle:
             retry_after_s=s.retry_after_s,
             metrics=self.metrics,
             executor=self._inference,
+            queue_limit=queue_limit(s),
         )
         self._batcher.start()
         self._decode_pool = worker_pool(s.decode_workers, "castream-decode", s.worker_niceness)

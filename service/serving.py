@@ -1,9 +1,12 @@
-"""The serving core: one immutable object, published by the lifecycle once the model is warm.
+"""The serving core: one immutable object, published by the lifecycle once the model is warm, and the one request
+pipeline that every protocol goes through.
 
 Everything a request needs is here and none of it is optional: the model, its preprocessing, the batcher
-and the decode threads. Routes receive it through ``service.deps.ServingDep`` (503 until it exists), are
-checked for room before their body is read (``check_room``), admitted once it is in (``admit``), and then
-validate, decode, run and encode through it.
+and the decode threads. Routes receive it through ``service.deps.ServingDep`` (503 until it exists), parse
+what their path and query say, and hand the request to :meth:`Serving.handle` with their protocol's
+:class:`Codec` (``service.codecs``). The pipeline owns the sequence: room checked before the body is read,
+the body read and parsed by the codec, admission once for all of the request's images, decode, inference,
+and the codec's encoding of the outputs.
 """
 
 from __future__ import annotations
@@ -11,23 +14,61 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+from fastapi import Request, Response
 
 from service import handoff, timings
-from service.batcher import Batcher, Ticket
-from service.contract import CLASS_MAPS
+from service.batcher import Batcher
+from service.contract import CLASS_MAPS, OUTPUTS
 from service.errors import ServiceError
 from service.imaging import decode_reduced
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel
-from service.predict import Options, prediction
 from service.preprocess import Prepared, Preprocessor
-from service.schemas import AttentionMode, ClassifyResponse, ModelRef
-from service.settings import Settings
+from service.settings import PREFIX, Settings
 
-_CLASS_MAPS = frozenset({CLASS_MAPS})
+# The outputs the model computes only when a request names them (``OnnxModel.run``'s flags).
+ON_REQUEST = frozenset(spec.name for spec in OUTPUTS if spec.on_request)
+
+
+@dataclass
+class Work:
+    """A request as its codec read it: encoded image ``files`` to decode, or model ``inputs`` [3, crop, crop]."""
+
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes), in order
+    inputs: list[np.ndarray] = field(default_factory=list)
+    outputs: frozenset[str] = frozenset()  # the model outputs the answer needs
+    display: int = 0  # files: also keep each at this many pixels on its longer side (whole-image overlays)
+    offload_encode: bool = False  # encoding is heavy (PNG overlays): done in the decode pool
+
+    @property
+    def images(self) -> int:
+        return len(self.files) or len(self.inputs)
+
+
+class Codec(Protocol):
+    """One protocol's share of a request: its body in, its answer out."""
+
+    async def read(self, request: Request) -> Work:
+        """Read and parse the body: images or tensors and what to answer; ServiceError for anything unusable."""
+        ...
+
+    def encode(self, outputs: list[ImageOutput], prepared: list[Prepared] | None) -> Response:
+        """The answer for the model's ``outputs``, one per image in order; ``prepared`` holds decoded files."""
+        ...
+
+
+def queue_limit(settings: Settings) -> str:
+    """What bounds one serving process's queue, as a queue-full answer names it."""
+    if settings.workers == 1:
+        return f"{PREFIX}MAX_QUEUE={settings.max_queue}"
+    return (
+        f"this process takes {settings.max_queue}, its share of {PREFIX}MAX_QUEUE with {PREFIX}WORKERS="
+        f"{settings.workers}"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,16 +82,20 @@ class Serving:
     batcher: Batcher
     decode_pool: Executor
 
-    def check_room(self, images: int = 1) -> None:
-        """503 with ``Retry-After`` at once if the queue has no room for ``images``; holds nothing.
-
-        Before a body is read: overload is refused without reading it, and a slow body holds no room.
-        """
-        self.batcher.check(images)
-
-    def admit(self, images: int = 1) -> Ticket:
-        """Room for ``images`` in the queue, or 503 at once: the request's one admission, once its body is in."""
-        return self.batcher.admit(images)
+    async def handle(self, request: Request, codec: Codec) -> Response:
+        """The one request pipeline: room, body, admission, decode, inference, encoding."""
+        self.batcher.check()  # under overload, refused before the body is read; nothing is held meanwhile
+        work = await codec.read(request)
+        with self.batcher.admit(work.images) as ticket:  # all its images, once the body is in: 503 if room went
+            prepared = await self.prepare(work.files, work.display) if work.files else None
+            inputs = work.inputs if prepared is None else [p.input for p in prepared]
+            outputs = await self.batcher.submit(inputs, work.outputs & ON_REQUEST, ticket)
+        # PNG encoding is worth a thread hop; top-k, numeric grids and tensors are not.
+        with timings.stage("encode"):
+            if work.offload_encode:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.decode_pool, codec.encode, outputs, prepared)
+            return codec.encode(outputs, prepared)
 
     def require_class_maps(self) -> None:
         """Raise 422 ``no_class_maps`` unless the model can give class maps."""
@@ -85,32 +130,6 @@ class Serving:
             return await asyncio.gather(
                 *(loop.run_in_executor(self.decode_pool, self._prepare, data, name, display) for name, data in images)
             )
-
-    async def infer(self, ticket: Ticket, inputs: list[np.ndarray], class_maps: bool = False) -> list[ImageOutput]:
-        """Run model inputs [3, crop, crop] through the shared batcher on the request's ``ticket``."""
-        return await self.batcher.submit(inputs, _CLASS_MAPS if class_maps else frozenset(), ticket)
-
-    async def classify(self, ticket: Ticket, images: list[tuple[str, bytes]], options: Options) -> bytes:
-        """The JSON body answering ``images``: top-k labels, attention and class maps per image, in order."""
-        ticket.resize(len(images))
-        prepared = await self.prepare(images, options.display)
-        outputs = await self.infer(ticket, [p.input for p in prepared], options.needs_class_maps)
-        # PNG encoding is worth a thread hop; top-k and the numeric grids are not.
-        with timings.stage("encode"):
-            if options.attention is AttentionMode.overlay:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.decode_pool, self.encode, outputs, prepared, options)
-            return self.encode(outputs, prepared, options)
-
-    def encode(self, outputs: list[ImageOutput], prepared: list[Prepared], options: Options) -> bytes:
-        start = time.perf_counter()
-        info = self.model.info
-        predictions = [prediction(o, p, info.classes, options) for o, p in zip(outputs, prepared, strict=True)]
-        response = ClassifyResponse(model=ModelRef(name=info.name, version=info.version), predictions=predictions)
-        # Already a validated model: serialised directly rather than validated again by FastAPI.
-        body = response.__pydantic_serializer__.to_json(response)
-        self.metrics.encode_seconds.labels(attention=options.attention.value).observe(time.perf_counter() - start)
-        return body
 
     def _prepare(self, data: bytes, name: str, display: int = 0) -> Prepared:
         start = time.perf_counter()

@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from service.codecs.classify import ClassifyCodec
 from service.deps import ServingDep
 from service.errors import ErrorBody
-from service.inputs import ImagesJSON, read_images
+from service.inputs import ImagesJSON
 from service.overlay import DISPLAY_SIDE
 from service.predict import Options
 from service.schemas import AttentionMode, ClassifyResponse, OverlayArea, OverlayFormat
@@ -71,8 +72,4 @@ async def classify(
     options = Options(
         top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level, overlay_size, overlay_format
     )
-    serving.check_room()  # under overload, refused here, before the body is read; nothing is held meanwhile
-    images = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
-    with serving.admit(len(images)) as ticket:  # room reserved once the body is in: 503 if it went meanwhile
-        body = await serving.classify(ticket, images, options)
-    return Response(body, media_type="application/json")
+    return await serving.handle(request, ClassifyCodec(serving, options))

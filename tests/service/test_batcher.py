@@ -269,7 +269,7 @@ def test_admission_holds_room_until_the_images_are_taken_and_gives_it_back_when_
         while batcher.depth < 1:
             await asyncio.sleep(0)
         with pytest.raises(ServiceError) as grown:
-            held.resize(3)  # its body holds three images: beside the queued one, no room
+            batcher.admit(3)  # a body of three images: beside the held and the queued one, no room
         with pytest.raises(ServiceError) as full:
             batcher.admit(2)
         queued = asyncio.create_task(batcher.submit([np.float32(2)], ticket=held))
@@ -280,7 +280,7 @@ def test_admission_holds_room_until_the_images_are_taken_and_gives_it_back_when_
         results = await asyncio.gather(running, queued, other)
         counts.append(batcher.reserved)
         await batcher.stop(5)
-        assert not dropped._held
+        assert not dropped.held
         return counts, grown.value, full.value, results
 
     counts, grown, full, results = run(main())
