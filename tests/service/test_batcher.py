@@ -373,3 +373,46 @@ def test_a_request_that_waits_past_its_deadline_gets_504_and_is_never_run(app_cl
         assert running.result().status_code == 200
     assert session.batches == [1]
     assert 'castream_rejections_total{reason="timeout"} 1.0' in client.get("/metrics").text
+
+
+def test_a_ticket_queues_exactly_the_images_it_was_admitted_for_and_only_once() -> None:
+    async def main() -> list[float]:
+        batcher = make(FakeModel(), max_queue=4)
+        batcher.start()
+        with batcher.admit(2) as ticket:
+            with pytest.raises(ValueError, match="a ticket for 2 images"):
+                await batcher.submit([np.float32(1)], ticket=ticket)  # sized once: never resized to fit
+            assert batcher.reserved == 2
+            results = await batcher.submit([np.float32(1), np.float32(2)], ticket=ticket)
+            with pytest.raises(ValueError, match="no longer held"):
+                await batcher.submit([np.float32(1), np.float32(2)], ticket=ticket)
+        assert batcher.reserved == 0 and not ticket.held
+        ticket.release()  # once given back, again changes nothing
+        batcher.release(ticket)
+        assert batcher.reserved == 0
+        await batcher.stop(5)
+        return results
+
+    assert run(main()) == [2.0, 4.0]
+
+
+def test_queue_full_answers_say_how_long_to_wait_and_what_bounds_the_queue() -> None:
+    async def main() -> list[str]:
+        batcher = make(FakeModel(), max_queue=3, retry_after_s=5, queue_limit="this process takes 3")
+        batcher.start()
+        details = []
+        with batcher.admit(2):
+            with pytest.raises(ServiceError) as partial:
+                batcher.admit(2)
+            details.append(partial.value.detail)
+            with batcher.admit(1), pytest.raises(ServiceError) as full:
+                batcher.check()
+            details.append(full.value.detail)
+        await batcher.stop(5)
+        return details
+
+    assert run(main()) == [
+        "the queue has room for 1 of this request's 2 images (this process takes 3); retry in 5 s, "
+        "or send fewer images at once",
+        "the queue is full (3 images waiting; this process takes 3); retry in 5 s",
+    ]
