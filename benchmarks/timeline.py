@@ -24,7 +24,7 @@ from benchmarks.sections import Section, fmt, table
 from service import inputs, middleware, serving, tracing
 from service.app import create_app
 from service.batcher import Batcher
-from service.routes import classify
+from service.codecs.classify import ClassifyCodec
 from service.settings import Settings, load_settings
 
 # The readings one request takes, in order; each stage runs from one reading to the next.
@@ -37,10 +37,10 @@ STAGES = ("routing, query validation, dependencies", "body reading", "JSON and b
           "response (send through the middleware)")  # fmt: skip
 # What is wrapped, and the readings it takes as it is called and as it returns ("" for none).
 WRAPPED = (
-    (middleware.MetricsMiddleware, "__call__", "app", "sent"), (classify, "read_images", "handler", ""),
+    (middleware.MetricsMiddleware, "__call__", "app", "sent"), (serving.Serving, "handle", "handler", ""),
     (inputs, "read_body", "", "body"), (serving.Serving, "prepare", "parsed", "queued"),
-    (serving.Serving, "_prepare", "decode_start", "prepared"), (serving.Serving, "infer", "", "resumed"),
-    (serving.Serving, "encode", "", "encoded"), (Batcher, "_take", "", "taken"),
+    (serving.Serving, "_prepare", "decode_start", "prepared"), (Batcher, "submit", "", "resumed"),
+    (ClassifyCodec, "encode", "", "encoded"), (Batcher, "_take", "", "taken"),
     (Batcher, "_run_sync", "run_start", "run_end"), (serving.Preprocessor, "__call__", "decoded", ""),
 )  # fmt: skip
 
