@@ -1,4 +1,5 @@
-"""Trace a CAStreamNet into one ONNX graph: input ``image`` with a symbolic batch axis, outputs by name.
+"""Trace a CAStreamNet into one ONNX graph: input ``image`` with a symbolic batch axis, outputs by name (the
+contract's table, in its order).
 
 The graph comes from the ``torch.export`` based exporter (the TorchScript one is deprecated and leaves
 the attention map's height and width symbolic too). Debug information that the exporter attaches to
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from export.rewrite import attention_as_matmul, fold_linear_chains
-from service.contract import BATCH, INPUT, output_names
+from service.contract import ATTENTION, BATCH, CLASS_MAPS, INPUT, LOGITS, output_names
 from training.families import normalising_scale
 from training.model import CAStreamNet
 
@@ -55,26 +56,31 @@ class ClassMapHead(nn.Module):
 
 
 class Exportable(nn.Module):
-    """The model as the graph sees it: one fixed pooling, outputs as a plain tuple."""
+    """The model as the graph sees it: one fixed pooling, its outputs by name, returned in the table's order."""
 
     def __init__(self, model: CAStreamNet, pooling: str) -> None:
         super().__init__()
-        output_names(pooling)  # validates the name
+        self.names = output_names(pooling)  # validates the name
         self.model, self.pooling = model, pooling
-        if pooling == "ca":
+        if ATTENTION in self.names:
             self.class_head = ClassMapHead(model)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        if self.pooling == "gap":
-            return (self.model(image, "gap").logits,)  # (N, classes)
+        outputs = self.outputs(image)
+        return tuple(outputs[name] for name in self.names)
+
+    def outputs(self, image: Tensor) -> dict[str, Tensor]:
+        """Every output of the graph, by name."""
         taps = self.model.forward_features(image)
-        last = taps[-1].float()
-        token, weights = self.model.stream(taps)  # (N, D), (N, P)
-        logits = self.model.backbone.classify(token)  # (N, K)
-        height, width = last.shape[-2:]
-        maps = self.class_head(last.flatten(2), weights, token)  # (N, K, P)
-        # (N, K), (N, h, w), (N, K, h, w)
-        return logits, weights.view(-1, height, width), maps.view(-1, maps.shape[1], height, width)
+        pooled, weights = self.model.pool(taps, self.pooling)  # (N, D), (N, P) or None
+        outputs = {LOGITS: self.model.backbone.classify(pooled)}  # (N, K)
+        if weights is not None:
+            last = taps[-1].float()
+            height, width = last.shape[-2:]
+            maps = self.class_head(last.flatten(2), weights, pooled)  # (N, K, P)
+            outputs[ATTENTION] = weights.view(-1, height, width)  # (N, h, w)
+            outputs[CLASS_MAPS] = maps.view(-1, maps.shape[1], height, width)  # (N, K, h, w)
+        return outputs
 
 
 def export_graph(model: CAStreamNet, pooling: str, image_size: int) -> onnx.ModelProto:

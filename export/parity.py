@@ -1,9 +1,10 @@
 """How far ONNX Runtime's float32 outputs fall from PyTorch's on this CPU: the spread the export tolerates.
 
 Both are correct float32 programs; their kernels add in different orders, so their outputs differ by
-rounding. This prints the largest differences over many validation images and batch sizes, each relative
-to its scale (logits and class maps: the largest absolute logit; attention: the largest weight of the
-map), next to the export's tolerances, so the margin between rounding and the tolerance can be read off.
+rounding. This prints the largest differences of every output over many validation images and batch sizes,
+each relative to its scale (the contract's table: logits and class maps on the largest absolute logit,
+attention on the largest weight of the maps), next to the export's tolerances, so the margin between rounding
+and the tolerance can be read off.
 
 python -m export.parity                                  # the default run, 512 validation images
 python -m export.parity --checkpoint runs/x/castream.pt --images 1000 --batch-sizes 1 8 32
@@ -21,8 +22,8 @@ from typing import Any
 from export.graph import export_graph
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
-from export.verify import FP32, reference_outputs, relative_errors
-from service.contract import ATTENTION, CLASS_MAPS, LOGITS
+from export.verify import FP32, reference_outputs, relative_errors, tolerances
+from service.contract import OUTPUT_NAMES
 from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.data import DEFAULT_CACHE
@@ -44,17 +45,16 @@ def run(path: str, images: int, batch_sizes: list[int], cache: Path | None = DEF
         errors = relative_errors(outputs, reference)
         rows.append({"batch_size": batch_size, **{k: float(v) for k, v in errors.items()}})
         log.info("batch %d: %s", batch_size, errors)
-    tolerance = {LOGITS: FP32.logits, ATTENTION: FP32.attention, CLASS_MAPS: FP32.logits}
-    worst = {name: max(r[name] for r in rows) for name in (LOGITS, ATTENTION, CLASS_MAPS) if name in rows[0]}
+    names = [name for name in OUTPUT_NAMES if name in rows[0]]
+    tolerance = tolerances(FP32, names)
+    worst = {name: max(r[name] for r in rows) for name in names}
     return {
         "checkpoint": path,
         "images": len(samples.images),
         "rows": rows,
         "worst": worst,
         "tolerance": tolerance,
-        "margin": {
-            name: FP32.attention / v if name == ATTENTION else FP32.logits / v for name, v in worst.items() if v
-        },
+        "margin": {name: tolerance[name] / v for name, v in worst.items() if v},
     }
 
 

@@ -23,7 +23,17 @@ from export.quantize import is_quantized, quantize_int8
 from export.samples import Samples, gallery, load_samples
 from export.sessions import make_session, run_batches
 from export.timing import time_sessions
-from export.verify import FP16, FP32, Parity, VerificationError, check_attention_maps, check_parity, check_structure
+from export.verify import (
+    FP16,
+    FP32,
+    Parity,
+    VerificationError,
+    allowed_error,
+    check_attention_maps,
+    check_parity,
+    check_structure,
+    tolerances,
+)
 from export.verify import reference_outputs as torch_outputs
 from service.contract import ATTENTION, LOGITS, NUMERICS, POOLINGS
 from training import checkpoint
@@ -117,7 +127,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     report = ExportReport(Path(options.out), {}, parity)
     verification: dict[str, Any] = {
         "reference": "pytorch float32",
-        "tolerance": asdict(FP32),
+        "tolerance": tolerances(FP32, reference),
         "parity": [p.to_dict() for p in parity],
     }
 
@@ -190,9 +200,9 @@ def _int8(
 def _check_batch_invariance(session: Any, images: np.ndarray, batched: dict[str, np.ndarray]) -> None:
     """An image's int8 outputs do not depend on the other images in its batch (static quantisation)."""
     single = run_batches(session, images[:CHECK_BATCH], 1)
-    scale = max(1.0, float(np.abs(batched[LOGITS][:CHECK_BATCH]).max()))
+    allowed, scale = allowed_error(LOGITS, FP32, {LOGITS: batched[LOGITS][:CHECK_BATCH]})
     error = float(np.abs(single[LOGITS] - batched[LOGITS][:CHECK_BATCH]).max())
-    if not error <= FP32.logits * scale:
+    if not error <= allowed:
         raise VerificationError(
             f"int8 logits at batch 1 differ from batch {CHECK_BATCH} by {error:.3g} (scale {scale:.3g})"
         )
@@ -213,7 +223,7 @@ def _fp16(
         report.fp16_checked_on, report.fp16_parity = session.get_providers()[0], parity
         return half, {
             "checked_on": report.fp16_checked_on,
-            "tolerance": asdict(FP16),
+            "tolerance": tolerances(FP16, reference),
             "parity": [p.to_dict() for p in parity],
         }
     log.warning("no execution provider here runs the fp16 graph; only its structure was checked")

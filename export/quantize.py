@@ -4,7 +4,8 @@ ONNX Runtime's QDQ format with per-channel int8 weights and uint8 activations (t
 kernels are fastest at), calibrated with min/max ranges on training images. The CA stream and the head
 after it are excluded: they are ~0.25 % of the compute, and keeping them float keeps the attention
 softmax, and so the ``attention`` output, exactly as trained, computed from the quantised backbone's
-features.
+features. So are the nodes that make or read an output the contract's table keeps float in int8 (a GAP
+graph, the head after its pooling).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.graph import stream_nodes
-from service.contract import INPUT
+from service.contract import INPUT, OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, batch_size: i
         onnx.save(proto, str(source))
         # Shape inference and constant folding first, as ONNX Runtime recommends before quantising.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        excluded = stream_nodes(onnx.load(str(prepared)).graph)
+        excluded = float_nodes(onnx.load(str(prepared)).graph)
         log.info("calibrating int8 ranges on %d images; %d stream nodes stay float", len(calibration), len(excluded))
         quantize_static(
             str(prepared),
@@ -70,6 +71,15 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray, batch_size: i
         quantized = onnx.load(str(target))
     _drop_unused_opsets(quantized)
     return quantized
+
+
+def float_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Nodes that quantisation leaves in float32: the CA stream, and those that make or read an output the
+    contract's table keeps float in int8 (so that no quantise-dequantise pair lands on that output)."""
+    kept = {spec.name for spec in OUTPUTS if spec.float_in_int8}
+    names = stream_nodes(graph)
+    touching = [node.name for node in graph.node if kept & {*node.input, *node.output}]
+    return list(dict.fromkeys([*names, *touching]))
 
 
 def _drop_unused_opsets(proto: onnx.ModelProto) -> None:

@@ -41,13 +41,11 @@ def summary(report: ExportReport) -> str:
     lines = [f"wrote {report.path} ({props['model_name']}, {props['precision']}) in {report.seconds:.0f} s"]
     checks = [("fp32", p) for p in report.parity] + [("fp16", p) for p in report.fp16_parity]
     for numerics, parity in checks:
-        attention = "" if parity.attention_error is None else f", attention within {parity.attention_error:.2g}"
-        if parity.class_maps_error is not None:
-            attention += f", class maps within {parity.class_maps_error:.2g}"
-        lines.append(
-            f"  {numerics} vs PyTorch at batch {parity.batch_size} ({parity.images} images): "
-            f"logits within {parity.logits_error:.2g} (scale {parity.logits_scale:.3g}){attention}"
+        within = ", ".join(
+            f"{name.replace('_', ' ')} within {error:.2g} (scale {parity.scales[name]:.3g})"
+            for name, error in parity.errors.items()
         )
+        lines.append(f"  {numerics} vs PyTorch at batch {parity.batch_size} ({parity.images} images): {within}")
     if report.agreement is not None:
         agreed = report.agreement
         lines.append(f"  int8 vs fp32 on {agreed.images} validation images: top-1 agreement {agreed.top1:.2%}")

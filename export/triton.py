@@ -5,7 +5,8 @@ python -m export.triton --model models/castream.onnx --out models/triton --kind 
 
 Writes ``<out>/<name>/config.pbtxt``, ``<out>/<name>/labels.txt`` and ``<out>/<name>/<version>/model.onnx`` (a copy
 of the file, byte for byte). ``python -m export.to_onnx --triton-repository DIR`` does the same right after an
-export. Tensor names, types and shapes come from the ONNX graph; the labels from its metadata. The defaults of
+export. Tensor types and shapes come from the ONNX graph, its outputs in the order of the contract's table of
+outputs; the labels from its metadata, for the output of one score per class. The defaults of
 the batcher, the queue and the threads are those of castream's own service and its Kubernetes manifests, so
 both serve the file with the same limits.
 """
@@ -108,7 +109,8 @@ class TritonOptions:
 
 
 def tensors(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The graph's inputs and outputs; ``ValueError`` unless the first axis of each is one symbolic batch axis."""
+    """The graph's inputs and outputs (the contract's table's, in its order); ``ValueError`` unless the first axis of
+    each is one symbolic batch axis."""
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in initializers]
     batch_axes = set()
@@ -128,7 +130,13 @@ def tensors(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]
         rest = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
         return TensorSpec(value.name, DATA_TYPES[tensor.elem_type], rest)
 
-    specs = [spec(v) for v in inputs], [spec(v) for v in proto.graph.output]
+    graph_outputs = {value.name: value for value in proto.graph.output}
+    unknown = sorted(set(graph_outputs) - set(contract.OUTPUT_NAMES))
+    if unknown:
+        raise ValueError(f"outputs {unknown} are not in castream's table of outputs {list(contract.OUTPUT_NAMES)}")
+    # The contract's outputs that the file has, in the table's order (older files lack the optional ones).
+    outputs = [graph_outputs[name] for name in contract.OUTPUT_NAMES if name in graph_outputs]
+    specs = [spec(v) for v in inputs], [spec(v) for v in outputs]
     if len(batch_axes) != 1:
         raise ValueError(f"inputs and outputs name different batch axes {sorted(batch_axes)}; expected one")
     return specs
@@ -152,13 +160,17 @@ def model_config(proto: onnx.ModelProto, options: TritonOptions, name: str) -> d
     batch = options.default("max_batch_size")
 
     def entry(tensor: TensorSpec) -> dict:
-        item = {"name": tensor.name, "data_type": Enum(tensor.data_type), "dims": list(tensor.dims)}
-        if tensor.name == contract.LOGITS:
-            if tensor.dims != (len(classes),):
-                raise ValueError(
-                    f"{contract.LOGITS!r} has dims {tensor.dims}; the metadata names {len(classes)} classes"
-                )
-            item["label_filename"] = LABELS  # the classification extension (class_count) answers with these
+        return {"name": tensor.name, "data_type": Enum(tensor.data_type), "dims": list(tensor.dims)}
+
+    def output_entry(tensor: TensorSpec) -> dict:
+        item = entry(tensor)
+        rule = contract.output_spec(tensor.name).shape[1:]  # the table's shape without the batch, as dims are
+        if len(rule) != len(tensor.dims):
+            raise ValueError(f"{tensor.name!r} has dims {tensor.dims}; the contract's shape is [N, {', '.join(rule)}]")
+        if any(symbol == "classes" and dim != len(classes) for symbol, dim in zip(rule, tensor.dims, strict=True)):
+            raise ValueError(f"{tensor.name!r} has dims {tensor.dims}; the metadata names {len(classes)} classes")
+        if rule == ("classes",):  # one score per class: the classification extension (class_count) labels them
+            item["label_filename"] = LABELS
         return item
 
     kind = Enum("KIND_GPU" if options.kind == "gpu" else "KIND_CPU")
@@ -186,7 +198,7 @@ def model_config(proto: onnx.ModelProto, options: TritonOptions, name: str) -> d
         "max_batch_size": batch,
         "version_policy": {"specific": {"versions": [options.version]}},
         "input": [entry(t) for t in inputs],
-        "output": [entry(t) for t in outputs],
+        "output": [output_entry(t) for t in outputs],
         "instance_group": [{"count": options.instances, "kind": kind}],
         "dynamic_batching": {
             "max_queue_delay_microseconds": options.batch_delay_us,

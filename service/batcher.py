@@ -15,8 +15,9 @@ decoding included. The batcher alone counts the room: a ticket is a handle, and 
 back. A request that has not started by its deadline is answered 504 and never run; a batch that fails fails
 only its own requests; ``stop`` refuses new work and finishes what was accepted.
 
-A request may ask for extra outputs (``flags``, such as ``class_maps``): the batch it lands in runs with
-``run(batch, flag=True)`` for every flag any of its requests asked for, and plain ``run(batch)`` otherwise.
+A request names the model outputs it needs (``flags``, such as ``{"logits", "class_maps"}``): the batch it lands
+in runs ``run(batch, names)`` with every name any of its requests gave, and plain ``run(batch)`` (the model's
+defaults) when none gave any.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class Batcher:
     async def submit(
         self, inputs: list[np.ndarray], flags: frozenset[str] = frozenset(), ticket: Ticket | None = None
     ) -> list[Any]:
-        """Queue one request's images and wait for their outputs, in order; ``flags`` ask for extra outputs.
+        """Queue one request's images and wait for their outputs, in order; ``flags`` name the outputs it needs.
 
         ``ticket`` is the request's admission, for exactly these images; without one, they are admitted here.
         """
@@ -289,4 +290,4 @@ class Batcher:
     def _run_sync(self, inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
         # A lone image (every batch at low load) goes as a view with a batch axis rather than a copy.
         batch = np.ascontiguousarray(inputs[0][np.newaxis]) if len(inputs) == 1 else np.stack(inputs)
-        return self._run_fn(batch, **dict.fromkeys(sorted(flags), True))
+        return self._run_fn(batch, flags) if flags else self._run_fn(batch)

@@ -45,6 +45,8 @@ class ModelInfo:
 
     @property
     def has_attention(self) -> bool:
+        """Whether the pooling's graph has attention, as the metadata says; what a file has is read from its graph
+        (``OnnxModel.has``)."""
         return self.pooling == "ca"
 
 

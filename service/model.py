@@ -1,31 +1,51 @@
-"""The ONNX Runtime session: loading, warm-up, and one batched run."""
+"""The ONNX Runtime session: loading, warm-up, and one batched run of the outputs a batch asks for.
+
+What a model file offers is read from its graph: the outputs of the contract's table (``service.contract.OUTPUTS``)
+that it has, in the table's order; older files lack the optional ones and serve everything else.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS, required_outputs
+from service.contract import ATTENTION, CLASS_MAPS, DIMS, INPUT, OUTPUT_NAMES, output_spec, required_outputs
+from service.errors import ServiceError
 from service.metadata import ModelError, ModelInfo, parse_metadata
 from service.providers import CUDA, check_loaded, requested_providers
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ImageOutput:
-    """One image's share of a batch: logits [classes], attention [h, w] and class maps [classes, h, w].
+class ImageOutput(dict[str, np.ndarray]):
+    """One image's share of a batch: the outputs its batch ran, by name (``output["logits"]``, [classes]).
 
-    ``attention`` is None for GAP models; ``class_maps`` is None unless the batch fetched them.
+    An output of the contract's table also reads as an attribute (``output.attention``), None when the batch did
+    not run it or the model has none.
     """
 
-    logits: np.ndarray
-    attention: np.ndarray | None
-    class_maps: np.ndarray | None = None
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> np.ndarray | None:
+        if name in OUTPUT_NAMES:
+            return self.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class ServedOutput:
+    """An output of the served file as the service lists it: ``shape`` with None for the batch and any size
+    not known."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    on_request: bool
 
 
 class OnnxModel:
@@ -33,48 +53,130 @@ class OnnxModel:
 
     def __init__(self, session: ort.InferenceSession, info: ModelInfo, buckets: tuple[int, ...] = ()):
         self.session, self.info, self.buckets = session, info, buckets
-        self.outputs = [LOGITS, ATTENTION] if info.has_attention else [LOGITS]
-        # Files exported before class maps existed lack the output; they serve everything else.
-        self.has_class_maps = info.has_attention and any(o.name == CLASS_MAPS for o in session.get_outputs())
-        # Known from the graph when its dimensions are static, otherwise from the warm-up's output.
-        dims = next((o.shape[1:] for o in session.get_outputs() if o.name == ATTENTION), None)
-        static = dims is not None and len(dims) == 2 and all(isinstance(d, int) for d in dims)
-        self.attention_shape: tuple[int, int] | None = (dims[0], dims[1]) if static else None
+        graph = {o.name: o for o in session.get_outputs()}
+        # The table's outputs this file has, in the table's order.
+        self.outputs: tuple[str, ...] = tuple(name for name in OUTPUT_NAMES if name in graph)
+        # What a run computes unless it names its outputs: every output not kept for the requests that ask.
+        self.defaults: tuple[str, ...] = tuple(n for n in self.outputs if not output_spec(n).on_request)
+        # Sizes of the table's symbolic dimensions: the class count from the metadata, the others from the graph
+        # where it fixes them, else from warm-up's outputs (which also checks them all).
+        self.sizes: dict[str, int] = {"classes": len(info.classes)}
+        for name in self.outputs:
+            for symbol, dim in zip(output_spec(name).shape[1:], graph[name].shape[1:], strict=False):
+                if isinstance(dim, int):
+                    self.sizes.setdefault(symbol, dim)
+        self._fetches: dict[tuple[frozenset[str], bool], list[str]] = {}
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, batch: np.ndarray, class_maps: bool = False) -> list[ImageOutput]:
-        """``batch`` is [n, 3, crop, crop] float32; returns n outputs in order, with class maps if asked."""
-        if class_maps and not self.has_class_maps:
-            raise ModelError(f"{self.info.name} has no {CLASS_MAPS!r} output")
+    def has(self, name: str) -> bool:
+        """Whether the file has output ``name``."""
+        return name in self.outputs
+
+    @property
+    def has_attention(self) -> bool:
+        return self.has(ATTENTION)
+
+    @property
+    def has_class_maps(self) -> bool:
+        return self.has(CLASS_MAPS)
+
+    @property
+    def attention_shape(self) -> tuple[int, int] | None:
+        """The attention grid (h, w), once known (from the graph, or from warm-up); None for a model without one."""
+        if not self.has_attention or "h" not in self.sizes or "w" not in self.sizes:
+            return None
+        return self.sizes["h"], self.sizes["w"]
+
+    def listing(self) -> list[ServedOutput]:
+        """The file's outputs in the table's order, each with its shape as far as it is known."""
+        return [
+            ServedOutput(
+                name,
+                output_spec(name).dtype,
+                (None, *(self.sizes.get(symbol) for symbol in output_spec(name).shape[1:])),
+                output_spec(name).on_request,
+            )
+            for name in self.outputs
+        ]
+
+    def lacks(self, name: str) -> str | None:
+        """Why the file has no output ``name``, for an answer that refuses it; None when it has it."""
+        if self.has(name):
+            return None
+        if name not in OUTPUT_NAMES:
+            return f"unknown output {name!r}"
+        info, label = self.info, name.replace("_", " ")
+        if info.pooling not in output_spec(name).poolings:
+            return f"model {info.name!r} has no {label}: it pools with {info.pooling.upper()}, whose graph has none"
+        return (
+            f"model {info.name!r} has no {label}: its file was exported before the {name!r} output existed; "
+            "re-export it with `python -m export.to_onnx`"
+        )
+
+    def require(self, names: Iterable[str]) -> None:
+        """Raise 422 ``no_<output>`` for the first of ``names`` the file lacks, saying why and the way out."""
+        for name in names:
+            why = self.lacks(name)
+            if why is not None:
+                raise ServiceError(422, f"no_{name}", why)
+
+    def run(self, batch: np.ndarray, wanted: Collection[str] | None = None, **extra: bool) -> list[ImageOutput]:
+        """``batch`` is [n, 3, crop, crop] float32; returns n records of the outputs ``wanted``, in order.
+
+        Exactly the outputs named are fetched; none named takes the defaults (every output not computed only on
+        request), and ``name=True`` keywords add outputs to them (``run(batch, class_maps=True)``).
+        """
+        names = self._fetch(frozenset(wanted or ()) | {name for name, on in extra.items() if on}, bool(wanted))
         n = len(batch)
         size = next((b for b in self.buckets if b >= n), n)
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        results = self.session.run(self.outputs + [CLASS_MAPS] * class_maps, {INPUT: batch})
-        logits = results[0][:n]
-        attention = results[1][:n] if self.info.has_attention else [None] * n
-        maps = results[-1][:n] if class_maps else [None] * n
-        if not len(logits) == len(attention) == len(maps) == n:
-            raise RuntimeError(f"the model returned {len(logits)} outputs for a batch of {n} images")
-        return [ImageOutput(*parts) for parts in zip(logits, attention, maps, strict=True)]
+        results = self.session.run(names, {INPUT: batch})
+        outputs = [ImageOutput(zip(names, row, strict=True)) for row in zip(*(r[:n] for r in results), strict=False)]
+        if len(outputs) != n or any(len(r) < n for r in results):
+            raise RuntimeError(f"the model returned {min(map(len, results))} outputs for a batch of {n} images")
+        return outputs
+
+    def _fetch(self, asked: frozenset[str], exact: bool) -> list[str]:
+        """The session's output list for ``asked`` (added to the defaults unless ``exact``), in the table's order."""
+        key = (asked, exact)
+        names = self._fetches.get(key)
+        if names is None:
+            missing = sorted(asked - set(self.outputs))
+            if missing:
+                raise ModelError(f"{self.info.name} has no {missing[0]!r} output; it has {list(self.outputs)}")
+            chosen = asked if exact else asked | set(self.defaults)
+            names = self._fetches[key] = [name for name in self.outputs if name in chosen]
+        return names
 
     def warm_up(self, sizes: list[int]) -> None:
-        """Run every batch size that will be used once, and check the outputs against the metadata."""
+        """Run every batch size that will be used once (the first with every output), and check each output's shape
+        against the contract's table and the metadata's class count."""
         crop = self.info.preprocessing.crop
-        for size in sizes:
-            outputs = self.run(np.zeros((size, 3, crop, crop), np.float32))
-            first = outputs[0]
-            if first.logits.shape != (len(self.info.classes),):
-                raise ModelError(
-                    f"the model gives {first.logits.shape[-1]} logits but its metadata names "
-                    f"{len(self.info.classes)} classes; re-export it"
-                )
-            if first.attention is not None:
-                self.attention_shape = (int(first.attention.shape[0]), int(first.attention.shape[1]))
+        for index, size in enumerate(sizes):
+            outputs = self.run(np.zeros((size, 3, crop, crop), np.float32), self.outputs if index == 0 else None)
+            for name, array in outputs[0].items():
+                self._check_shape(name, array.shape)
         log.info("warmed up batch sizes %s on %s", sizes, self.providers[0])
+
+    def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """One image's ``shape`` of output ``name`` against the table's rule; learns the sizes not known yet."""
+        rule = output_spec(name).shape[1:]
+        if len(shape) != len(rule):
+            raise ModelError(
+                f"the model's {name!r} output has shape {list(shape)} per image; the contract says [{', '.join(rule)}]"
+                "; re-export it"
+            )
+        for symbol, dim in zip(rule, shape, strict=True):
+            known = self.sizes.setdefault(symbol, int(dim))
+            if known != dim:
+                raise ModelError(
+                    f"the model's {name!r} output has {dim} along {symbol!r} where {known} was expected "
+                    f"({DIMS[symbol]}); re-export it"
+                )
 
 
 def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_threads: int = 0) -> OnnxModel:

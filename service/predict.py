@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model import ImageOutput
+from service.contract import ATTENTION, CLASS_MAPS, LOGITS
+from service.model import ImageOutput, OnnxModel
 from service.overlay import DISPLAY_SIDE, PNG_LEVEL, b64, heat_overlay, image_overlay
 from service.preprocess import Prepared
 from service.schemas import AttentionMap, AttentionMode, ClassMap, Label, OverlayArea, OverlayFormat, Prediction
@@ -28,6 +29,20 @@ class Options:
     @property
     def needs_class_maps(self) -> bool:
         return self.class_maps or bool(self.explain)
+
+    def outputs(self, model: OnnxModel) -> frozenset[str]:
+        """The model outputs the answer needs; 422 ``no_<output>`` for one it asks for that the model's file lacks.
+
+        Attention is returned where the model has it (a GAP model answers without); anything else asked for must be
+        there.
+        """
+        required = {LOGITS}
+        if self.needs_class_maps:
+            required.add(CLASS_MAPS)
+        model.require(required)
+        if self.attention is not AttentionMode.none and model.has(ATTENTION):
+            return frozenset({*required, ATTENTION})
+        return frozenset(required)
 
     @property
     def display(self) -> int:
@@ -54,9 +69,8 @@ def _overlay(grid: np.ndarray, prepared: Prepared, options: Options) -> dict[str
 
 
 def _class_map(output: ImageOutput, index: int, prepared: Prepared, options: Options) -> ClassMap:
-    assert output.class_maps is not None
-    grid = np.asarray(output.class_maps[index], np.float32)
-    constant = float(output.logits[index]) - float(grid.sum(dtype=np.float64))
+    grid = np.asarray(output[CLASS_MAPS][index], np.float32)
+    constant = float(output[LOGITS][index]) - float(grid.sum(dtype=np.float64))
     return ClassMap(
         height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), constant=constant,
         **_overlay(grid, prepared, options),
@@ -68,7 +82,7 @@ def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...]
 
     Attention is None for GAP models; class maps need a model that has them (checked before running).
     """
-    scores = softmax(output.logits)
+    scores = softmax(output[LOGITS])
 
     def label(index: int, with_map: bool) -> Label:
         class_map = _class_map(output, index, prepared, options) if with_map else None
@@ -78,8 +92,8 @@ def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...]
     labels = [label(int(i), options.class_maps) for i in order]
     explained = [label(i, True) for i in options.explain]
     attention = None
-    if options.attention is not AttentionMode.none and output.attention is not None:
-        grid = np.asarray(output.attention, np.float32)
+    if options.attention is not AttentionMode.none and ATTENTION in output:
+        grid = np.asarray(output[ATTENTION], np.float32)
         attention = AttentionMap(
             height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), **_overlay(grid, prepared, options)
         )

@@ -93,6 +93,13 @@ class GridSize(BaseModel):
     width: int
 
 
+class OutputDescription(BaseModel):
+    name: str
+    shape: list[int | None] = Field(description="null for the batch and any size not known")
+    dtype: str
+    on_request: bool = Field(description="computed only when a request asks for it")
+
+
 class ModelDescription(BaseModel):
     name: str
     version: str
@@ -102,7 +109,9 @@ class ModelDescription(BaseModel):
     classes: list[str]
     input: InputSpec
     attention: GridSize | None
+    output_stride: int = Field(32, description="the last feature map's cell in pixels: 32, or 16 (last stage dilated)")
     class_maps: bool = Field(description="whether the model file has class maps (class_maps=true, explain=)")
+    outputs: list[OutputDescription] = Field(description="the model file's outputs (docs/onnx-model.md), in order")
     preprocessing: dict[str, Any]
     providers: list[str] = Field(description="execution providers in use, preferred first")
     val_top1: float | None

@@ -22,16 +22,13 @@ from fastapi import Request, Response
 
 from service import handoff, timings
 from service.batcher import Batcher
-from service.contract import CLASS_MAPS, OUTPUTS
+from service.contract import CLASS_MAPS
 from service.errors import ServiceError
 from service.imaging import decode_reduced
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel
 from service.preprocess import Prepared, Preprocessor
 from service.settings import PREFIX, Settings
-
-# The outputs the model computes only when a request names them (``OnnxModel.run``'s flags).
-ON_REQUEST = frozenset(spec.name for spec in OUTPUTS if spec.on_request)
 
 
 @dataclass
@@ -89,7 +86,7 @@ class Serving:
         with self.batcher.admit(work.images) as ticket:  # all its images, once the body is in: 503 if room went
             prepared = await self.prepare(work.files, work.display) if work.files else None
             inputs = work.inputs if prepared is None else [p.input for p in prepared]
-            outputs = await self.batcher.submit(inputs, work.outputs & ON_REQUEST, ticket)
+            outputs = await self.batcher.submit(inputs, work.outputs, ticket)
         # PNG encoding is worth a thread hop; top-k, numeric grids and tensors are not.
         with timings.stage("encode"):
             if work.offload_encode:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from service.contract import POOLINGS
+from service.contract import ATTENTION, CLASS_MAPS, LOGITS, POOLINGS, output_names
 from training.backbones import Backbone, check_backbone_name
 
 STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
@@ -172,17 +172,38 @@ class CAStreamNet(nn.Module):
         with torch.autocast(taps[-1].device.type, enabled=False):
             return self._pool_and_classify(taps, pooling)
 
-    def _pool_and_classify(self, taps: list[Tensor], pooling: str) -> Output:
+    def pool(self, taps: list[Tensor], pooling: str = "ca") -> tuple[Tensor, Tensor | None]:
+        """The pooled vector (N, D) the classifier reads, and the pooling weights (N, P_last) (None for GAP).
+
+        CA: the stream's final token and its last block's attention; GAP: the mean of the last feature map.
+        """
         if pooling == "gap":
-            return Output(self.backbone.classify(taps[-1].float().mean(dim=(2, 3))), None)
+            return taps[-1].float().mean(dim=(2, 3)), None
         if pooling != "ca":
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-        token, weights = self.stream(taps)
+        return self.stream(taps)
+
+    def _pool_and_classify(self, taps: list[Tensor], pooling: str) -> Output:
+        pooled, weights = self.pool(taps, pooling)
         height, width = taps[-1].shape[-2:]
-        return Output(self.backbone.classify(token), weights.view(-1, height, width))
+        attention = None if weights is None else weights.view(-1, height, width)
+        return Output(self.backbone.classify(pooled), attention)
 
     def forward(self, x: Tensor, pooling: str = "ca") -> Output:
         return self.forward_head(self.forward_features(x), pooling)
+
+    @torch.no_grad()
+    def graph_outputs(self, x: Tensor, pooling: str = "ca") -> dict[str, Tensor]:
+        """The exported graph's outputs for ``pooling`` by name (the contract's table), computed the plain PyTorch
+        way: the reference that export checks the graph against. Float32 whatever the backbone's precision."""
+        taps = self.forward_features(x)
+        with torch.autocast(taps[-1].device.type, enabled=False):
+            output = self._pool_and_classify(taps, pooling)
+            outputs = {LOGITS: output.logits}
+            if output.attention is not None:
+                outputs[ATTENTION] = output.attention
+                outputs[CLASS_MAPS] = self.class_maps_of_taps(taps)[0]
+        return {name: outputs[name] for name in output_names(pooling)}
 
     def class_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact class-specific maps of the CA model, without gradients.

@@ -6,7 +6,6 @@ import time
 
 from fastapi import Request, Response
 
-from service.contract import ATTENTION, CLASS_MAPS, LOGITS
 from service.inputs import read_images
 from service.model import ImageOutput
 from service.predict import Options, prediction
@@ -20,17 +19,13 @@ class ClassifyCodec:
 
     def __init__(self, serving: Serving, options: Options):
         self.serving, self.options = serving, options
+        self.outputs = options.outputs(serving.model)  # before the body is read: 422 if the model lacks one
 
     async def read(self, request: Request) -> Work:
         s, options = self.serving.settings, self.options
         files = await read_images(request, s.max_request_bytes, s.max_images_per_request, s.body_timeout_s)
-        outputs = {LOGITS}
-        if options.attention is not AttentionMode.none and self.serving.model.info.has_attention:
-            outputs.add(ATTENTION)
-        if options.needs_class_maps:
-            outputs.add(CLASS_MAPS)
         overlays = options.attention is AttentionMode.overlay
-        return Work(files=files, outputs=frozenset(outputs), display=options.display, offload_encode=overlays)
+        return Work(files=files, outputs=self.outputs, display=options.display, offload_encode=overlays)
 
     def encode(self, outputs: list[ImageOutput], prepared: list[Prepared] | None) -> Response:
         assert prepared is not None  # /classify always sends files

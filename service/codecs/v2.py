@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request, Response
 
-from service.contract import ATTENTION, CLASS_MAPS, INPUT, LOGITS
+from service.contract import INPUT, LOGITS
 from service.errors import ServiceError
 from service.inputs import read_body
 from service.model import ImageOutput, OnnxModel
@@ -31,22 +31,20 @@ from service.requestid import current_request_id
 from service.serving import Serving, Work
 
 IMAGE_BYTES = "image_bytes"
+DATATYPES = {"float32": "FP32"}  # the contract's dtypes as the protocol names them
 
 
 def listed_outputs(model: OnnxModel) -> list[dict[str, Any]]:
     """The model's outputs as the protocol's metadata lists them: name, datatype and shape (-1: any size)."""
-    classes, grid = len(model.info.classes), list(model.attention_shape or (-1, -1))
-    outputs = [{"name": LOGITS, "datatype": "FP32", "shape": [-1, classes]}]
-    if model.info.has_attention:
-        outputs.append({"name": ATTENTION, "datatype": "FP32", "shape": [-1, *grid]})
-    if model.has_class_maps:
-        outputs.append({"name": CLASS_MAPS, "datatype": "FP32", "shape": [-1, classes, *grid]})
-    return outputs
+    return [
+        {"name": o.name, "datatype": DATATYPES[o.dtype], "shape": [-1 if d is None else d for d in o.shape]}
+        for o in model.listing()
+    ]
 
 
 def _stacked(results: list[ImageOutput], name: str) -> np.ndarray:
     """Output ``name`` of every image, as one array with the batch first."""
-    return np.stack([getattr(r, name) for r in results])
+    return np.stack([r[name] for r in results])
 
 
 class InferCodec:
@@ -87,16 +85,13 @@ class InferCodec:
         return Response(content, media_type=media, headers=headers)
 
     def _wanted(self, request: InferRequest) -> list[Requested]:
-        available = [o["name"] for o in listed_outputs(self.serving.model)]
+        model = self.serving.model
+        available = list(model.outputs)
         if request.outputs is None:
             return [Requested(name, request.binary_outputs) for name in available]
         for output in request.outputs:
-            if output.name not in available:
-                missing = (
-                    f"model {self.serving.model.info.name!r} has no class maps (GAP pooling, or exported before them)"
-                    if output.name == CLASS_MAPS
-                    else f"unknown output {output.name!r}"
-                )
+            missing = model.lacks(output.name)
+            if missing is not None:
                 raise ProtocolError(f"{missing}; this model's outputs are {available}")
             if output.classification and output.name != LOGITS:
                 raise ProtocolError(f"classification applies to {LOGITS!r} only, not {output.name!r}")

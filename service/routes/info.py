@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.contract import INPUT
 from service.deps import ServingDep
 from service.errors import ErrorBody, ServiceError
-from service.schemas import GridSize, InputSpec, ModelDescription, SampleRef
+from service.schemas import GridSize, InputSpec, ModelDescription, OutputDescription, SampleRef
 
 router = APIRouter(prefix="/v1", tags=["model"])
 metrics_router = APIRouter(tags=["monitoring"])
@@ -18,7 +18,7 @@ metrics_router = APIRouter(tags=["monitoring"])
 
 @router.get("/model", response_model=ModelDescription, responses={503: {"model": ErrorBody}})
 async def model(serving: ServingDep) -> ModelDescription:
-    """The model being served: labels, input size, attention grid, providers in use."""
+    """The model being served: labels, input size, outputs, attention grid, providers in use."""
     info, s = serving.model.info, serving.settings
     crop = info.preprocessing.crop
     grid = serving.model.attention_shape
@@ -31,7 +31,12 @@ async def model(serving: ServingDep) -> ModelDescription:
         classes=list(info.classes),
         input=InputSpec(name=INPUT, shape=[None, 3, crop, crop], dtype="float32"),
         attention=GridSize(height=grid[0], width=grid[1]) if grid else None,
+        output_stride=info.output_stride,
         class_maps=serving.model.has_class_maps,
+        outputs=[
+            OutputDescription(name=o.name, shape=list(o.shape), dtype=o.dtype, on_request=o.on_request)
+            for o in serving.model.listing()
+        ],
         preprocessing=asdict(info.preprocessing),
         providers=serving.model.providers,
         val_top1=info.val_top1,

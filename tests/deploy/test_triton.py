@@ -24,7 +24,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from export.triton import DEFAULTS, REQUEST_TIMEOUT_MS, TritonOptions, write_repository
-from export.verify import FP32
+from export.verify import FP32, allowed_error
 from service.settings import Settings
 from tests.deploy.deploytools import K8S, container_env
 from tests.deploy.tritontools import (
@@ -228,11 +228,9 @@ def _classify(client: triton.InferenceServerClient, model: str, images: np.ndarr
 
 def _close(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
     """Within the export's float32 tolerance: logits and class maps on the logits' scale, attention on its own."""
-    scale = max(1.0, float(np.abs(expected["logits"]).max()))
-    for name, tolerance in (("logits", FP32.logits * scale), ("class_maps", FP32.logits * scale)):
+    for name in ("logits", "class_maps", "attention"):
+        tolerance, _ = allowed_error(name, FP32, expected)
         np.testing.assert_allclose(actual[name], expected[name], rtol=0, atol=tolerance, err_msg=name)
-    attention = FP32.attention * float(expected["attention"].max())
-    np.testing.assert_allclose(actual["attention"], expected["attention"], rtol=0, atol=attention, err_msg="attention")
 
 
 @pytest.mark.slow

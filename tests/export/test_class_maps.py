@@ -11,8 +11,8 @@ from export.graph import export_graph
 from export.pipeline import ExportReport
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
-from export.verify import FP32, VerificationError, allowed_logit_error, check_parity, reference_outputs
-from service.contract import CLASS_MAPS
+from export.verify import FP32, VerificationError, allowed_error, check_parity, reference_outputs
+from service.contract import CLASS_MAPS, output_spec
 from training.checkpoint import Checkpoint
 
 
@@ -26,7 +26,7 @@ def test_class_maps_add_up_to_the_logits_in_onnx_runtime(ca_export: ExportReport
     outputs = run_batches(session, load_samples(tiny_state, "val", 16).images, 8)
     maps, logits = outputs[CLASS_MAPS], outputs["logits"]
     assert maps.shape == (16, len(tiny_state.classes), 2, 2)
-    allowed, _ = allowed_logit_error(FP32, logits)
+    allowed, _ = allowed_error("logits", FP32, {"logits": logits})
     gap = np.abs(maps.sum(axis=(2, 3)) + _head_constant(tiny_state) - logits).max()
     assert gap <= allowed
     # Not trivially so: the positions really differ, and each map is its class's attention-weighted evidence.
@@ -41,8 +41,8 @@ def test_class_maps_match_pytorch_and_export_reports_it(ca_export: ExportReport,
     (maps,) = make_session(onnx.load(str(ca_export.path))).run([CLASS_MAPS], {"image": images})
     np.testing.assert_allclose(maps, expected.numpy(), rtol=0, atol=1e-4 * max(1.0, float(np.abs(maps).max())))
     for parity in ca_export.parity:
-        assert parity.class_maps_error is not None
-        assert parity.class_maps_error <= FP32.logits * parity.logits_scale
+        assert parity.errors[CLASS_MAPS] <= output_spec(CLASS_MAPS).tolerance.fp32 * parity.scales["logits"]
+        assert parity.scales[CLASS_MAPS] == parity.scales["logits"]  # held to the logits' scale
 
 
 def test_wrong_class_maps_are_refused(tiny_state: Checkpoint) -> None:
@@ -61,6 +61,6 @@ def test_int8_keeps_the_class_maps_float_and_exact(int8_export: ExportReport, ti
     producers = {output: node for node in proto.graph.node for output in node.output}
     assert producers[CLASS_MAPS].op_type not in ("DequantizeLinear", "QuantizeLinear")
     outputs = run_batches(make_session(proto), load_samples(tiny_state, "val", 8).images, 8)
-    allowed, _ = allowed_logit_error(FP32, outputs["logits"])
+    allowed, _ = allowed_error("logits", FP32, outputs)
     gap = np.abs(outputs[CLASS_MAPS].sum(axis=(2, 3)) + _head_constant(tiny_state) - outputs["logits"]).max()
     assert gap <= allowed

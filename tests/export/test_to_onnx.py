@@ -16,7 +16,8 @@ from export.graph import export_graph
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
 from export.samples import load_samples
 from export.sessions import make_session, run_batches
-from export.verify import FP32, SINGLE_IMAGES, VerificationError, check_parity, check_structure, reference_outputs
+from export.verify import SINGLE_IMAGES, VerificationError, check_parity, check_structure, reference_outputs
+from service.contract import output_names, outputs_of
 from training import checkpoint
 from training.checkpoint import Checkpoint
 
@@ -61,10 +62,11 @@ def test_the_reported_parity_is_what_the_written_file_gives(ca_export: ExportRep
     assert [(p.batch_size, p.images) for p in ca_export.parity] == [(1, SINGLE_IMAGES), (8, len(images))]
     for parity in ca_export.parity:
         outputs = run_batches(session, images[: parity.images], parity.batch_size)
-        for output, reported in (("logits", parity.logits_error), ("attention", parity.attention_error)):
+        assert list(parity.errors) == list(output_names("ca"))
+        for output, reported in parity.errors.items():
             measured = np.abs(outputs[output] - reference[output][: parity.images]).max()
             assert reported == pytest.approx(measured, rel=1e-3, abs=1e-9), output
-        assert parity.logits_scale == pytest.approx(np.abs(reference["logits"][: parity.images]).max(), rel=1e-3)
+        assert parity.scales["logits"] == pytest.approx(np.abs(reference["logits"][: parity.images]).max(), rel=1e-3)
     recorded = metadata.read(ca_export.path)["verification"]["parity"]
     assert recorded == [p.to_dict() for p in ca_export.parity]
 
@@ -102,7 +104,7 @@ def test_metadata_reads_back(ca_export: ExportReport, tiny_state: Checkpoint) ->
     }
     assert props["dataset"] == tiny_state.data.to_dict()
     assert float(props["val_top1"]) == tiny_state.metrics["val_top1_ca"]
-    assert props["verification"]["tolerance"] == {"logits": FP32.logits, "attention": FP32.attention}
+    assert props["verification"]["tolerance"] == {o.name: o.tolerance.fp32 for o in outputs_of("ca")}
 
 
 def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: Checkpoint) -> None:
@@ -123,7 +125,7 @@ def test_gap_graph_has_logits_only(gap_export: ExportReport, tiny_state: Checkpo
     props = metadata.read(gap_export.path)
     assert props["pooling"] == "gap"
     assert float(props["val_top1"]) == tiny_state.metrics["val_top1_gap"]
-    assert all(p.attention_error is None for p in gap_export.parity)
+    assert all("attention" not in p.errors for p in gap_export.parity)
 
 
 def _perturbed(real: Any):
