@@ -45,6 +45,7 @@ def describe(
         contract.PREPROCESSING_KEY: json.dumps({**state.preprocessing.to_dict(), **INPUT_LAYOUT}),
         contract.DATASET_KEY: json.dumps(state.data.to_dict()),
         contract.TRAINED_ON_KEY: state.data.describe(state.classes),
+        contract.OUTPUT_STRIDE_KEY: str(state.model.output_stride),
     }
     if samples:
         props[contract.SAMPLES_KEY] = json.dumps(samples)

@@ -35,6 +35,9 @@ BATCH = "N"  # name of the symbolic batch dimension, on the input and on every o
 FORMAT = "1"  # version of this contract, metadata property ``castream_format``
 POOLINGS = ("ca", "gap")
 NUMERICS = ("fp32", "int8", "fp16")  # the graph's numeric format, metadata property ``precision``
+# The last feature map's cell in input pixels, metadata property ``output_stride``: the backbone as torchvision builds
+# it (the default, and what files without the property were exported at), or its last stage dilated.
+OUTPUT_STRIDES = (32, 16)
 
 # Metadata properties (all values are strings; those in JSON_KEYS hold JSON).
 FORMAT_KEY = "castream_format"
@@ -50,6 +53,7 @@ DATASET_KEY = "dataset"
 VERIFICATION_KEY = "verification"
 TRAINED_ON_KEY = "trained_on"  # a sentence saying what the model knows, for people
 SAMPLES_KEY = "samples"  # a few labelled images of the training data, [{"label": ..., "png": <base64>}, ...]
+OUTPUT_STRIDE_KEY = "output_stride"  # one of OUTPUT_STRIDES; absent from older files, which are all 32
 JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY, SAMPLES_KEY)
 
 # The preprocessing record: torchvision's eval transform, then the graph's input layout.

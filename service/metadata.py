@@ -42,6 +42,7 @@ class ModelInfo:
     dataset: dict[str, Any] | None
     trained_on: str | None = None
     samples: tuple[Sample, ...] = ()
+    output_stride: int = contract.OUTPUT_STRIDES[0]  # the last feature map's cell in input pixels
 
     @property
     def has_attention(self) -> bool:
@@ -79,6 +80,9 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         raise ModelError(f"{source}: metadata 'pooling' is {pooling!r}; expected one of {contract.POOLINGS}")
     dataset = parsed(contract.DATASET_KEY, json.loads) if contract.DATASET_KEY in props else None
     samples = parsed(contract.SAMPLES_KEY, _samples) if contract.SAMPLES_KEY in props else ()
+    stride = parsed(contract.OUTPUT_STRIDE_KEY, int) if contract.OUTPUT_STRIDE_KEY in props else ModelInfo.output_stride
+    if stride not in contract.OUTPUT_STRIDES:
+        raise ModelError(f"{source}: metadata 'output_stride' is {stride!r}; expected one of {contract.OUTPUT_STRIDES}")
     return ModelInfo(
         name=need(contract.NAME_KEY),
         version=props.get(contract.VERSION_KEY, "unknown"),
@@ -91,6 +95,7 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         dataset=dataset if isinstance(dataset, dict) else None,
         trained_on=props.get(contract.TRAINED_ON_KEY),
         samples=samples,
+        output_stride=stride,
     )
 
 

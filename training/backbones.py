@@ -8,13 +8,12 @@ the backbone applies after global average pooling. Which modules those are is th
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from training.families import BACKBONES, AffineHead, Family, family_of
+from training.families import BACKBONES, AffineHead, Family, check_output_stride, family_of
 
-__all__ = ["BACKBONES", "Backbone", "check_backbone_name", "fold_batch_norm"]
+__all__ = ["BACKBONES", "Backbone", "check_backbone_name", "check_output_stride", "fold_batch_norm"]
 
 
 def check_backbone_name(name: str) -> str:
@@ -27,16 +26,19 @@ class Backbone(nn.Module):
 
     Attributes:
         family: the adapter that says which modules are the stages, the head and the classifier.
+        output_stride: the last tap's cell in input pixels: 32, or 16 with the last stage dilated (the family's
+            ``stride_16``); the taps' widths and the parameters are the same at either.
         widths: channel count of each tap, stem first.
         head_width: input width of the head (the width of the pooled vector).
     """
 
-    def __init__(self, name: str, num_classes: int = 1000) -> None:
+    def __init__(self, name: str, num_classes: int = 1000, output_stride: int = 32) -> None:
         super().__init__()
         self.name = check_backbone_name(name)
         self.family: Family = family_of(name)
+        self.output_stride = output_stride
         # Keep torchvision's module tree as it is, so its state dicts load unchanged into ``net``.
-        self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        self.net = self.family.network(name, num_classes, output_stride)
         self.widths = tuple(self._tap_widths())
         self.head_width = self.family.head_width(self.net)
 

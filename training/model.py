@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from service.contract import ATTENTION, CLASS_MAPS, LOGITS, POOLINGS, output_names
-from training.backbones import Backbone, check_backbone_name
+from training.backbones import Backbone, check_backbone_name, check_output_stride
 
 STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
 STREAM_INITS = ("paper", "identity", "gap")
@@ -29,9 +29,11 @@ class ModelConfig:
     backbone: str = "resnet18"
     num_classes: int = 10
     stream_taps: str = "all"
+    output_stride: int = 32  # the last feature map's cell in input pixels: 32, or 16 with the last stage dilated
 
     def __post_init__(self) -> None:
         check_backbone_name(self.backbone)
+        check_output_stride(self.output_stride)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes!r}")
         if self.stream_taps not in STREAM_TAPS:
@@ -153,7 +155,7 @@ class CAStreamNet(nn.Module):
     def __init__(self, config: ModelConfig, stream_init: str = "paper") -> None:
         super().__init__()
         self.config = config
-        self.backbone = Backbone(config.backbone, num_classes=config.num_classes)
+        self.backbone = Backbone(config.backbone, num_classes=config.num_classes, output_stride=config.output_stride)
         self.stream = CAStream(
             self.backbone.widths, self.backbone.head_width, config.stream_taps, stream_init, self.paper_init
         )

@@ -30,7 +30,7 @@ from training.engine import (
     top1,
     train_stage,
 )
-from training.families import family_of
+from training.families import check_output_stride, family_of
 from training.files import write_text
 from training.model import CAStreamNet, ModelConfig
 from training.options import option
@@ -57,6 +57,12 @@ class FitOptions:
     )
     data: str | None = option(None, "ImageFolder root with train/ and val/; default: synthetic data")
     image_size: int | None = option(None, "crop size (default 224, or 112 for the synthetic data)", minimum=1)
+    output_stride: int = option(
+        32,
+        "the last feature map's cell in pixels: 32 (the backbone as built) or 16 (its last stage at the previous "
+        "stage's resolution, dilated: twice the attention grid on a side, e.g. 7 x 7 instead of 4 x 4 at 112 px) "
+        "(default: %(default)s)",
+    )
     limit: int | None = option(None, "at most this many images per split (quick runs)", minimum=1)
     epochs: int = option(3, "epochs of stream training", minimum=0)
     recipe: str = option(
@@ -108,6 +114,9 @@ class FitOptions:
     synthetic_val: int = option(1000, "synthetic validation images", minimum=1)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_output_stride(self.output_stride)
+
 
 def recorded_options(config: dict[str, Any], **changes: Any) -> FitOptions:
     """The options a run recorded in its configuration (``config.json``), with ``changes``."""
@@ -140,7 +149,8 @@ def _data_config(options: FitOptions) -> DataConfig:
 def _initial_model(options: FitOptions, data_classes: int, initial: weights.InitialWeights) -> tuple[CAStreamNet, str]:
     """Builds the model for ``data_classes`` from the initial weights; returns it and the baseline stage."""
     stream = recipes.recipe(options.recipe)
-    model = CAStreamNet(ModelConfig(options.backbone, data_classes, stream.taps), stream_init=stream.init)
+    config = ModelConfig(options.backbone, data_classes, stream.taps, options.output_stride)
+    model = CAStreamNet(config, stream_init=stream.init)
     fits = initial.num_classes == data_classes
     classifier = "backbone.net." + model.backbone.classifier_prefix
     if initial.kind == "checkpoint":
