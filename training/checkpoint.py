@@ -32,6 +32,7 @@ FINISHED = "done"  # the stage of a run that completed
 DEFAULT = "checkpoints/default/castream.pt"
 
 # Format N -> N + 1, applied in turn to a file older than FORMAT_VERSION. Each takes and returns the raw dict.
+# A new field with a default that means what older files did (ModelConfig.output_stride: 32) needs no new format.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 

@@ -122,3 +122,14 @@ def test_trained_checkpoint_rebuilds_the_model_alone(tiny_checkpoint: Path) -> N
     assert set(record.metrics) == {"val_top1_gap", "val_top1_ca"}
     logits, attention = record.build_model()(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, 10) and attention.shape == (1, 2, 2)
+
+
+def test_the_output_stride_is_recorded_and_older_files_read_as_32(tmp_path: Path) -> None:
+    fine = ModelConfig("resnet18", len(synthetic.CLASSES), output_stride=16)
+    record = small_record(model=fine)  # the same weights: the stride changes no parameter
+    loaded = checkpoint.load(checkpoint.save(record, tmp_path / "fine.pt"))
+    assert loaded.model.output_stride == 16 and loaded.build_model().backbone.output_stride == 16
+    raw = small_record().to_dict()  # a file written before the field existed: same format, no entry
+    del raw["model"]["output_stride"]
+    torch.save(raw, tmp_path / "old.pt")
+    assert checkpoint.load(tmp_path / "old.pt").model == ModelConfig("resnet18", len(synthetic.CLASSES), "all", 32)
