@@ -1,0 +1,158 @@
+"""Output stride 16 end to end, for ResNet-18 (BasicBlocks), ResNet-50 (Bottlenecks) and ConvNeXt-Tiny: a tiny run
+trains, ``python -m export.to_onnx`` exports it with its parity checks, the service serves the finer grid, and the
+interpretability evaluation scores it. At 64 px the grid is 4 x 4 instead of 2 x 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from export import metadata
+from export.samples import load_samples
+from export.sessions import make_session
+from interpret import evaluate
+from service.app import create_app
+from service.contract import OUTPUT_STRIDE_KEY
+from service.imaging import decode
+from service.metadata import parse_metadata
+from service.preprocess import Preprocessor
+from tests.interpret.conftest import read_csv
+from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
+from training import checkpoint, synthetic
+from training.pipeline import FitOptions, fit
+
+GRID = (4, 4)  # 64 px at stride 16
+# ResNet-18 trains in seconds; the larger backbones' runs, and every export, serving and evaluation, are slow.
+BACKBONES = [
+    pytest.param("resnet18", id="resnet18"),
+    pytest.param("resnet50", id="resnet50", marks=pytest.mark.slow),
+    pytest.param("convnext_tiny", id="convnext_tiny", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def fine_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run at output stride 16 on 64 px synthetic images, as ``tiny_run`` trains its ResNet-18; its checkpoint."""
+    out = tmp_path_factory.mktemp(f"stride16-{request.param}")
+    options = FitOptions(
+        backbone=request.param,
+        output_stride=16,
+        image_size=64,
+        synthetic_train=128,
+        synthetic_val=32,
+        epochs=1,
+        baseline_epochs=1,
+        recipe="paper",
+        batch_size=32,
+        out=str(out),
+        progress=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(options)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "castream.pt"
+
+
+@pytest.fixture(scope="module")
+def fine_onnx(fine_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stride16-export") / "model.onnx"
+    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(fine_run), "--out", str(out)]
+    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return out
+
+
+def test_a_stride_16_run_trains_and_records_its_stride(fine_run: Path) -> None:
+    state = checkpoint.load(fine_run)
+    assert state.model.output_stride == 16 and state.stage == checkpoint.FINISHED
+    assert set(state.completed) == {"full", "stream"}
+    assert json.loads((fine_run.parent / "config.json").read_text())["options"]["output_stride"] == 16
+    model = state.build_model()
+    assert model.backbone.output_stride == 16
+    with torch.no_grad():
+        logits, attention = model(torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, len(synthetic.CLASSES)) and attention.shape == (2, *GRID)
+    assert metadata.describe(state, "ca", "fp32")[OUTPUT_STRIDE_KEY] == "16"
+
+
+@pytest.mark.slow  # tracing and checking the export
+def test_a_stride_16_model_exports_the_finer_grid_with_exact_class_maps(fine_run: Path, fine_onnx: Path) -> None:
+    props = metadata.read(fine_onnx)
+    assert props[OUTPUT_STRIDE_KEY] == "16"
+    verification = props["verification"]
+    assert [entry["batch_size"] for entry in verification["parity"]] == [1, 8]  # export checked itself
+    state = checkpoint.load(fine_run)
+    model = state.build_model()
+    images = load_samples(state, "val", 3, cache_dir=None).images
+    session = make_session(onnx.load(str(fine_onnx)))
+    logits, attention, maps = session.run(["logits", "attention", "class_maps"], {"image": images})
+    assert attention.shape == (3, *GRID) and (attention >= 0).all()
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    # The maps plus the head's constant (a LayerNorm head's too) add up to the logits.
+    constant = model.backbone.affine_head().constant.detach().numpy()
+    assert maps.shape == (3, len(synthetic.CLASSES), *GRID)
+    allowed = 1e-4 * max(1.0, float(np.abs(logits).max()))
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)) + constant, logits, rtol=0, atol=allowed)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images))
+    np.testing.assert_allclose(logits, expected.logits.numpy(), rtol=0, atol=allowed)
+    np.testing.assert_allclose(attention, expected.attention.numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_service_serves_the_finer_attention_grid(fine_onnx: Path) -> None:
+    session = ort.InferenceSession(str(fine_onnx), providers=["CPUExecutionProvider"])
+    model = parse_metadata(session.get_modelmeta().custom_metadata_map, str(fine_onnx))
+    assert model.output_stride == 16
+    images = [solid_png((200, 40, 90), size=(90, 70)), solid_png((20, 160, 220), size=(64, 80))]
+    with TestClient(create_app(make_settings(fine_onnx))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        response = client.post(
+            "/classify", files=[("file", image) for image in images], params={"top_k": 3, "class_maps": "true"}
+        )
+    assert info["attention"] == {"height": GRID[0], "width": GRID[1]} and info["output_stride"] == 16
+    assert response.status_code == 200
+    prepare = Preprocessor(model.preprocessing)
+    batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
+    logits, attention = session.run(["logits", "attention"], {"image": batch})
+    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
+        top = prediction["top_k"][0]
+        assert top["index"] == int(row.argmax())
+        values = np.array(prediction["attention"]["values"])
+        assert values.shape == grid.shape == GRID
+        np.testing.assert_allclose(values, grid, atol=1e-6)
+        assert np.array(top["map"]["values"]).shape == GRID
+        assert np.sum(top["map"]["values"]) + top["map"]["constant"] == pytest.approx(
+            float(row[top["index"]]), abs=1e-4
+        )
+
+
+@pytest.mark.slow
+def test_the_evaluation_scores_a_stride_16_model(fine_run: Path, tmp_path: Path) -> None:
+    argv = ["--checkpoint", str(fine_run), "--limit", "3", "--methods", "gradcam", "attention", "classmap"]
+    argv += ["--pixels-per-step", "512", "--grid-images", "2", "--out", str(tmp_path), "--no-progress"]
+    assert evaluate.main(argv) == 0
+    rows = read_csv(tmp_path / "interpretability.csv")
+    assert [(r["method"], r["pooling"]) for r in rows] == [
+        ("Grad-CAM", "gap"),
+        ("Grad-CAM", "ca"),
+        ("Raw attention", "ca"),
+        ("Class-specific map", "ca"),
+    ]
+    for row in rows:
+        assert row["images"] == "3"
+        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
+            assert 0.0 <= float(row[metric]) <= 100.0
