@@ -27,13 +27,12 @@ from google.protobuf import text_format
 from onnx import helper
 
 from export.triton import REQUEST_TIMEOUT_MS
+from tests.deploy import venvs
 from tests.service.servicetools import REPO, free_port
 
 VENV = REPO / ".cache" / "triton-venv"
 # ONNX Runtime at the project's own version, so both servers run the file with the same kernels.
 PACKAGES = ("nvidia-pytriton==0.7.0", f"onnxruntime=={metadata.version('onnxruntime')}")
-STAMP = VENV / ".installed"
-INSTALL_TIMEOUT_S = 1200
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 
@@ -59,34 +58,22 @@ def _site_packages() -> Path:
 
 
 def ensure_venv() -> Path:
-    """Builds the venv where it is missing or stale; a failed build fails the test that needs it (no skip)."""
-    wanted = "\n".join(PACKAGES) + "\n"
-    if STAMP.is_file() and STAMP.read_text() == wanted:
-        return VENV
-    shutil.rmtree(VENV, ignore_errors=True)
-    steps = [
-        [sys.executable, "-m", "venv", str(VENV)],
-        [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
-    ]
-    for step in steps:
-        try:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-        except subprocess.TimeoutExpired as error:
-            raise AssertionError(f"building {VENV} timed out after {INSTALL_TIMEOUT_S} s: {step}") from error
-        if done.returncode != 0:
-            raise AssertionError(f"building {VENV} failed ({step}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    """The venv's folder, built where it is missing or stale; a failed build fails the test that needs it (no skip)."""
+    venvs.ensure_venv(VENV, PACKAGES, _install_backend)
+    return VENV
+
+
+def _install_backend(venv: Path) -> None:
     # Triton's Python backend runs models in a stub built for one Python version; pytriton ships one per version
     # and copies the right one next to the backend, as done here once.
     server = _site_packages() / "pytriton" / "tritonserver"
-    backend = VENV / "backends" / "python"
+    backend = venv / "backends" / "python"
     backend.mkdir(parents=True)
     for item in (server / "backends" / "python").iterdir():
         if item.is_file():
             shutil.copy2(item, backend / item.name)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     shutil.copy2(server / "python_backend_stubs" / version / "triton_python_backend_stub", backend)
-    STAMP.write_text(wanted)
-    return VENV
 
 
 def python_backend_model(folder: Path) -> Path:
