@@ -40,7 +40,11 @@ class ModelConfig:
             raise ValueError(f"unknown stream_taps {self.stream_taps!r}; expected one of {STREAM_TAPS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, ``output_stride`` only where it is not 32: a default model's record reads as it always did."""
+        fields = asdict(self)
+        if self.output_stride == 32:
+            del fields["output_stride"]
+        return fields
 
 
 class CABlock(nn.Module):
