@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from export.rewrite import attention_as_matmul, fold_linear_chains
-from service.contract import ATTENTION, BATCH, CLASS_MAPS, INPUT, LOGITS, output_names
+from service.contract import ATTENTION, BATCH, CLASS_MAPS, EMBEDDING, INPUT, LOGITS, output_names
 from training.families import normalising_scale
 from training.model import CAStreamNet
 
@@ -73,7 +73,7 @@ class Exportable(nn.Module):
         """Every output of the graph, by name."""
         taps = self.model.forward_features(image)
         pooled, weights = self.model.pool(taps, self.pooling)  # (N, D), (N, P) or None
-        outputs = {LOGITS: self.model.backbone.classify(pooled)}  # (N, K)
+        outputs = {LOGITS: self.model.backbone.classify(pooled), EMBEDDING: pooled}  # (N, K), (N, D)
         if weights is not None:
             last = taps[-1].float()
             height, width = last.shape[-2:]

@@ -4,8 +4,9 @@
   ``einsum("np,npc->nc")`` (pooling) over features transposed to (N, P, C), become batched MatMul on the
   untransposed (N, C, P) map: ONNX Runtime's Einsum copies its operands on every call, MatMul reads the
   feature map in place.
-- Two Linear layers in a row (a ResNet's last stream projection, then its classifier) become one: at
-  batch 1 reading the 2048 x 2048 projection costs more than all the stream's arithmetic.
+- Two Linear layers in a row become one where the first one's output is read by nothing else: at batch 1
+  reading a 2048 x 2048 matrix costs more than all the stream's arithmetic. (A ResNet's last stream projection
+  and its classifier were such a pair; since the projection's output is the graph's ``embedding``, both run.)
 
 Both are exact up to float rounding; export verification compares the result with PyTorch.
 """

@@ -29,7 +29,7 @@ VERSION = _project_version()  # written into every model file (``castream_versio
 
 # Graph tensors: the input, and the outputs of the table below (``OUTPUTS``).
 INPUT = "image"
-LOGITS, ATTENTION, CLASS_MAPS = "logits", "attention", "class_maps"
+LOGITS, ATTENTION, CLASS_MAPS, EMBEDDING = "logits", "attention", "class_maps", "embedding"
 BATCH = "N"  # name of the symbolic batch dimension, on the input and on every output
 
 FORMAT = "1"  # version of this contract, metadata property ``castream_format``
@@ -191,6 +191,15 @@ OUTPUTS = (
         "each logit split exactly over the grid: `class_maps[n, c].sum() + constant[c] == logits[n, c]`",
         Tolerance(fp32=1e-4, fp16=2e-2, scale=LOGITS, words=LOGIT_SCALE, floor=1.0),
         poolings=("ca",),
+        optional=True,
+        on_request=True,
+    ),
+    OutputSpec(
+        EMBEDDING,
+        (BATCH, "width"),
+        "the pooled vector the classifier reads (CA: the stream's final token; GAP: the last feature map's mean), "
+        "for retrieval and drift",
+        Tolerance(fp32=1e-4, fp16=2e-2, scale=EMBEDDING, words="the largest absolute value of the embeddings"),
         optional=True,
         on_request=True,
     ),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.contract import ATTENTION, CLASS_MAPS, LOGITS
+from service.contract import ATTENTION, CLASS_MAPS, EMBEDDING, LOGITS
 from service.model import ImageOutput, OnnxModel
 from service.overlay import DISPLAY_SIDE, PNG_LEVEL, b64, heat_overlay, image_overlay
 from service.preprocess import Prepared
@@ -25,6 +25,7 @@ class Options:
     png_level: int = PNG_LEVEL
     overlay_size: int = DISPLAY_SIDE  # the longest side of a whole-image overlay, in pixels
     overlay_format: OverlayFormat = OverlayFormat.png
+    embedding: bool = False  # each image's embedding (the pooled vector the classifier reads)
 
     @property
     def needs_class_maps(self) -> bool:
@@ -39,6 +40,8 @@ class Options:
         required = {LOGITS}
         if self.needs_class_maps:
             required.add(CLASS_MAPS)
+        if self.embedding:
+            required.add(EMBEDDING)
         model.require(required)
         if self.attention is not AttentionMode.none and model.has(ATTENTION):
             return frozenset({*required, ATTENTION})
@@ -78,7 +81,7 @@ def _class_map(output: ImageOutput, index: int, prepared: Prepared, options: Opt
 
 
 def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...], options: Options) -> Prediction:
-    """Top ``options.top_k`` classes by probability, the attention and class maps as ``options`` ask.
+    """Top ``options.top_k`` classes by probability, the attention, class maps and embedding as ``options`` ask.
 
     Attention is None for GAP models; class maps need a model that has them (checked before running).
     """
@@ -97,4 +100,5 @@ def prediction(output: ImageOutput, prepared: Prepared, classes: tuple[str, ...]
         attention = AttentionMap(
             height=grid.shape[0], width=grid.shape[1], values=grid.tolist(), **_overlay(grid, prepared, options)
         )
-    return Prediction(top_k=labels, attention=attention, explained=explained)
+    embedding = output[EMBEDDING].tolist() if options.embedding else None
+    return Prediction(top_k=labels, attention=attention, explained=explained, embedding=embedding)

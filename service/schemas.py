@@ -70,6 +70,9 @@ class Prediction(BaseModel):
     explained: list[Label] = Field(
         default_factory=list, description="the classes named by explain=, in request order, each with its map"
     )
+    embedding: list[float] | None = Field(
+        None, description="embedding=true: the pooled vector the classifier reads, for retrieval and drift"
+    )
 
 
 class ModelRef(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from service.contract import ATTENTION, CLASS_MAPS, LOGITS, POOLINGS, output_names
+from service.contract import ATTENTION, CLASS_MAPS, EMBEDDING, LOGITS, POOLINGS, output_names
 from training.backbones import Backbone, check_backbone_name, check_output_stride
 
 STREAM_TAPS = ("all", "last")  # the stream reads the stem and every stage, or the last stage alone
@@ -204,10 +204,10 @@ class CAStreamNet(nn.Module):
         way: the reference that export checks the graph against. Float32 whatever the backbone's precision."""
         taps = self.forward_features(x)
         with torch.autocast(taps[-1].device.type, enabled=False):
-            output = self._pool_and_classify(taps, pooling)
-            outputs = {LOGITS: output.logits}
-            if output.attention is not None:
-                outputs[ATTENTION] = output.attention
+            pooled, weights = self.pool(taps, pooling)
+            outputs = {LOGITS: self.backbone.classify(pooled), EMBEDDING: pooled}
+            if weights is not None:
+                outputs[ATTENTION] = weights.view(-1, *taps[-1].shape[-2:])
                 outputs[CLASS_MAPS] = self.class_maps_of_taps(taps)[0]
         return {name: outputs[name] for name in output_names(pooling)}
 

@@ -62,6 +62,7 @@ async def classify(
     overlay_format: Annotated[
         OverlayFormat, Query(description="png, or jpeg and webp (smaller and faster)")
     ] = OverlayFormat.png,
+    embedding: Annotated[bool, Query(description="add each image's embedding (the pooled vector)")] = False,
 ) -> Response:
     """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
     s = serving.settings
@@ -70,6 +71,14 @@ async def classify(
         serving.require_class_maps()  # before the body is read: the answer cannot depend on it
         explained = serving.class_indices(explain or [])
     options = Options(
-        top_k, attention, class_maps, explained, overlay_on, s.overlay_png_level, overlay_size, overlay_format
+        top_k,
+        attention,
+        class_maps,
+        explained,
+        overlay_on,
+        s.overlay_png_level,
+        overlay_size,
+        overlay_format,
+        embedding,
     )
     return await serving.handle(request, ClassifyCodec(serving, options))

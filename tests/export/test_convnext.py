@@ -42,7 +42,7 @@ def test_convnext_exports_logits_attention_and_class_maps(convnext_checkpoint: P
     state = checkpoint.load(convnext_checkpoint)
     session = make_session(onnx.load(str(out)))
     images = load_samples(state, "val", 3, cache_dir=None).images
-    logits, attention, maps = session.run(None, {"image": images})
+    logits, attention, maps = session.run(["logits", "attention", "class_maps"], {"image": images})
     assert logits.shape == (3, len(synthetic.CLASSES)) and np.isfinite(logits).all()
     # LayerNorm head: the maps plus its constant (classifier of the norm's bias) still add up to the logits.
     net = state.build_model()

@@ -13,6 +13,7 @@ from export.quantize import is_quantized
 from export.samples import load_samples
 from export.sessions import make_session
 from export.verify import VerificationError
+from service.contract import output_names
 from tests.export.conftest import TINY_INT8
 from training.checkpoint import Checkpoint
 
@@ -23,12 +24,7 @@ def test_int8_graph_is_quantised_and_keeps_float_io(int8_export: ExportReport) -
     assert [opset.domain for opset in proto.opset_import] == [""]  # standard operators only
     assert sum(node.op_type == "QuantizeLinear" for node in proto.graph.node) > 10
     types = {value.name: value.type.tensor_type.elem_type for value in (*proto.graph.input, *proto.graph.output)}
-    assert types == {
-        "image": onnx.TensorProto.FLOAT,
-        "logits": onnx.TensorProto.FLOAT,
-        "attention": onnx.TensorProto.FLOAT,
-        "class_maps": onnx.TensorProto.FLOAT,
-    }
+    assert types == dict.fromkeys(["image", *output_names("ca")], onnx.TensorProto.FLOAT)
 
 
 def test_int8_attention_softmax_reads_float_scores(int8_export: ExportReport) -> None:

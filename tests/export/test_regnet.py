@@ -83,7 +83,8 @@ def test_a_regnet_exports_logits_attention_and_class_maps(regnet_run: Path, regn
     assert (props["backbone"], props["model_name"]) == (BACKBONE, f"castream-{BACKBONE}-ca")
     state = checkpoint.load(regnet_run)
     images = load_samples(state, "val", 3, cache_dir=None).images
-    logits, attention, maps = make_session(onnx.load(str(regnet_onnx))).run(None, {"image": images})
+    names = ["logits", "attention", "class_maps"]
+    logits, attention, maps = make_session(onnx.load(str(regnet_onnx))).run(names, {"image": images})
     assert logits.shape == (3, len(synthetic.CLASSES)) and np.isfinite(logits).all()
     assert attention.shape == (3, 2, 2) and (attention >= 0).all()
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1.0, atol=1e-5)

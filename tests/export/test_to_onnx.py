@@ -26,14 +26,14 @@ def _session(report: ExportReport):
     return make_session(onnx.load(str(report.path)))
 
 
-def test_ca_graph_has_logits_attention_and_class_maps_for_any_batch(
+def test_ca_graph_has_logits_attention_class_maps_and_embedding_for_any_batch(
     ca_export: ExportReport, tiny_state: Checkpoint
 ) -> None:
     session = _session(ca_export)
-    assert [o.name for o in session.get_outputs()] == ["logits", "attention", "class_maps"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "attention", "class_maps", "embedding"]
     images = load_samples(tiny_state, "val", 5).images
     for count in (1, 2, 5):
-        logits, attention, maps = session.run(None, {"image": images[:count]})
+        logits, attention, maps = session.run(["logits", "attention", "class_maps"], {"image": images[:count]})
         assert maps.shape == (count, len(tiny_state.classes), 2, 2)
         assert logits.shape == (count, len(tiny_state.classes))
         assert attention.shape == (count, 2, 2)  # 64 px / 32
@@ -117,10 +117,10 @@ def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: Check
     assert info.has_attention
 
 
-def test_gap_graph_has_logits_only(gap_export: ExportReport, tiny_state: Checkpoint) -> None:
+def test_gap_graph_has_logits_and_embedding_only(gap_export: ExportReport, tiny_state: Checkpoint) -> None:
     session = _session(gap_export)
-    assert [o.name for o in session.get_outputs()] == ["logits"]
-    (logits,) = session.run(None, {"image": load_samples(tiny_state, "val", 3).images})
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+    (logits,) = session.run(["logits"], {"image": load_samples(tiny_state, "val", 3).images})
     assert logits.shape == (3, len(tiny_state.classes))
     props = metadata.read(gap_export.path)
     assert props["pooling"] == "gap"

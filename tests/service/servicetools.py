@@ -37,14 +37,18 @@ PREPROCESSING = {
 }
 
 
-def build_model(kind: str = "ca", class_maps: bool = True, **metadata: str | None) -> onnx.ModelProto:
+def build_model(
+    kind: str = "ca", class_maps: bool = True, embedding: bool = False, **metadata: str | None
+) -> onnx.ModelProto:
     """image [N,3,32,32] -> 8x8 average pool -> 4x4 positions of 3 channels.
 
     CA: attention = softmax over the 16 positions of (2 * channel sum), so bright regions draw it; the
     attended features feed ``logits = features @ W`` with W picking red, green, blue, and "dark" (minus
     their mean). With ``class_maps``, the third output splits each logit over the positions:
     ``weight_p * (features_p @ W)`` (the head has no constant). GAP: the same head on the mean over
-    positions, and no attention output. ``metadata`` overrides properties; None removes one.
+    positions, and no attention output. With ``embedding``, the last output is the pooled vector the head
+    reads [N, 3] (a file exported since it existed); without, the file is one written before it.
+    ``metadata`` overrides properties; None removes one.
     """
     weight = np.array([[1, 0, 0, -1 / 3], [0, 1, 0, -1 / 3], [0, 0, 1, -1 / 3]], np.float32)
     inits = [numpy_helper.from_array(weight, "W")]
@@ -78,6 +82,9 @@ def build_model(kind: str = "ca", class_maps: bool = True, **metadata: str | Non
     else:
         nodes.append(helper.make_node("ReduceMean", ["pooled"], ["vector"], axes=[2, 3], keepdims=0))
     nodes.append(helper.make_node("MatMul", ["vector", "W"], ["logits"]))
+    if embedding:
+        nodes.append(helper.make_node("Identity", ["vector"], ["embedding"]))
+        outputs.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3]))
     graph = helper.make_graph(
         nodes,
         f"tiny-{kind}",
@@ -113,8 +120,10 @@ def build_model(kind: str = "ca", class_maps: bool = True, **metadata: str | Non
     return model
 
 
-def save_model(path: Path, kind: str = "ca", class_maps: bool = True, **metadata: str | None) -> Path:
-    onnx.save(build_model(kind, class_maps, **metadata), str(path))
+def save_model(
+    path: Path, kind: str = "ca", class_maps: bool = True, embedding: bool = False, **metadata: str | None
+) -> Path:
+    onnx.save(build_model(kind, class_maps, embedding, **metadata), str(path))
     return path
 
 

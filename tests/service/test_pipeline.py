@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.batcher import Batcher
+from service.contract import OUTPUT_NAMES
 from tests.service.servicetools import COLOURS, solid_png
 
 MODEL = "tiny-ca"
@@ -120,5 +121,5 @@ def test_the_openapi_schema_documents_the_probes_and_infer(client: TestClient) -
     body = infer["requestBody"]["content"]["application/json"]
     assert body["example"]["inputs"][0]["name"] == "image_bytes"
     outputs = body["schema"]["properties"]["outputs"]["items"]["properties"]["name"]["enum"]
-    assert outputs == ["logits", "attention", "class_maps"]
+    assert outputs == list(OUTPUT_NAMES)  # the contract's table of outputs
     assert set(infer["responses"]) >= {"200", "400", "413", "503", "504"}
