@@ -1,6 +1,7 @@
 """Output stride 16 end to end, for ResNet-18 (BasicBlocks), ResNet-50 (Bottlenecks) and ConvNeXt-Tiny: a tiny run
-trains, ``python -m export.to_onnx`` exports it with its parity checks, the service serves the finer grid, and the
-interpretability evaluation scores it. At 64 px the grid is 4 x 4 instead of 2 x 2."""
+trains, ``python -m export.to_onnx`` exports it with its parity checks (its Triton repository of the usual shape),
+the service serves the finer grid, and the interpretability evaluation scores it. At 64 px the grid is 4 x 4
+instead of 2 x 2."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from fastapi.testclient import TestClient
 from export import metadata
 from export.samples import load_samples
 from export.sessions import make_session
+from export.triton import write_repository
 from interpret import evaluate
 from service.app import create_app
 from service.contract import OUTPUT_STRIDE_KEY
 from service.imaging import decode
 from service.metadata import parse_metadata
 from service.preprocess import Preprocessor
+from tests.deploy.tritontools import check_repository
 from tests.interpret.conftest import read_csv
 from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
 from training import checkpoint, synthetic
@@ -109,6 +112,14 @@ def test_a_stride_16_model_exports_the_finer_grid_with_exact_class_maps(fine_run
         expected = model(torch.from_numpy(images))
     np.testing.assert_allclose(logits, expected.logits.numpy(), rtol=0, atol=allowed)
     np.testing.assert_allclose(attention, expected.attention.numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_triton_repository_has_its_usual_shape_with_the_finer_grid(fine_onnx: Path, tmp_path: Path) -> None:
+    folder = write_repository(fine_onnx, tmp_path / "triton-models")
+    config = check_repository(folder, fine_onnx)  # the checks every repository passes
+    dims = {tensor.name: list(tensor.dims) for tensor in config.output}
+    assert dims["attention"] == list(GRID) and dims["class_maps"] == [len(synthetic.CLASSES), *GRID]
 
 
 @pytest.mark.slow
