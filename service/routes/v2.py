@@ -101,9 +101,10 @@ async def infer(
 ) -> Response:
     """Run the model on one input tensor: ``image`` FP32 [N, 3, H, W] or ``image_bytes`` BYTES [N].
 
-    Outputs: ``logits`` [N, classes], ``attention`` [N, h, w] and ``class_maps`` [N, classes, h, w] as the
-    request's ``outputs`` list asks (all of them when it has none); ``parameters.classification: k`` on
-    ``logits`` returns its top k as ``"value:index:label"`` strings.
+    Outputs: the model's (``GET /v2/models/{name}`` lists them; docs/onnx-model.md has the table), such as
+    ``logits`` [N, classes] or ``embedding`` [N, width], as the request's ``outputs`` list asks (all of them when
+    it has none); ``parameters.classification: k`` on ``logits`` returns its top k as ``"value:index:label"``
+    strings.
     """
     _check_name(serving, model_name, model_version)
     return await serving.handle(request, InferCodec(serving))
