@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from tests.deploy.tritontools import check_repository
 from tests.interpret.conftest import read_csv
 from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
 from training import checkpoint, synthetic
+from training.data import DataConfig, Preprocessing
+from training.model import ModelConfig
 from training.pipeline import FitOptions, fit
 
 GRID = (4, 4)  # 64 px at stride 16
@@ -75,6 +78,14 @@ def fine_onnx(fine_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return out
+
+
+def test_the_model_file_records_the_output_stride() -> None:
+    classes = tuple(synthetic.CLASSES)
+    state = checkpoint.Checkpoint(ModelConfig(), {}, classes, Preprocessing(64, 64), DataConfig(image_size=64))
+    assert metadata.describe(state, "ca", "fp32")[OUTPUT_STRIDE_KEY] == "32"  # no weights needed
+    fine = replace(state, model=ModelConfig(output_stride=16))
+    assert metadata.describe(fine, "gap", "int8")[OUTPUT_STRIDE_KEY] == "16"
 
 
 def test_a_stride_16_run_trains_and_records_its_stride(fine_run: Path) -> None:
