@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.backbones import Backbone
+from tests.training.test_model import LARGE
+from training.backbones import BACKBONES, Backbone
 from training.fit import parse_args
 from training.model import CAStreamNet, ModelConfig
 from training.pipeline import FitOptions
@@ -46,6 +47,18 @@ def test_the_last_tap_has_twice_the_grid_with_the_same_widths_and_parameters(nam
         fine.taps(x)
     hook.remove()
     assert seen[0].shape[-2:] == (4, 6)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in BACKBONES])
+def test_every_backbone_builds_at_stride_16_with_its_parameters(name: str) -> None:
+    coarse, fine = _pair(name)
+    assert {k: v.shape for k, v in coarse.net.state_dict().items()} == {
+        k: v.shape for k, v in fine.net.state_dict().items()
+    }
+    with torch.no_grad():
+        taps = fine.taps(torch.zeros(1, 3, 64, 64))
+    assert taps[-1].shape[-2:] == (4, 4) and taps[-2].shape[-2:] == (4, 4)  # the last stage keeps stage 3's grid
+    assert fine.widths == coarse.widths
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "convnext_tiny", "regnet_x_400mf"])
