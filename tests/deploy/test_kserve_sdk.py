@@ -7,37 +7,21 @@ tritonclient, the other real client of the protocol, is tests/service/test_v2.py
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from PIL import Image
 
-from service.metadata import Preprocessing
-from service.preprocess import Preprocessor
 from tests.deploy.kservetools import run_client
-from tests.service.servicetools import CLASSES, COLOURS, PREPROCESSING, solid_png
+from tests.service.servicetools import CLASSES, COLOURS, run_directly, solid_png, tiny_inputs
 
 MODEL = "tiny-ca"
-
-
-def _inputs(*images: bytes) -> np.ndarray:
-    prepare = Preprocessor(Preprocessing.from_dict(PREPROCESSING))
-    return np.stack([prepare(Image.open(io.BytesIO(data)).convert("RGB")).input for data in images])
-
-
-def _direct(model_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = ["logits", "attention", "class_maps"]
-    return dict(zip(names, session.run(names, {"image": batch}), strict=True))
 
 
 @pytest.mark.slow
 def test_kserves_client_reads_health_metadata_and_infers(live_server, model_path: Path, tmp_path: Path) -> None:
     server = live_server()
-    batch = _inputs(solid_png(COLOURS["red"]), solid_png(COLOURS["blue"], size=(30, 70)))
+    batch = tiny_inputs(solid_png(COLOURS["red"]), solid_png(COLOURS["blue"], size=(30, 70)))
     np.save(tmp_path / "batch.npy", batch)
     files = [solid_png(COLOURS["green"]), solid_png(COLOURS["dark"], fmt="JPEG")]
     for index, data in enumerate(files):
@@ -56,7 +40,7 @@ def test_kserves_client_reads_health_metadata_and_infers(live_server, model_path
     ]
     assert [o["name"] for o in metadata["outputs"]] == ["logits", "attention", "class_maps"]
 
-    tensors, images = _direct(model_path, batch), _direct(model_path, _inputs(*files))
+    tensors, images = run_directly(model_path, batch), run_directly(model_path, tiny_inputs(*files))
     for kind in ("binary", "json"):
         assert report[f"fp32-{kind}"] == {"id": f"fp32-{kind}", "outputs": ["logits", "class_maps"]}
         for name in ("logits", "class_maps"):

@@ -16,10 +16,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from service.metadata import Preprocessing
+from service.preprocess import Preprocessor
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,3 +221,17 @@ class LiveServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.stdout.read()
+
+
+def tiny_inputs(*images: bytes) -> np.ndarray:
+    """Image files preprocessed as the tiny models' metadata says, stacked [N, 3, crop, crop]."""
+    prepare = Preprocessor(Preprocessing.from_dict(PREPROCESSING))
+    return np.stack([prepare(Image.open(io.BytesIO(data)).convert("RGB")).input for data in images])
+
+
+def run_directly(
+    model_path: Path, batch: np.ndarray, names: tuple[str, ...] = ("logits", "attention", "class_maps")
+) -> dict[str, np.ndarray]:
+    """``names`` of the model file run by ONNX Runtime itself on ``batch``, without the service."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(list(names), {"image": batch}), strict=True))

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from service.metadata import Preprocessing
-from service.preprocess import Preprocessor
-from tests.service.servicetools import CLASSES, COLOURS, PREPROCESSING, solid_png
+from tests.service.servicetools import CLASSES, COLOURS, run_directly, solid_png, tiny_inputs
 
 MODEL = "tiny-ca"
-
-
-def _inputs(*images: bytes) -> np.ndarray:
-    prepare = Preprocessor(Preprocessing.from_dict(PREPROCESSING))
-    return np.stack([prepare(Image.open(io.BytesIO(data)).convert("RGB")).input for data in images])
-
-
-def _direct(model_path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = ["logits", "attention", "class_maps"]
-    return dict(zip(names, session.run(names, {"image": batch}), strict=True))
 
 
 @pytest.fixture
@@ -70,12 +54,12 @@ def test_tritonclient_reads_health_and_metadata(client: triton.InferenceServerCl
 def test_tritonclient_infers_from_a_preprocessed_tensor(
     client: triton.InferenceServerClient, model_path: Path, binary: bool
 ) -> None:
-    batch = _inputs(solid_png(COLOURS["red"]), solid_png(COLOURS["blue"], size=(30, 70)))
+    batch = tiny_inputs(solid_png(COLOURS["red"]), solid_png(COLOURS["blue"], size=(30, 70)))
     tensor = triton.InferInput("image", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=binary)
     outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("logits", "class_maps")]
     result = client.infer(MODEL, [tensor], outputs=outputs, request_id="req-7")
-    expected = _direct(model_path, batch)
+    expected = run_directly(model_path, batch)
     assert result.get_response()["id"] == "req-7"
     assert [o["name"] for o in result.get_response()["outputs"]] == ["logits", "class_maps"]  # as asked
     np.testing.assert_allclose(result.as_numpy("logits"), expected["logits"], rtol=0, atol=1e-6)
@@ -96,7 +80,7 @@ def test_tritonclient_infers_from_encoded_images_with_classification(
         triton.InferRequestedOutput("attention", binary_data=binary),
     ]
     result = client.infer(MODEL, [tensor], outputs=outputs)
-    expected = _direct(model_path, _inputs(*files))
+    expected = run_directly(model_path, tiny_inputs(*files))
     # Binary BYTES come back as bytes, JSON ones as str.
     labels = np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object])(
         result.as_numpy("logits")
