@@ -144,7 +144,7 @@ def decode_parity(
         if not files:
             continue
         megabytes = sum(map(len, files)) / len(files) / 2**20
-        log.info("decode parity: %d %s images, %.1f MiB each on average", len(files), name, megabytes)
+        log.info("decode parity: %d images (%s), %.1f MiB each on average", len(files), name, megabytes)
         rows[name] = {"mib": megabytes} | {f"{m:g}": parity(onnx, files, m).__dict__ for m in margins}
     return {"margin": DECODE_MARGIN, "resize": onnx.info.preprocessing.resize, "sets": rows}
 
