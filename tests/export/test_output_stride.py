@@ -6,8 +6,6 @@ instead of 2 x 2."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,19 +20,17 @@ from export import metadata
 from export.samples import load_samples
 from export.sessions import make_session
 from export.triton import write_repository
-from interpret import evaluate
 from service.app import create_app
 from service.contract import OUTPUT_STRIDE_KEY
 from service.imaging import decode
 from service.metadata import parse_metadata
 from service.preprocess import Preprocessor
 from tests.deploy.tritontools import check_repository
-from tests.interpret.conftest import read_csv
-from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
+from tests.runs import evaluate_tiny, export_command, fit_tiny
+from tests.service.servicetools import make_settings, solid_png, wait_ready
 from training import checkpoint, synthetic
 from training.data import DataConfig, Preprocessing
 from training.model import ModelConfig
-from training.pipeline import FitOptions, fit
 
 GRID = (4, 4)  # 64 px at stride 16
 # ResNet-18 trains in seconds; the larger backbones' runs, and every export, serving and evaluation, are slow.
@@ -48,36 +44,12 @@ BACKBONES = [
 @pytest.fixture(scope="module", params=BACKBONES)
 def fine_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run at output stride 16 on 64 px synthetic images, as ``tiny_run`` trains its ResNet-18; its checkpoint."""
-    out = tmp_path_factory.mktemp(f"stride16-{request.param}")
-    options = FitOptions(
-        backbone=request.param,
-        output_stride=16,
-        image_size=64,
-        synthetic_train=128,
-        synthetic_val=32,
-        epochs=1,
-        baseline_epochs=1,
-        recipe="paper",
-        batch_size=32,
-        out=str(out),
-        progress=False,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fit(options)
-    finally:
-        torch.set_num_threads(threads)
-    return out / "castream.pt"
+    return fit_tiny(tmp_path_factory.mktemp(f"stride16-{request.param}"), backbone=request.param, output_stride=16)
 
 
 @pytest.fixture(scope="module")
 def fine_onnx(fine_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stride16-export") / "model.onnx"
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(fine_run), "--out", str(out)]
-    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
+    return export_command(fine_run, tmp_path_factory.mktemp("stride16-export") / "model.onnx")
 
 
 def test_the_model_file_records_the_output_stride() -> None:
@@ -164,17 +136,4 @@ def test_the_service_serves_the_finer_attention_grid(fine_onnx: Path) -> None:
 
 @pytest.mark.slow
 def test_the_evaluation_scores_a_stride_16_model(fine_run: Path, tmp_path: Path) -> None:
-    argv = ["--checkpoint", str(fine_run), "--limit", "3", "--methods", "gradcam", "attention", "classmap"]
-    argv += ["--pixels-per-step", "512", "--grid-images", "2", "--out", str(tmp_path), "--no-progress"]
-    assert evaluate.main(argv) == 0
-    rows = read_csv(tmp_path / "interpretability.csv")
-    assert [(r["method"], r["pooling"]) for r in rows] == [
-        ("Grad-CAM", "gap"),
-        ("Grad-CAM", "ca"),
-        ("Raw attention", "ca"),
-        ("Class-specific map", "ca"),
-    ]
-    for row in rows:
-        assert row["images"] == "3"
-        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
-            assert 0.0 <= float(row[metric]) <= 100.0
+    evaluate_tiny(fine_run, tmp_path)

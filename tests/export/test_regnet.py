@@ -3,8 +3,6 @@ the service serves the file, and the interpretability evaluation scores it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +15,13 @@ from fastapi.testclient import TestClient
 from export import metadata
 from export.samples import load_samples
 from export.sessions import make_session
-from interpret import evaluate
 from service.app import create_app
 from service.imaging import decode
 from service.metadata import parse_metadata
 from service.preprocess import Preprocessor
-from tests.interpret.conftest import read_csv
-from tests.service.servicetools import REPO, make_settings, solid_png, wait_ready
+from tests.runs import evaluate_tiny, export_command, fit_tiny
+from tests.service.servicetools import make_settings, solid_png, wait_ready
 from training import checkpoint, synthetic
-from training.pipeline import FitOptions, fit
 
 BACKBONE = "regnet_y_400mf"
 
@@ -33,35 +29,12 @@ BACKBONE = "regnet_y_400mf"
 @pytest.fixture(scope="module")
 def regnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A RegNetY-400MF run on 64 px synthetic images, as ``tiny_run`` trains its ResNet-18; returns the checkpoint."""
-    out = tmp_path_factory.mktemp("regnet-run")
-    options = FitOptions(
-        backbone=BACKBONE,
-        image_size=64,
-        synthetic_train=128,
-        synthetic_val=32,
-        epochs=1,
-        baseline_epochs=1,
-        recipe="paper",
-        batch_size=32,
-        out=str(out),
-        progress=False,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fit(options)
-    finally:
-        torch.set_num_threads(threads)
-    return out / "castream.pt"
+    return fit_tiny(tmp_path_factory.mktemp("regnet-run"), backbone=BACKBONE)
 
 
 @pytest.fixture(scope="module")
 def regnet_onnx(regnet_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("regnet-export") / "regnet.onnx"
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(regnet_run), "--out", str(out)]
-    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
+    return export_command(regnet_run, tmp_path_factory.mktemp("regnet-export") / "regnet.onnx")
 
 
 def test_a_regnet_trains_and_its_checkpoint_rebuilds_it(regnet_run: Path) -> None:
@@ -126,17 +99,4 @@ def test_the_service_serves_the_exported_regnet_as_onnx_runtime_runs_it(regnet_o
 
 @pytest.mark.slow  # ~40 s
 def test_the_evaluation_scores_a_regnet(regnet_run: Path, tmp_path: Path) -> None:
-    argv = ["--checkpoint", str(regnet_run), "--limit", "3", "--methods", "gradcam", "attention", "classmap"]
-    argv += ["--pixels-per-step", "512", "--grid-images", "2", "--out", str(tmp_path), "--no-progress"]
-    assert evaluate.main(argv) == 0
-    rows = read_csv(tmp_path / "interpretability.csv")
-    assert [(r["method"], r["pooling"]) for r in rows] == [
-        ("Grad-CAM", "gap"),
-        ("Grad-CAM", "ca"),
-        ("Raw attention", "ca"),
-        ("Class-specific map", "ca"),
-    ]
-    for row in rows:
-        assert row["images"] == "3"
-        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
-            assert 0.0 <= float(row[metric]) <= 100.0
+    evaluate_tiny(regnet_run, tmp_path)

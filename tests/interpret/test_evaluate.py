@@ -10,40 +10,11 @@ from PIL import Image
 
 from interpret import evaluate
 from tests.interpret.conftest import read_csv
+from tests.runs import evaluate_tiny
 
 
 def test_evaluate_writes_table_csv_json_and_picture(synthetic_checkpoint: Path, tmp_path: Path) -> None:
-    code = evaluate.main(
-        [
-            "--checkpoint",
-            str(synthetic_checkpoint),
-            "--limit",
-            "3",
-            "--methods",
-            "gradcam",
-            "attention",
-            "classmap",
-            "--pixels-per-step",
-            "512",
-            "--grid-images",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-        ]
-    )
-    assert code == 0
-    rows = read_csv(tmp_path / "interpretability.csv")
-    assert [(r["method"], r["pooling"]) for r in rows] == [
-        ("Grad-CAM", "gap"),
-        ("Grad-CAM", "ca"),
-        ("Raw attention", "ca"),
-        ("Class-specific map", "ca"),
-    ]
-    for row in rows:
-        assert row["images"] == "3"
-        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
-            assert 0.0 <= float(row[metric]) <= 100.0
+    rows = evaluate_tiny(synthetic_checkpoint, tmp_path)
     table = (tmp_path / "interpretability.md").read_text()
     assert "| Grad-CAM | GAP |" in table and "Pointing game" in table and "8 steps" in table
     assert "Grad-CAM: AD:" in table  # the CA-vs-GAP comparison for the method run on both poolings

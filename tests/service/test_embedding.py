@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 
 from service.contract import Preprocessing, output_names
 from service.preprocess import Preprocessor
-from tests.service.servicetools import COLOURS, PREPROCESSING, REPO, save_model, solid_png
+from tests.service.servicetools import COLOURS, PREPROCESSING, save_model, solid_png
 
 NAMES = ["blue", "red", "dark", "green"]
 
@@ -126,26 +124,15 @@ def test_a_gap_file_without_class_maps_or_embedding_still_serves(app_client, gap
     assert _classify(client, [solid_png(COLOURS["red"])], embedding="true").json()["code"] == "no_embedding"
 
 
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped checkpoint, exported by the command line as `make demo` does."""
-    out = tmp_path_factory.mktemp("shipped") / "castream.onnx"
-    checkpoint = REPO / "checkpoints" / "default" / "castream.pt"
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(checkpoint), "--out", str(out)]
-    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
-
-
 @pytest.mark.slow
-def test_the_shipped_checkpoint_exports_and_serves_its_embedding(shipped: Path, app_client) -> None:
-    client = app_client(shipped)
+def test_the_shipped_checkpoint_exports_and_serves_its_embedding(shipped_onnx: Path, app_client) -> None:
+    client = app_client(shipped_onnx)
     info = client.get("/v1/model").json()
     assert [o["name"] for o in info["outputs"]] == list(output_names("ca"))
     width = info["outputs"][-1]["shape"][-1]
     images = [solid_png(colour, size=(120, 90)) for colour in ((200, 30, 30), (30, 30, 200), (240, 240, 240))]
     body = _classify(client, images, embedding="true", class_maps="true").json()
-    session = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(shipped_onnx), providers=["CPUExecutionProvider"])
     prepare = Preprocessor(Preprocessing.from_dict(info["preprocessing"]))
     batch = np.stack([prepare(Image.open(io.BytesIO(data)).convert("RGB")).input for data in images])
     (expected,) = session.run(["embedding"], {"image": batch})

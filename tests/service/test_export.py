@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +11,13 @@ import pytest
 from service.imaging import decode
 from service.metadata import parse_metadata
 from service.preprocess import Preprocessor
-from tests.service.servicetools import REPO, solid_png
+from tests.runs import export_command
+from tests.service.servicetools import solid_png
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("exported") / "castream.onnx"
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
-    result = subprocess.run([*command, "--verify-images", "16"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
+    return export_command(tiny_checkpoint, tmp_path_factory.mktemp("exported") / "castream.onnx")
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from service.metadata import Preprocessing
 from service.model import load_model
 from service.overlay import BOX_COLOUR, DISPLAY_SIDE
 from service.preprocess import Preprocessor
-from tests.service.servicetools import PREPROCESSING, REPO
+from tests.service.servicetools import PREPROCESSING
 
 CHECKPOINT = "checkpoints/default/castream.pt"
 
@@ -147,21 +145,11 @@ def test_bad_overlay_options_are_422(client: TestClient, params: dict[str, objec
     assert response.status_code == 422
 
 
-@pytest.fixture(scope="module")
-def shipped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped default model, exported as `make export` does."""
-    out = tmp_path_factory.mktemp("shipped") / "castream.onnx"
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(REPO / CHECKPOINT), "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return out
-
-
 @pytest.mark.slow
-def test_the_reduced_decode_agrees_with_the_full_one_on_large_images(shipped_model: Path) -> None:
+def test_the_reduced_decode_agrees_with_the_full_one_on_large_images(shipped_onnx: Path) -> None:
     # 100 synthetic validation images rendered at 2-12 megapixels and 100 photo-like ones, as JPEGs: the service's
     # reduced decode against the full decode that training saw, through the shipped model.
-    model = load_model(shipped_model, ["cpu"])
+    model = load_model(shipped_onnx, ["cpu"])
     synthetic = parity(model, list(synthetic_jpegs(100)), DECODE_MARGIN)
     photos = parity(model, list(photo_jpegs(100)), DECODE_MARGIN)
     print(f"\nsynthetic: {synthetic}\nphotos: {photos}")  # the figures docs/service.md quotes

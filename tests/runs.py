@@ -1,0 +1,62 @@
+"""The commands the tests run the way users do: a tiny training run, the export command and the evaluation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "default" / "castream.pt"  # the default model the repository ships
+METHODS = [("Grad-CAM", "gap"), ("Grad-CAM", "ca"), ("Raw attention", "ca"), ("Class-specific map", "ca")]
+
+
+def fit_tiny(out: Path, **options: Any) -> Path:
+    """A run of one baseline and one stream epoch on 64 px synthetic images, on one thread (the run is tiny, and a
+    second thread only contends with whatever else the machine runs); ``options`` override ``FitOptions``'
+    fields. Returns its checkpoint."""
+    import torch
+
+    from training.pipeline import FitOptions, fit
+
+    settings: dict[str, Any] = {"image_size": 64, "synthetic_train": 128, "synthetic_val": 32, "epochs": 1,
+                                "baseline_epochs": 1, "recipe": "paper", "batch_size": 32,
+                                "progress": False}  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(FitOptions(**{**settings, **options, "out": str(out)}))
+    finally:
+        torch.set_num_threads(threads)
+    return out / "castream.pt"
+
+
+def export_command(checkpoint: Path, out: Path, *flags: str) -> Path:
+    """``python -m export.to_onnx`` on ``checkpoint`` into ``out`` (16 verification images), as a user runs it."""
+    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(checkpoint), "--out", str(out)]
+    result = subprocess.run(
+        [*command, "--verify-images", "16", *flags], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return out
+
+
+def evaluate_tiny(checkpoint: Path, out: Path) -> list[dict[str, str]]:
+    """``python -m interpret.evaluate`` on 3 images with Grad-CAM, the raw attention and the class map; its CSV rows,
+    checked to hold every method on its pooling with scores in range."""
+    from interpret import evaluate
+    from tests.interpret.conftest import read_csv
+
+    argv = ["--checkpoint", str(checkpoint), "--limit", "3", "--methods", "gradcam", "attention", "classmap"]
+    assert (
+        evaluate.main([*argv, "--pixels-per-step", "512", "--grid-images", "2", "--out", str(out), "--no-progress"])
+        == 0
+    )
+    rows = read_csv(out / "interpretability.csv")
+    assert [(row["method"], row["pooling"]) for row in rows] == METHODS
+    for row in rows:
+        assert row["images"] == "3"
+        for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
+            assert 0.0 <= float(row[metric]) <= 100.0
+    return rows
