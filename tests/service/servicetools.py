@@ -235,3 +235,21 @@ def run_directly(
     """``names`` of the model file run by ONNX Runtime itself on ``batch``, without the service."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     return dict(zip(names, session.run(list(names), {"image": batch}), strict=True))
+
+
+def record_fetches(client: TestClient) -> list[list[str]]:
+    """The output names of every ``session.run`` the client's served model makes from now on, in order (the real
+    session still runs them)."""
+    model = client.app.state.lifecycle.serving.model
+    session, fetched = model.session, []
+
+    class Recorder:
+        def run(self, outputs, feeds):
+            fetched.append(list(outputs))
+            return session.run(outputs, feeds)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    model.session = Recorder()
+    return fetched

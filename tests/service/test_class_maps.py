@@ -15,7 +15,7 @@ from PIL import Image
 from service.metadata import Preprocessing
 from service.overlay import LUT, heat_overlay, image_overlay
 from service.preprocess import Preprocessor
-from tests.service.servicetools import CLASSES, COLOURS, PREPROCESSING, save_model, solid_png
+from tests.service.servicetools import CLASSES, COLOURS, PREPROCESSING, record_fetches, save_model, solid_png
 
 
 def classify(client: TestClient, image: bytes, **params: object):
@@ -105,19 +105,7 @@ def test_an_older_model_file_without_the_output_still_serves(app_client, tmp_pat
 
 
 def test_class_maps_are_fetched_only_for_batches_that_need_them(client: TestClient) -> None:
-    model = client.app.state.lifecycle.serving.model
-    fetched: list[list[str]] = []
-    session = model.session
-
-    class Recorder:
-        def run(self, outputs, feeds):
-            fetched.append(list(outputs))
-            return session.run(outputs, feeds)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    model.session = Recorder()
+    fetched = record_fetches(client)
     classify(client, solid_png(COLOURS["red"]))
     classify(client, solid_png(COLOURS["red"]), class_maps="true")
     assert fetched == [["logits", "attention"], ["logits", "attention", "class_maps"]]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.contract import Preprocessing, output_names
 from service.preprocess import Preprocessor
-from tests.service.servicetools import COLOURS, PREPROCESSING, save_model, solid_png
+from tests.service.servicetools import COLOURS, PREPROCESSING, record_fetches, save_model, solid_png
 
 NAMES = ["blue", "red", "dark", "green"]
 
@@ -43,26 +43,10 @@ def _classify(client: TestClient, images: list[bytes], **params: object):
                        params=params)  # fmt: skip
 
 
-def _recorded_fetches(client: TestClient) -> list[list[str]]:
-    model = client.app.state.lifecycle.serving.model
-    session, fetched = model.session, []
-
-    class Recorder:
-        def run(self, outputs, feeds):
-            fetched.append(list(outputs))
-            return session.run(outputs, feeds)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    model.session = Recorder()
-    return fetched
-
-
 @pytest.mark.parametrize("kind", ["ca", "gap"])
 def test_classify_returns_each_images_embedding_in_order(app_client, embedding_models, kind: str) -> None:
     client = app_client(embedding_models[kind], max_batch_size=8)
-    fetched = _recorded_fetches(client)
+    fetched = record_fetches(client)
     images = _images()
     response = _classify(client, images, embedding="true", top_k=1)
     assert response.status_code == 200
@@ -79,7 +63,7 @@ def test_classify_returns_each_images_embedding_in_order(app_client, embedding_m
 
 def test_v2_returns_the_embedding_when_asked_for_it(app_client, embedding_models) -> None:
     client = app_client(embedding_models["ca"], max_batch_size=8)
-    fetched = _recorded_fetches(client)
+    fetched = record_fetches(client)
     images = _images()
     data = [base64.b64encode(image).decode() for image in images]
     body = {
