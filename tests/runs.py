@@ -60,3 +60,40 @@ def evaluate_tiny(checkpoint: Path, out: Path) -> list[dict[str, str]]:
         for metric in ("ad", "ag", "ai", "insertion", "deletion", "pointing", "energy"):
             assert 0.0 <= float(row[metric]) <= 100.0
     return rows
+
+
+def serve_and_compare(model_file: Path, images: list[bytes]) -> tuple[dict[str, Any], Any, tuple[int, ...]]:
+    """``images`` through the service's app on ``model_file`` (``/classify``, top 3 with class maps), each answer
+    checked against ONNX Runtime run on the file directly: the top class and its label, the attention grid, and the
+    top class's map summing with its constant to its logit. Returns ``/v1/model``'s answer, the file's metadata
+    and the attention grid's shape."""
+    import numpy as np
+    import onnxruntime as ort
+    import pytest
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.imaging import decode
+    from service.metadata import parse_metadata
+    from service.preprocess import Preprocessor
+    from tests.service.servicetools import make_settings, wait_ready
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map, str(model_file))
+    with TestClient(create_app(make_settings(model_file))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        files, params = [("file", image) for image in images], {"top_k": 3, "class_maps": "true"}
+        response = client.post("/classify", files=files, params=params)
+    assert response.status_code == 200, response.text
+    prepare = Preprocessor(metadata.preprocessing)
+    batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
+    logits, attention = session.run(["logits", "attention"], {"image": batch})
+    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
+        top = prediction["top_k"][0]
+        assert top["index"] == int(row.argmax()) and top["label"] == metadata.classes[top["index"]]
+        np.testing.assert_allclose(np.array(prediction["attention"]["values"]), grid, atol=1e-6)
+        values = np.array(top["map"]["values"])
+        assert values.shape == grid.shape
+        assert values.sum() + top["map"]["constant"] == pytest.approx(float(row[top["index"]]), abs=1e-4)
+    return info, metadata, tuple(attention.shape[1:])

@@ -126,9 +126,9 @@ class Family:
     name: str
     members: tuple[str, ...]
     stages: Callable[[nn.Module], list[nn.Module]]
-    head: str
-    classifier: str
     stride_16: Callable[[str, int], nn.Module]
+    head: str = "fc"  # torchvision's plain Linear head
+    classifier: str = "fc"
     head_norm: str | None = None
     head_reads_map: bool = False
     projection_init: str = "xavier"
@@ -231,10 +231,7 @@ RESNET = Family(
     name="resnet",
     members=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
     stages=_resnet_stages,
-    head="fc",
-    classifier="fc",
     stride_16=_resnet_stride_16,
-    projection_init="xavier",
     cam_layer="layer4",
 )
 
@@ -287,11 +284,8 @@ REGNET = Family(
     # regnet_y_400mf to regnet_y_32gf, then regnet_x_400mf to regnet_x_32gf
     members=tuple(f"regnet_{kind}_{size}" for kind in "yx" for size in _REGNET_SIZES),
     stages=_regnet_stages,
-    head="fc",
-    classifier="fc",
     stride_16=_regnet_stride_16,
-    # The paper trains no RegNet stream: Xavier, as for its BatchNorm network (ResNet).
-    projection_init="xavier",
+    # The paper trains no RegNet stream: Xavier (the default), as for its BatchNorm network, ResNet.
     cam_layer="trunk_output.block4",
 )
 

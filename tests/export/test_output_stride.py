@@ -11,23 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from export import metadata
 from export.samples import load_samples
 from export.sessions import make_session
 from export.triton import write_repository
-from service.app import create_app
 from service.contract import OUTPUT_STRIDE_KEY
-from service.imaging import decode
-from service.metadata import parse_metadata
-from service.preprocess import Preprocessor
 from tests.deploy.tritontools import check_repository
-from tests.runs import evaluate_tiny, export_command, fit_tiny
-from tests.service.servicetools import make_settings, solid_png, wait_ready
+from tests.runs import evaluate_tiny, export_command, fit_tiny, serve_and_compare
+from tests.service.servicetools import solid_png
 from training import checkpoint, synthetic
 from training.data import DataConfig, Preprocessing
 from training.model import ModelConfig
@@ -107,31 +101,10 @@ def test_the_triton_repository_has_its_usual_shape_with_the_finer_grid(fine_onnx
 
 @pytest.mark.slow
 def test_the_service_serves_the_finer_attention_grid(fine_onnx: Path) -> None:
-    session = ort.InferenceSession(str(fine_onnx), providers=["CPUExecutionProvider"])
-    model = parse_metadata(session.get_modelmeta().custom_metadata_map, str(fine_onnx))
-    assert model.output_stride == 16
     images = [solid_png((200, 40, 90), size=(90, 70)), solid_png((20, 160, 220), size=(64, 80))]
-    with TestClient(create_app(make_settings(fine_onnx))) as client:
-        wait_ready(client)
-        info = client.get("/v1/model").json()
-        response = client.post(
-            "/classify", files=[("file", image) for image in images], params={"top_k": 3, "class_maps": "true"}
-        )
+    info, model, grid = serve_and_compare(fine_onnx, images)
+    assert model.output_stride == 16 and grid == GRID
     assert info["attention"] == {"height": GRID[0], "width": GRID[1]} and info["output_stride"] == 16
-    assert response.status_code == 200
-    prepare = Preprocessor(model.preprocessing)
-    batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
-    logits, attention = session.run(["logits", "attention"], {"image": batch})
-    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
-        top = prediction["top_k"][0]
-        assert top["index"] == int(row.argmax())
-        values = np.array(prediction["attention"]["values"])
-        assert values.shape == grid.shape == GRID
-        np.testing.assert_allclose(values, grid, atol=1e-6)
-        assert np.array(top["map"]["values"]).shape == GRID
-        assert np.sum(top["map"]["values"]) + top["map"]["constant"] == pytest.approx(
-            float(row[top["index"]]), abs=1e-4
-        )
 
 
 @pytest.mark.slow

@@ -7,20 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from export import metadata
 from export.samples import load_samples
 from export.sessions import make_session
-from service.app import create_app
-from service.imaging import decode
-from service.metadata import parse_metadata
-from service.preprocess import Preprocessor
-from tests.runs import evaluate_tiny, export_command, fit_tiny
-from tests.service.servicetools import make_settings, solid_png, wait_ready
+from tests.runs import evaluate_tiny, export_command, fit_tiny, serve_and_compare
+from tests.service.servicetools import solid_png
 from training import checkpoint, synthetic
 
 BACKBONE = "regnet_y_400mf"
@@ -73,28 +67,10 @@ def test_a_regnet_exports_logits_attention_and_class_maps(regnet_run: Path, regn
 
 @pytest.mark.slow
 def test_the_service_serves_the_exported_regnet_as_onnx_runtime_runs_it(regnet_onnx: Path) -> None:
-    session = ort.InferenceSession(str(regnet_onnx), providers=["CPUExecutionProvider"])
-    model = parse_metadata(session.get_modelmeta().custom_metadata_map, str(regnet_onnx))
     rng = np.random.default_rng(0)
     images = [solid_png(tuple(int(v) for v in rng.integers(0, 255, 3)), size=(90, 70)) for _ in range(2)]
-    with TestClient(create_app(make_settings(regnet_onnx))) as client:
-        wait_ready(client)
-        info = client.get("/v1/model").json()
-        response = client.post(
-            "/classify", files=[("file", image) for image in images], params={"top_k": 3, "class_maps": "true"}
-        )
-    assert info["classes"] == list(model.classes) and info["pooling"] == "ca"
-    assert response.status_code == 200
-    prepare = Preprocessor(model.preprocessing)
-    batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
-    logits, attention = session.run(["logits", "attention"], {"image": batch})
-    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
-        top = prediction["top_k"][0]
-        assert top["index"] == int(row.argmax()) and top["label"] == model.classes[top["index"]]
-        np.testing.assert_allclose(np.array(prediction["attention"]["values"]), grid, atol=1e-6)
-        values = np.array(top["map"]["values"])
-        assert values.shape == grid.shape == (2, 2)
-        assert values.sum() + top["map"]["constant"] == pytest.approx(float(row[top["index"]]), abs=1e-4)
+    info, model, grid = serve_and_compare(regnet_onnx, images)
+    assert info["classes"] == list(model.classes) and info["pooling"] == "ca" and grid == (2, 2)
 
 
 @pytest.mark.slow  # ~40 s
