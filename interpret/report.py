@@ -38,6 +38,9 @@ NAMES = {
 }
 
 
+SPLIT_NAMES = {"val": "validation", "selection": "selection-split"}
+
+
 def metrics_of(results: Results) -> list[str]:
     present = next(iter(results.scores.values()))
     return [m for m in (*FAITHFULNESS, *LOCALISATION) if m in present]
@@ -62,8 +65,8 @@ def markdown(
     lines = [
         f"# {title}",
         "",
-        f"Checkpoint `{s.get('checkpoint', '?')}`, {s['images']} validation images at {s['image_size'][0]} x "
-        f"{s['image_size'][1]} px, explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
+        f"Checkpoint `{s.get('checkpoint', '?')}`, {s['images']} {SPLIT_NAMES[s.get('split', 'val')]} images at "
+        f"{s['image_size'][0]} x {s['image_size'][1]} px, explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
         f"Top-1 on these images: GAP {results.accuracy('gap'):.2f} %, CA {results.accuracy('ca'):.2f} %{whole_split}.",
         protocol_line(s) + " All values in %.",
         "",

@@ -28,7 +28,7 @@ from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
 from training.checkpoint import Checkpoint
 from training.data import DEFAULT_CACHE
 from training.devices import resolve_device
-from training.images import LabelledImages, load_images, seeded_subset
+from training.images import SELECTION, LabelledImages, load_images, seeded_subset
 from training.model import CAStreamNet
 from training.options import option
 
@@ -51,6 +51,12 @@ class EvalOptions:
     out: str | None = option(None, "folder for the table and picture (default: the checkpoint's folder)")
     # The default run (ResNet-18, 112 px): about 5 minutes on two idle CPU cores.
     limit: int = option(64, "validation images to explain (default: %(default)s)")
+    split: str = option(
+        "val",
+        "images explained: the validation split the reports show, or the synthetic data's selection split, for "
+        "choosing settings without tuning on reported images (default: %(default)s)",
+        choices=("val", SELECTION),
+    )
     methods: tuple[str, ...] = option(saliency.METHODS, "saliency methods (default: all)", choices=saliency.METHODS)
     target: str = option(
         "label", "explained class: the ground truth, or each model's prediction (default: %(default)s)", choices=TARGETS
@@ -150,8 +156,10 @@ class Results:
         return 100.0 * self.correct[pooling].double().mean().item()
 
 
-def evaluation_images(state: Checkpoint, limit: int, seed: int, cache_dir: str | None = None) -> LabelledImages:
-    """A seeded random subset of ``limit`` images of the checkpoint's validation split, in index order.
+def evaluation_images(
+    state: Checkpoint, limit: int, seed: int, cache_dir: str | None = None, split: str = "val"
+) -> LabelledImages:
+    """A seeded random subset of ``limit`` images of the checkpoint's validation split (or ``split``), in index order.
 
     An ImageFolder's validation split is first narrowed to the images the training run validated on.
     """
@@ -159,13 +167,13 @@ def evaluation_images(state: Checkpoint, limit: int, seed: int, cache_dir: str |
 
     def choose(size: int) -> Tensor:
         if size == 0:
-            raise ValueError("the validation split is empty; check the checkpoint's data folder")
+            raise ValueError(f"the {split} split is empty; check the checkpoint's data folder")
         validated = torch.arange(size)
         if config.val_count and config.val_count < size:
             validated = seeded_subset(size, config.val_count, config.seed)
         return validated[seeded_subset(len(validated), limit, seed).sort().values]
 
-    return load_images(state, "val", choose, Path(cache_dir) if cache_dir else None)
+    return load_images(state, split, choose, Path(cache_dir) if cache_dir else None)
 
 
 class Heads:
@@ -370,9 +378,9 @@ def run(options: EvalOptions) -> tuple[Results, LabelledImages, Checkpoint]:
     """Loads the checkpoint and its validation images, and evaluates; returns results, samples and state."""
     state = checkpoint.load(options.checkpoint)
     device = resolve_device(options.device)
-    samples = evaluation_images(state, options.limit, options.seed, options.cache_dir)
+    samples = evaluation_images(state, options.limit, options.seed, options.cache_dir, options.split)
     if len(samples.labels) < options.limit:
-        log.warning("the validation split has %d images; evaluating all of them", len(samples.labels))
+        log.warning("the %s split has %d images; evaluating all of them", options.split, len(samples.labels))
     model = state.build_model()
     log.debug("folded %d BatchNorm layers into convolutions", fold_batch_norm(model.backbone.net))
     log.info(

@@ -19,6 +19,8 @@ from training.checkpoint import Checkpoint
 from training.data import Preprocessing, SyntheticSource
 
 SPLITS = ("train", "val")
+# The synthetic data's third split, for choosing recipes and settings on images that no report shows.
+SELECTION = "selection"
 
 
 @dataclass
@@ -52,9 +54,14 @@ def load_images(
 
     ``choose`` receives the size of the split and returns the indices to read, in the order wanted.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     config, preprocessing, classes = state.data, state.preprocessing, state.classes
+    if split == SELECTION and config.kind != "synthetic":
+        raise ValueError(
+            f"the {SELECTION} split exists only for the synthetic data; for your own data, hold out a folder of "
+            "images and point a checkpoint's data at it"
+        )
+    if split not in (*SPLITS, SELECTION):
+        raise ValueError(f"unknown split {split!r}; expected one of {(*SPLITS, SELECTION)}")
     if config.kind == "synthetic":
         source = SyntheticSource(config.synthetic_spec(split), preprocessing, cache_dir)
         index = choose(len(source))
