@@ -66,7 +66,8 @@ def markdown(
         f"# {title}",
         "",
         f"Checkpoint `{s.get('checkpoint', '?')}`, {s['images']} {SPLIT_NAMES[s.get('split', 'val')]} images at "
-        f"{s['image_size'][0]} x {s['image_size'][1]} px, explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
+        f"{s['image_size'][0]} x {s['image_size'][1]} px, "
+        f"explained class: {'ground truth' if s.get('target') == 'label' else 'prediction'}. "
         f"Top-1 on these images: GAP {results.accuracy('gap'):.2f} %, CA {results.accuracy('ca'):.2f} %{whole_split}.",
         protocol_line(s) + " All values in %.",
         "",
