@@ -30,28 +30,37 @@ CLASS_HEAD_PREFIX = "class_head."
 
 
 class ClassMapHead(nn.Module):
-    """Class-specific maps from the last feature map in one product: the head folded into the last CA block.
+    """Class-specific maps from the last feature map in one product: the head folded into what pools the map.
 
-    The last block pools ``sum_p a_p f_p``, projects it (``W f + b``) and the frozen head turns that into
-    logits. The head is affine up to a per-image factor ``s`` (the backbone's ``AffineHead``: 1 for a plain
-    Linear; after a LayerNorm, the inverse deviation of the final token), so logit c splits exactly over
-    positions as ``a_p * s * (M f_p + m)_c`` plus a constant, with ``M`` and ``m`` folded here once, in float64.
-    The same split as ``CAStreamNet.class_maps``, which verification compares it with.
+    CA: the last block pools ``sum_p a_p f_p``, projects it (``W f + b``) and the frozen head turns that into logits.
+    GAP: the head reads the mean ``sum_p f_p / P`` as it is (``W = I``, ``b = 0``, ``a_p = 1/P``: the class
+    activation map). The head is affine up to a per-image factor ``s`` (the backbone's ``AffineHead``: 1 for a plain
+    Linear; after a LayerNorm, the inverse deviation of the pooled vector), so logit c splits exactly over positions as
+    ``a_p * s * (M f_p + m)_c`` plus a constant, with ``M`` and ``m`` folded here once, in float64. The same split as
+    ``CAStreamNet.class_maps``, which verification compares it with.
     """
 
-    def __init__(self, model: CAStreamNet) -> None:
+    def __init__(self, model: CAStreamNet, pooling: str) -> None:
         super().__init__()
-        head, last = model.backbone.affine_head(torch.float64), model.stream.blocks[-1]
-        weight, bias = head.fold(last.proj.weight.double(), last.proj.bias.double())  # (K, C), (K,)
+        head = model.backbone.affine_head(torch.float64)
+        if pooling == "ca":
+            last = model.stream.blocks[-1]
+            weight, bias = head.fold(last.proj.weight.double(), last.proj.bias.double())  # (K, C), (K,)
+        else:
+            width = model.backbone.head_width
+            weight, bias = head.fold(torch.eye(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64))
         self.eps = head.eps
         self.register_buffer("weight", weight.float().detach().clone())  # (K, C)
         self.register_buffer("bias", bias.float().detach().clone()[:, None])  # (K, 1)
 
-    def forward(self, features: Tensor, weights: Tensor, token: Tensor) -> Tensor:
-        """Maps (N, K, P) for the last feature map (N, C, P), its attention (N, P) and the final token (N, D)."""
+    def forward(self, features: Tensor, weights: Tensor | None, pooled: Tensor) -> Tensor:
+        """Maps (N, K, P) for the last feature map (N, C, P), its pooling weights (N, P) (None: GAP's 1/P each) and
+        the pooled vector (N, D)."""
         evidence = torch.matmul(self.weight, features) + self.bias  # (N, K, P)
         if self.eps is not None:
-            evidence = evidence * normalising_scale(token, self.eps)[:, :, None]  # (N, 1, 1)
+            evidence = evidence * normalising_scale(pooled, self.eps)[:, :, None]  # (N, 1, 1)
+        if weights is None:
+            return evidence / features.shape[-1]
         return evidence * weights[:, None, :]
 
 
@@ -62,8 +71,8 @@ class Exportable(nn.Module):
         super().__init__()
         self.names = output_names(pooling)  # validates the name
         self.model, self.pooling = model, pooling
-        if ATTENTION in self.names:
-            self.class_head = ClassMapHead(model)
+        if CLASS_MAPS in self.names:
+            self.class_head = ClassMapHead(model, pooling)
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         outputs = self.outputs(image)
@@ -74,11 +83,12 @@ class Exportable(nn.Module):
         taps = self.model.forward_features(image)
         pooled, weights = self.model.pool(taps, self.pooling)  # (N, D), (N, P) or None
         outputs = {LOGITS: self.model.backbone.classify(pooled), EMBEDDING: pooled}  # (N, K), (N, D)
+        last = taps[-1].float()
+        height, width = last.shape[-2:]
         if weights is not None:
-            last = taps[-1].float()
-            height, width = last.shape[-2:]
-            maps = self.class_head(last.flatten(2), weights, pooled)  # (N, K, P)
             outputs[ATTENTION] = weights.view(-1, height, width)  # (N, h, w)
+        if CLASS_MAPS in self.names:
+            maps = self.class_head(last.flatten(2), weights, pooled)  # (N, K, P)
             outputs[CLASS_MAPS] = maps.view(-1, maps.shape[1], height, width)  # (N, K, h, w)
         return outputs
 
@@ -129,10 +139,11 @@ def strip_debug_info(proto: onnx.ModelProto) -> None:
 
 
 def stream_nodes(graph: onnx.GraphProto) -> list[str]:
-    """Names of the nodes that depend on a CA-stream parameter: the stream, the head and the class maps.
+    """Names of the nodes that depend on a CA-stream parameter or the class-map head: the stream, the head and the
+    class maps.
 
     Every block depends on the learnable token, so this covers the whole stream whatever the exporter
-    folded; the backbone never depends on it. Empty for a GAP graph.
+    folded; the backbone never depends on it. For a GAP graph: the class maps' nodes alone.
     """
     prefixes = (STREAM_PREFIX, CLASS_HEAD_PREFIX)
     tainted = {init.name for init in graph.initializer if init.name.startswith(prefixes)}

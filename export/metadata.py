@@ -29,8 +29,13 @@ def describe(
     name: str | None = None,
     verification: dict[str, Any] | None = None,
     samples: list[dict[str, str]] | None = None,
+    trained_on: str | None = None,
 ) -> dict[str, str]:
-    """The metadata properties of a model exported from checkpoint ``state``."""
+    """The metadata properties of a model exported from checkpoint ``state``.
+
+    ``trained_on`` says what a classifier castream did not train was trained on (``export.pretrained``); its record's
+    data set is then only the images its export was checked on, and is not written as the model's.
+    """
     if numerics not in NUMERICS:
         raise ValueError(f"unknown numeric format {numerics!r}; expected one of {NUMERICS}")
     backbone = state.model.backbone
@@ -43,10 +48,12 @@ def describe(
         contract.NUMERICS_KEY: numerics,
         contract.CLASSES_KEY: json.dumps(list(state.classes)),
         contract.PREPROCESSING_KEY: json.dumps({**state.preprocessing.to_dict(), **INPUT_LAYOUT}),
-        contract.DATASET_KEY: json.dumps(state.data.to_dict()),
-        contract.TRAINED_ON_KEY: state.data.describe(state.classes),
+        contract.TRAINED_ON_KEY: trained_on or state.data.describe(state.classes),
         contract.OUTPUT_STRIDE_KEY: str(state.model.output_stride),
+        contract.EXPLANATION_KEY: contract.EXPLANATIONS[pooling],
     }
+    if trained_on is None:
+        props[contract.DATASET_KEY] = json.dumps(state.data.to_dict())
     if samples:
         props[contract.SAMPLES_KEY] = json.dumps(samples)
     top1 = state.metrics.get(f"val_top1_{pooling}")

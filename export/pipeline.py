@@ -1,5 +1,7 @@
 """One export, start to finish: checkpoint -> graph -> checks -> (int8 | fp16) -> metadata -> file.
 
+A classifier castream did not train (``--weights``) enters as a checkpoint record too (``export.pretrained``).
+
 Nothing is written until every check has passed; the file then appears atomically (temporary file in
 the same folder, renamed), so a failed or interrupted export never leaves a model behind.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-from export import agreement, metadata, triton
+from export import agreement, metadata, pretrained, triton
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
 from export.graph import export_graph
 from export.quantize import is_quantized, quantize_int8
@@ -38,6 +40,7 @@ from export.verify import reference_outputs as torch_outputs
 from service.contract import ATTENTION, LOGITS, NUMERICS, POOLINGS
 from training import checkpoint
 from training.checkpoint import DEFAULT as DEFAULT_CHECKPOINT
+from training.checkpoint import Checkpoint
 from training.data import DEFAULT_CACHE, DataConfig
 from training.files import atomic_write
 from training.options import option
@@ -52,9 +55,13 @@ CHECK_BATCH = 8  # int8's checks and its speed run batches of this many images, 
 class ExportOptions:
     """The export command's options (``python -m export.to_onnx --help`` lists them from these fields)."""
 
-    checkpoint: str = option(DEFAULT_CHECKPOINT, "castream checkpoint to export")
+    checkpoint: str | None = option(None, f"castream checkpoint to export (default: {DEFAULT_CHECKPOINT})")
     out: str = option("models/castream.onnx", "ONNX file to write")
-    pooling: str = option("ca", "ca: logits, attention, class maps; gap: logits", choices=POOLINGS)
+    pooling: str | None = option(
+        None,
+        "ca: logits, attention, class maps over it; gap: logits, class activation maps (default ca; --weights: gap)",
+        choices=POOLINGS,
+    )
     numerics: str = "fp32"  # one of NUMERICS: the command's --int8 / --fp16
     name: str | None = option(None, "model name reported by the service (default castream-<backbone>-<pooling>)")
     verify_images: int = option(64, "validation images compared with PyTorch")
@@ -72,8 +79,15 @@ class ExportOptions:
     )
     triton_repository: str | None = option(None, "also write a Triton model repository for the file (export.triton)")
     triton_kind: str = option("cpu", "Triton instances: KIND_CPU or KIND_GPU", choices=triton.KINDS)
+    classifier: pretrained.ClassifierOptions = field(default_factory=pretrained.ClassifierOptions)
 
     def __post_init__(self) -> None:
+        if self.classifier.given:
+            self._check_classifier()
+        elif self.checkpoint is None:
+            self.checkpoint = DEFAULT_CHECKPOINT
+        if self.pooling is None:
+            self.pooling = "gap" if self.classifier.given else "ca"
         if self.triton_kind not in triton.KINDS:
             raise ValueError(f"unknown Triton instance kind {self.triton_kind!r}; expected one of {triton.KINDS}")
         if self.pooling not in POOLINGS:
@@ -85,6 +99,21 @@ class ExportOptions:
         for name in ("verify_images", "calibration_images", "agreement_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    def _check_classifier(self) -> None:
+        """What a classifier castream did not train cannot be exported with: it has no stream and no data set."""
+        weights = self.classifier.weights
+        if self.checkpoint is not None:
+            raise ValueError(f"--checkpoint and --weights both name a model; export {self.checkpoint} or {weights}")
+        if self.pooling == "ca":
+            raise ValueError(
+                f"--weights {weights} has no trained CA stream; export it with --pooling gap (its class activation "
+                f"maps), or train a stream on it first (python -m training.fit --weights {weights} ...)"
+            )
+        if self.numerics == "int8":
+            raise ValueError("--int8 calibrates on the model's own training images, which --weights does not bring")
+        if self.samples:
+            raise ValueError("--samples embeds images of the model's own data, which --weights does not bring")
 
 
 @dataclass
@@ -105,13 +134,7 @@ class ExportReport:
 def export_checkpoint(options: ExportOptions) -> ExportReport:
     """Exports, checks and writes the model of ``options.checkpoint``; raises :class:`VerificationError`."""
     started = time.perf_counter()
-    state = checkpoint.load(options.checkpoint)
-    if not state.finished and not options.allow_unfinished:
-        raise ValueError(
-            f"checkpoint {options.checkpoint!r} is from an unfinished run (stage {state.stage!r}); finish "
-            f"it with `python -m training.fit --resume --out {Path(options.checkpoint).parent}`, "
-            "or pass --allow-unfinished"
-        )
+    state, trained_on = load_subject(options)
     model = state.build_model()
     size, classes = state.preprocessing.crop, len(state.classes)
     cache = Path(options.cache_dir) if options.cache_dir else None
@@ -139,8 +162,11 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         proto, verification["fp16"] = _fp16(proto, reference, images, options.threads, report)
         check_structure(proto, options.pooling, classes, size)
 
-    samples = gallery(state, sample_count(options.samples, state.data), cache)
-    report.properties = metadata.describe(state, options.pooling, options.numerics, options.name, verification, samples)
+    # A classifier castream did not train brings no images of its own: its record's data is only what it was checked on.
+    samples = gallery(state, 0 if trained_on else sample_count(options.samples, state.data), cache)
+    report.properties = metadata.describe(
+        state, options.pooling, options.numerics, options.name, verification, samples, trained_on
+    )
     metadata.attach(proto, report.properties)
     write_model(proto, report.path)
     if options.triton_repository:
@@ -148,6 +174,21 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         report.triton = triton.write_repository(report.path, options.triton_repository, kind)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def load_subject(options: ExportOptions) -> tuple[Checkpoint, str | None]:
+    """The record to export, and what it was trained on where castream did not train it (None: the record's data)."""
+    if options.classifier.given:
+        classifier = pretrained.load(options.classifier, options.verify_images)
+        return classifier.record, classifier.trained_on
+    state = checkpoint.load(options.checkpoint)
+    if not state.finished and not options.allow_unfinished:
+        raise ValueError(
+            f"checkpoint {options.checkpoint!r} is from an unfinished run (stage {state.stage!r}); finish "
+            f"it with `python -m training.fit --resume --out {Path(options.checkpoint).parent}`, "
+            "or pass --allow-unfinished"
+        )
+    return state, None
 
 
 def sample_count(requested: int | None, data: DataConfig) -> int:

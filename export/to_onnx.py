@@ -1,10 +1,13 @@
-"""Export a training checkpoint to one verified ONNX model (docs/onnx-model.md).
+"""Export a training checkpoint, or a torchvision classifier as it is, to one verified ONNX model (docs/onnx-model.md).
 
 python -m export.to_onnx                                     # the shipped default -> models/castream.onnx
 python -m export.to_onnx --int8 --out models/castream-int8.onnx
 python -m export.to_onnx --pooling gap --out models/gap.onnx  # the baseline, for comparison
 python -m export.to_onnx --triton-repository models/triton    # and a Triton model repository for the file
+python -m export.to_onnx --backbone resnet50 --weights IMAGENET1K_V2 --out models/resnet50.onnx
 
+With --weights (a torchvision weights name or a state-dict file of the --backbone network) the classifier is exported
+untrained by castream, with GAP: its class maps are its exact class activation maps (CAM), and it has no attention.
 The model is written only if it passes every check; otherwise the command exits with status 1 and
 says which check failed and by how much. Status 2 means the inputs were wrong (missing checkpoint...).
 """
@@ -16,6 +19,7 @@ import sys
 
 from export.agreement import Thresholds
 from export.pipeline import ExportOptions, ExportReport, export_checkpoint
+from export.pretrained import ClassifierOptions
 from export.verify import VerificationError
 from training.logs import quiet_third_party, setup_logging
 from training.options import add_options, command_parser, from_args
@@ -28,12 +32,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[ExportOptions, bool]:
     numeric.add_argument("--int8", dest="numerics", action="store_const", const="int8", help="int8 for CPU serving")
     numeric.add_argument("--fp16", dest="numerics", action="store_const", const="fp16", help="fp16 for GPU serving")
     add_options(parser, Thresholds)
+    add_options(parser.add_argument_group("a classifier castream did not train (--weights)"), ClassifierOptions)
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log the exporter's and quantiser's own messages too"
     )
     args = parser.parse_args(argv)
-    limits = from_args(parser, Thresholds, args)
-    return from_args(parser, ExportOptions, args, numerics=args.numerics or "fp32", thresholds=limits), args.verbose
+    limits, classifier = from_args(parser, Thresholds, args), from_args(parser, ClassifierOptions, args)
+    numerics = args.numerics or "fp32"
+    options = from_args(parser, ExportOptions, args, numerics=numerics, thresholds=limits, classifier=classifier)
+    return options, args.verbose
 
 
 def summary(report: ExportReport) -> str:

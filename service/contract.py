@@ -35,6 +35,10 @@ BATCH = "N"  # name of the symbolic batch dimension, on the input and on every o
 FORMAT = "1"  # version of this contract, metadata property ``castream_format``
 POOLINGS = ("ca", "gap")
 NUMERICS = ("fp32", "int8", "fp16")  # the graph's numeric format, metadata property ``precision``
+# What each pooling's class maps are, metadata property ``explanation``: the logits split over the CA stream's learned
+# attention, or a GAP model's class activation maps (CAM: the logits split over the grid through the classifier's
+# weights, each position weighing the same; there is no learned attention).
+EXPLANATIONS = {"ca": "ca-stream", "gap": "cam"}
 # The last feature map's cell in input pixels, metadata property ``output_stride``: the backbone as torchvision builds
 # it (the default, and what files without the property were exported at), or its last stage dilated.
 OUTPUT_STRIDES = (32, 16)
@@ -54,6 +58,7 @@ VERIFICATION_KEY = "verification"
 TRAINED_ON_KEY = "trained_on"  # a sentence saying what the model knows, for people
 SAMPLES_KEY = "samples"  # a few labelled images of the training data, [{"label": ..., "png": <base64>}, ...]
 OUTPUT_STRIDE_KEY = "output_stride"  # one of OUTPUT_STRIDES; absent from older files, which are all 32
+EXPLANATION_KEY = "explanation"  # what the class maps are, one of EXPLANATIONS' values; absent from older files
 JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY, SAMPLES_KEY)
 
 # The preprocessing record: torchvision's eval transform, then the graph's input layout.
@@ -188,9 +193,9 @@ OUTPUTS = (
     OutputSpec(
         CLASS_MAPS,
         (BATCH, "classes", "h", "w"),
-        "each logit split exactly over the grid: `class_maps[n, c].sum() + constant[c] == logits[n, c]`",
+        "each logit split exactly over the grid: `class_maps[n, c].sum() + constant[c] == logits[n, c]` (CA: over the "
+        "stream's attention; GAP: the class activation map, CAM)",
         Tolerance(fp32=1e-4, fp16=2e-2, scale=LOGITS, words=LOGIT_SCALE, floor=1.0),
-        poolings=("ca",),
         optional=True,
         on_request=True,
     ),

@@ -43,6 +43,8 @@ class ModelInfo:
     trained_on: str | None = None
     samples: tuple[Sample, ...] = ()
     output_stride: int = contract.OUTPUT_STRIDES[0]  # the last feature map's cell in input pixels
+    # What the class maps are, where the graph has them (contract.EXPLANATIONS): "ca-stream" or "cam".
+    explanation: str = contract.EXPLANATIONS["ca"]
 
     @property
     def has_attention(self) -> bool:
@@ -83,6 +85,11 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
     stride = parsed(contract.OUTPUT_STRIDE_KEY, int) if contract.OUTPUT_STRIDE_KEY in props else ModelInfo.output_stride
     if stride not in contract.OUTPUT_STRIDES:
         raise ModelError(f"{source}: metadata 'output_stride' is {stride!r}; expected one of {contract.OUTPUT_STRIDES}")
+    # Files before the property: a CA file's class maps are its stream's (a GAP file then had none).
+    explanation = props.get(contract.EXPLANATION_KEY, contract.EXPLANATIONS[pooling])
+    if explanation not in contract.EXPLANATIONS.values():
+        known = tuple(contract.EXPLANATIONS.values())
+        raise ModelError(f"{source}: metadata 'explanation' is {explanation!r}; expected one of {known}")
     return ModelInfo(
         name=need(contract.NAME_KEY),
         version=props.get(contract.VERSION_KEY, "unknown"),
@@ -96,6 +103,7 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         trained_on=props.get(contract.TRAINED_ON_KEY),
         samples=samples,
         output_stride=stride,
+        explanation=explanation,
     )
 
 

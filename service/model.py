@@ -84,6 +84,11 @@ class OnnxModel:
         return self.has(CLASS_MAPS)
 
     @property
+    def explanation(self) -> str | None:
+        """What the file's class maps are (``contract.EXPLANATIONS``: "ca-stream" or "cam"); None without any."""
+        return self.info.explanation if self.has_class_maps else None
+
+    @property
     def attention_shape(self) -> tuple[int, int] | None:
         """The attention grid (h, w), once known (from the graph, or from warm-up); None for a model without one."""
         if not self.has_attention or "h" not in self.sizes or "w" not in self.sizes:

@@ -80,8 +80,20 @@ class ModelRef(BaseModel):
     version: str
 
 
+class Explanation(BaseModel):
+    """What the model's maps are."""
+
+    class_maps: str | None = Field(
+        description="what each class map is: 'ca-stream', the logit split over the CA stream's learned attention; "
+        "'cam', a GAP classifier's class activation map (the logit split over the grid through its classifier, "
+        "exactly, every position weighing the same); null: the model has no class maps"
+    )
+    attention: bool = Field(description="whether the model has a learned attention map (a CA model; GAP has none)")
+
+
 class ClassifyResponse(BaseModel):
     model: ModelRef
+    explanation: Explanation = Field(description="what the class maps are, and whether there is learned attention")
     predictions: list[Prediction] = Field(description="one per image, in request order")
 
 
@@ -114,6 +126,7 @@ class ModelDescription(BaseModel):
     attention: GridSize | None
     output_stride: int = Field(32, description="the last feature map's cell in pixels: 32, or 16 (last stage dilated)")
     class_maps: bool = Field(description="whether the model file has class maps (class_maps=true, explain=)")
+    explanation: Explanation = Field(description="what the class maps are, and whether there is learned attention")
     outputs: list[OutputDescription] = Field(description="the model file's outputs (docs/onnx-model.md), in order")
     preprocessing: dict[str, Any]
     providers: list[str] = Field(description="execution providers in use, preferred first")

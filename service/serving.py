@@ -98,11 +98,8 @@ class Serving:
         """Raise 422 ``no_class_maps`` unless the model can give class maps."""
         if not self.model.has_class_maps:
             info = self.model.info
-            why = (
-                "it pools with GAP, which has no attention to decompose the logits over"
-                if not info.has_attention
-                else f"its file has no {CLASS_MAPS!r} output (exported before class maps existed; re-export it)"
-            )
+            when = "before GAP models had class maps (CAM)" if info.pooling == "gap" else "before class maps existed"
+            why = f"its file has no {CLASS_MAPS!r} output (exported {when}; re-export it with python -m export.to_onnx)"
             raise ServiceError(422, "no_class_maps", f"model {info.name!r} has no class maps: {why}")
 
     def class_indices(self, labels: list[str]) -> tuple[int, ...]:

@@ -208,25 +208,30 @@ class CAStreamNet(nn.Module):
             outputs = {LOGITS: self.backbone.classify(pooled), EMBEDDING: pooled}
             if weights is not None:
                 outputs[ATTENTION] = weights.view(-1, *taps[-1].shape[-2:])
-                outputs[CLASS_MAPS] = self.class_maps_of_taps(taps)[0]
+            outputs[CLASS_MAPS] = self.class_maps_of_taps(taps, pooling)[0]
         return {name: outputs[name] for name in output_names(pooling)}
 
-    def class_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact class-specific maps of the CA model, without gradients.
+    def class_maps(self, x: Tensor, pooling: str = "ca") -> tuple[Tensor, Tensor]:
+        """Exact class-specific maps of the model with ``pooling``: CA's over the stream's attention, GAP's the class
+        activation maps (CAM).
 
         Returns:
             ``(maps, logits)``: maps (N, classes, h, w) whose sums over positions plus the head's constant
             term equal the logits (N, classes).
         """
-        return self.class_maps_of_taps(self.forward_features(x))
+        return self.class_maps_of_taps(self.forward_features(x), pooling)
 
-    def class_maps_of_taps(self, taps: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def class_maps_of_taps(self, taps: list[Tensor], pooling: str = "ca") -> tuple[Tensor, Tensor]:
         """:meth:`class_maps` from the backbone's taps."""
-        token = self.stream.query(taps)
-        last = self.stream.blocks[-1]
         features = taps[-1].float().flatten(2).transpose(1, 2)  # (N, P, C)
-        weights = last.attend(features, token)  # (N, P)
-        contributions, constant = self.backbone.decompose_head(last.proj(features), weights)
+        if pooling == "gap":  # the pooled vector is the features' mean: every position weighs 1/P, as they are
+            values, weights = features, features.new_full(features.shape[:2], 1 / features.shape[1])  # (N, P)
+        elif pooling == "ca":
+            last = self.stream.blocks[-1]
+            values, weights = last.proj(features), last.attend(features, self.stream.query(taps))  # (N, P, D), (N, P)
+        else:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        contributions, constant = self.backbone.decompose_head(values, weights)
         height, width = taps[-1].shape[-2:]
         maps = contributions.transpose(1, 2).reshape(len(features), -1, height, width)
         return maps, maps.sum(dim=(2, 3)) + constant

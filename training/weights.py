@@ -25,6 +25,7 @@ class InitialWeights:
         pretrained: whether the backbone's features are trained (a linear probe suffices).
         num_classes: outputs of the classifier in these weights.
         transforms: torchvision's preprocessing for these weights, when known.
+        classes: the class names of torchvision's weights (their ``categories``), in logit order.
     """
 
     kind: str
@@ -34,6 +35,7 @@ class InitialWeights:
     checkpoint: Checkpoint | None = None
     transforms: Any | None = None
     name: str | None = None
+    classes: tuple[str, ...] | None = None
 
 
 def resolve(spec: str | None, backbone: str) -> InitialWeights:
@@ -93,4 +95,5 @@ def _from_torchvision(name: str, backbone: str) -> InitialWeights:
         state_dict=state,
         transforms=weights.transforms(),
         name=f"{enum.__name__}.{weights.name}",
+        classes=tuple(weights.meta["categories"]),
     )

@@ -10,7 +10,7 @@ from service.inputs import read_images
 from service.model import ImageOutput
 from service.predict import Options, prediction
 from service.preprocess import Prepared
-from service.schemas import AttentionMode, ClassifyResponse, ModelRef
+from service.schemas import AttentionMode, ClassifyResponse, Explanation, ModelRef
 from service.serving import Serving, Work
 
 
@@ -29,9 +29,14 @@ class ClassifyCodec:
 
     def encode(self, outputs: list[ImageOutput], prepared: list[Prepared] | None) -> Response:
         assert prepared is not None  # /classify always sends files
-        start, options, info = time.perf_counter(), self.options, self.serving.model.info
+        start, options, model = time.perf_counter(), self.options, self.serving.model
+        info = model.info
         predictions = [prediction(o, p, info.classes, options) for o, p in zip(outputs, prepared, strict=True)]
-        response = ClassifyResponse(model=ModelRef(name=info.name, version=info.version), predictions=predictions)
+        response = ClassifyResponse(
+            model=ModelRef(name=info.name, version=info.version),
+            explanation=Explanation(class_maps=model.explanation, attention=model.has_attention),
+            predictions=predictions,
+        )
         # Already a validated model: serialised directly rather than validated again by FastAPI.
         body = response.__pydantic_serializer__.to_json(response)
         seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.contract import INPUT
 from service.deps import ServingDep
 from service.errors import ErrorBody, ServiceError
-from service.schemas import GridSize, InputSpec, ModelDescription, OutputDescription, SampleRef
+from service.schemas import Explanation, GridSize, InputSpec, ModelDescription, OutputDescription, SampleRef
 
 router = APIRouter(prefix="/v1", tags=["model"])
 metrics_router = APIRouter(tags=["monitoring"])
@@ -18,7 +18,7 @@ metrics_router = APIRouter(tags=["monitoring"])
 
 @router.get("/model", response_model=ModelDescription, responses={503: {"model": ErrorBody}})
 async def model(serving: ServingDep) -> ModelDescription:
-    """The model being served: labels, input size, outputs, attention grid, providers in use."""
+    """The model being served: labels, input size, outputs, attention grid, what its maps are, providers in use."""
     info, s = serving.model.info, serving.settings
     crop = info.preprocessing.crop
     grid = serving.model.attention_shape
@@ -33,6 +33,7 @@ async def model(serving: ServingDep) -> ModelDescription:
         attention=GridSize(height=grid[0], width=grid[1]) if grid else None,
         output_stride=info.output_stride,
         class_maps=serving.model.has_class_maps,
+        explanation=Explanation(class_maps=serving.model.explanation, attention=serving.model.has_attention),
         outputs=[
             OutputDescription(name=o.name, shape=list(o.shape), dtype=o.dtype, on_request=o.on_request)
             for o in serving.model.listing()

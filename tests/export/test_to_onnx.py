@@ -103,6 +103,7 @@ def test_metadata_reads_back(ca_export: ExportReport, tiny_state: Checkpoint) ->
         "scale": 1 / 255,
     }
     assert props["dataset"] == tiny_state.data.to_dict()
+    assert props["explanation"] == "ca-stream"
     assert float(props["val_top1"]) == tiny_state.metrics["val_top1_ca"]
     assert props["verification"]["tolerance"] == {o.name: o.tolerance.fp32 for o in outputs_of("ca")}
 
@@ -117,13 +118,13 @@ def test_service_accepts_the_metadata(ca_export: ExportReport, tiny_state: Check
     assert info.has_attention
 
 
-def test_gap_graph_has_logits_and_embedding_only(gap_export: ExportReport, tiny_state: Checkpoint) -> None:
+def test_gap_graph_has_logits_class_maps_and_embedding(gap_export: ExportReport, tiny_state: Checkpoint) -> None:
     session = _session(gap_export)
-    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
-    (logits,) = session.run(["logits"], {"image": load_samples(tiny_state, "val", 3).images})
-    assert logits.shape == (3, len(tiny_state.classes))
+    assert [o.name for o in session.get_outputs()] == ["logits", "class_maps", "embedding"]
+    logits, maps = session.run(["logits", "class_maps"], {"image": load_samples(tiny_state, "val", 3).images})
+    assert logits.shape == (3, len(tiny_state.classes)) and maps.shape == (3, len(tiny_state.classes), 2, 2)
     props = metadata.read(gap_export.path)
-    assert props["pooling"] == "gap"
+    assert (props["pooling"], props["explanation"]) == ("gap", "cam")
     assert float(props["val_top1"]) == tiny_state.metrics["val_top1_gap"]
     assert all("attention" not in p.errors for p in gap_export.parity)
 

@@ -41,15 +41,17 @@ PREPROCESSING = {
 
 
 def build_model(
-    kind: str = "ca", class_maps: bool = True, embedding: bool = False, **metadata: str | None
+    kind: str = "ca", class_maps: bool | None = None, embedding: bool = False, **metadata: str | None
 ) -> onnx.ModelProto:
     """image [N,3,32,32] -> 8x8 average pool -> 4x4 positions of 3 channels.
 
     CA: attention = softmax over the 16 positions of (2 * channel sum), so bright regions draw it; the
     attended features feed ``logits = features @ W`` with W picking red, green, blue, and "dark" (minus
-    their mean). With ``class_maps``, the third output splits each logit over the positions:
+    their mean). With ``class_maps`` (by default for CA), the next output splits each logit over the positions:
     ``weight_p * (features_p @ W)`` (the head has no constant). GAP: the same head on the mean over
-    positions, and no attention output. With ``embedding``, the last output is the pooled vector the head
+    positions, and no attention output; with ``class_maps``, its class activation maps (every ``weight_p`` 1/16, and
+    metadata ``explanation`` "cam"), without, a file exported before GAP models had them. With ``embedding``, the last
+    output is the pooled vector the head
     reads [N, 3] (a file exported since it existed); without, the file is one written before it.
     ``metadata`` overrides properties; None removes one.
     """
@@ -73,17 +75,25 @@ def build_model(
             helper.make_node("Reshape", ["mixed", "shape_p"], ["vector"]),  # [N, 3]
         ]
         outputs.append(helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 4, 4]))
-        if class_maps:
-            inits.append(numpy_helper.from_array(np.array([0, 4, 4, 4], np.int64), "shape_m"))
-            nodes += [
-                helper.make_node("MatMul", ["feats_t", "W"], ["evidence"]),  # [N, 16, 4]
-                helper.make_node("Mul", ["evidence", "weights3"], ["weighted"]),  # [N, 16, 4]
-                helper.make_node("Transpose", ["weighted"], ["per_class"], perm=[0, 2, 1]),  # [N, 4, 16]
-                helper.make_node("Reshape", ["per_class", "shape_m"], ["class_maps"]),  # [N, 4, 4, 4]
-            ]
-            outputs.append(helper.make_tensor_value_info("class_maps", TensorProto.FLOAT, ["N", 4, 4, 4]))
     else:
         nodes.append(helper.make_node("ReduceMean", ["pooled"], ["vector"], axes=[2, 3], keepdims=0))
+    class_maps = kind == "ca" if class_maps is None else class_maps
+    if class_maps:
+        if kind != "ca":  # CAM: each position weighs 1/16
+            inits.append(numpy_helper.from_array(np.array([0, 3, 16], np.int64), "shape_f"))
+            inits.append(numpy_helper.from_array(np.full((1, 1, 1), 1 / 16, np.float32), "weights3"))
+            nodes += [
+                helper.make_node("Reshape", ["pooled", "shape_f"], ["feats"]),  # [N, 3, 16]
+                helper.make_node("Transpose", ["feats"], ["feats_t"], perm=[0, 2, 1]),  # [N, 16, 3]
+            ]
+        inits.append(numpy_helper.from_array(np.array([0, 4, 4, 4], np.int64), "shape_m"))
+        nodes += [
+            helper.make_node("MatMul", ["feats_t", "W"], ["evidence"]),  # [N, 16, 4]
+            helper.make_node("Mul", ["evidence", "weights3"], ["weighted"]),  # [N, 16, 4]
+            helper.make_node("Transpose", ["weighted"], ["per_class"], perm=[0, 2, 1]),  # [N, 4, 16]
+            helper.make_node("Reshape", ["per_class", "shape_m"], ["class_maps"]),  # [N, 4, 4, 4]
+        ]
+        outputs.append(helper.make_tensor_value_info("class_maps", TensorProto.FLOAT, ["N", 4, 4, 4]))
     nodes.append(helper.make_node("MatMul", ["vector", "W"], ["logits"]))
     if embedding:
         nodes.append(helper.make_node("Identity", ["vector"], ["embedding"]))
@@ -113,6 +123,8 @@ def build_model(
             [{"label": label, "png": base64.b64encode(solid_png(COLOURS[label])).decode()} for label in SAMPLES]
         ),
     }
+    if class_maps and kind != "ca":  # a CA file's are its stream's, as for files written before the property
+        props["explanation"] = "cam"
     for key, value in metadata.items():
         if value is None:
             del props[key]
@@ -124,7 +136,7 @@ def build_model(
 
 
 def save_model(
-    path: Path, kind: str = "ca", class_maps: bool = True, embedding: bool = False, **metadata: str | None
+    path: Path, kind: str = "ca", class_maps: bool | None = None, embedding: bool = False, **metadata: str | None
 ) -> Path:
     onnx.save(build_model(kind, class_maps, embedding, **metadata), str(path))
     return path

@@ -85,13 +85,37 @@ def test_an_unknown_label_is_a_422_that_lists_the_classes(client: TestClient) ->
     assert "'purple'" in response.json()["detail"] and "'red'" in response.json()["detail"]
 
 
-def test_a_gap_model_has_no_class_maps(app_client, gap_model_path: Path) -> None:
+def test_a_gap_model_exported_before_class_activation_maps_has_none(app_client, gap_model_path: Path) -> None:
     client = app_client(gap_model_path)
-    assert client.get("/v1/model").json()["class_maps"] is False
+    described = client.get("/v1/model").json()
+    assert described["class_maps"] is False
+    assert described["explanation"] == {"class_maps": None, "attention": False}
     for params in ({"class_maps": "true"}, {"explain": "red"}):
         response = classify(client, solid_png(COLOURS["red"]), **params)
-        assert response.status_code == 422
-        assert response.json()["code"] == "no_class_maps" and "GAP" in response.json()["detail"]
+        assert response.status_code == 422 and response.json()["code"] == "no_class_maps"
+        detail = response.json()["detail"]
+        assert "before GAP models had class maps" in detail and "re-export" in detail
+
+
+def test_a_gap_model_serves_its_class_activation_maps(app_client, tmp_path: Path) -> None:
+    path = save_model(tmp_path / "cam.onnx", "gap", class_maps=True)
+    client = app_client(path)
+    described = client.get("/v1/model").json()
+    assert described["class_maps"] is True and described["attention"] is None
+    assert described["explanation"] == {"class_maps": "cam", "attention": False}
+    image = _two_colours()
+    body = classify(client, image, class_maps="true", explain="blue", top_k=2).json()
+    assert body["explanation"] == {"class_maps": "cam", "attention": False}
+    (prediction,) = body["predictions"]
+    assert prediction["attention"] is None  # no learned attention: none is made up
+    logits, maps = _reference(path, image)
+    for entry in [*prediction["top_k"], *prediction["explained"]]:
+        grid = np.array(entry["map"]["values"])
+        np.testing.assert_allclose(grid, maps[entry["index"]], atol=1e-6)
+        assert grid.sum() + entry["map"]["constant"] == pytest.approx(float(logits[entry["index"]]), abs=1e-5)
+    # Each cell's own evidence, as much as any other's would be: blue's on the right half of the crop.
+    blue = np.array(prediction["explained"][0]["map"]["values"])
+    assert blue[:, 2:].min() > blue[:, :2].max()
 
 
 def test_an_older_model_file_without_the_output_still_serves(app_client, tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def _listed(client: TestClient, name: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_v2_and_v1_list_exactly_the_tables_outputs(app_client, tmp_path: Path, pooling: str) -> None:
-    client = app_client(save_model(tmp_path / f"{pooling}.onnx", pooling, embedding=True))
+    client = app_client(save_model(tmp_path / f"{pooling}.onnx", pooling, class_maps=True, embedding=True))
     v2, v1 = _listed(client, f"tiny-{pooling}")
     assert v2 == v1 == list(output_names(pooling))
     described = client.get("/v1/model").json()
@@ -89,7 +89,7 @@ def test_v2_and_v1_list_exactly_the_tables_outputs(app_client, tmp_path: Path, p
         spec = output_spec(entry["name"])
         assert entry["shape"] == [sizes[symbol] for symbol in spec.shape]
         assert (entry["dtype"], entry["on_request"]) == (spec.dtype, spec.on_request)
-    assert described["class_maps"] is (pooling == "ca") and (described["attention"] is None) is (pooling == "gap")
+    assert described["class_maps"] is True and (described["attention"] is None) is (pooling == "gap")
 
 
 def test_a_file_without_an_optional_output_lists_and_serves_the_rest(app_client, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_a_run_fetches_exactly_the_outputs_named_and_gives_one_record_per_image(
 
 
 def test_what_a_model_has_is_read_from_its_graph(tmp_path: Path) -> None:
-    gap = load_model(save_model(tmp_path / "gap.onnx", "gap", embedding=True), ["cpu"])
+    gap = load_model(save_model(tmp_path / "gap.onnx", "gap", class_maps=True, embedding=True), ["cpu"])
     older = load_model(save_model(tmp_path / "older.onnx", class_maps=False), ["cpu"])
     assert gap.outputs == output_names("gap") and not gap.has_attention and gap.attention_shape is None
     assert older.has_attention and not older.has_class_maps
