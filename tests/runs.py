@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,45 @@ def fit_tiny(out: Path, **options: Any) -> Path:
     return out / "castream.pt"
 
 
-def export_command(checkpoint: Path, out: Path, *flags: str) -> Path:
-    """``python -m export.to_onnx`` on ``checkpoint`` into ``out`` (16 verification images), as a user runs it."""
-    command = [sys.executable, "-m", "export.to_onnx", "--checkpoint", str(checkpoint), "--out", str(out)]
+def export_command(checkpoint: Path | None, out: Path, *flags: str, env: dict[str, str] | None = None) -> Path:
+    """``python -m export.to_onnx`` on ``checkpoint`` (None: what ``flags`` name, such as ``--weights``) into ``out``
+    (16 verification images), as a user runs it, with ``env`` added to the environment."""
+    source = [] if checkpoint is None else ["--checkpoint", str(checkpoint)]
+    command = [sys.executable, "-m", "export.to_onnx", *source, "--out", str(out), "--verify-images", "16", *flags]
     result = subprocess.run(
-        [*command, "--verify-images", "16", *flags], cwd=REPO, capture_output=True, text=True, timeout=900
+        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return out
+
+
+@dataclass(frozen=True)
+class ExportedClassifier:
+    """A torchvision classifier exported as it is: its model file, and the state dict it was exported from."""
+
+    model: Path
+    weights: Path
+
+
+def random_weights(backbone: str, path: Path, seed: int = 0) -> Path:
+    """torchvision's ``backbone`` with random weights, saved as a state dict at ``path`` as a user's own file would be.
+
+    Every 1-D parameter (biases, normalisation scales and shifts) is drawn too, away from torchvision's neutral start
+    (zeros and ones), so that the heads' constants and per-image factors are not trivially 0 and 1.
+    """
+    import torch
+    import torchvision
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model(backbone, weights=None)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
 
 
 def evaluate_tiny(checkpoint: Path, out: Path) -> list[dict[str, str]]:
@@ -64,14 +97,15 @@ def evaluate_tiny(checkpoint: Path, out: Path) -> list[dict[str, str]]:
 
 def serve_and_compare(model_file: Path, images: list[bytes]) -> tuple[dict[str, Any], Any, tuple[int, ...]]:
     """``images`` through the service's app on ``model_file`` (``/classify``, top 3 with class maps), each answer
-    checked against ONNX Runtime run on the file directly: the top class and its label, the attention grid, and the
-    top class's map summing with its constant to its logit. Returns ``/v1/model``'s answer, the file's metadata
-    and the attention grid's shape."""
+    checked against ONNX Runtime run on the file directly: the top class and its label, the attention grid (none for a
+    model without attention, as GAP), and the top class's map, its values and its sum with its constant the logit.
+    Returns ``/v1/model``'s answer, the file's metadata and the grid's shape."""
     import numpy as np
     import onnxruntime as ort
     import pytest
     from fastapi.testclient import TestClient
 
+    from export.verify import FP32, allowed_error
     from service.app import create_app
     from service.imaging import decode
     from service.metadata import parse_metadata
@@ -88,12 +122,18 @@ def serve_and_compare(model_file: Path, images: list[bytes]) -> tuple[dict[str, 
     assert response.status_code == 200, response.text
     prepare = Preprocessor(metadata.preprocessing)
     batch = np.stack([prepare(decode(image, 10**7)).input for image in images])
-    logits, attention = session.run(["logits", "attention"], {"image": batch})
-    for prediction, row, grid in zip(response.json()["predictions"], logits, attention, strict=True):
-        top = prediction["top_k"][0]
+    names = [o.name for o in session.get_outputs() if o.name in ("logits", "attention", "class_maps")]
+    direct = dict(zip(names, session.run(names, {"image": batch}), strict=True))
+    allowed, _ = allowed_error("class_maps", FP32, direct)
+    for index, prediction in enumerate(response.json()["predictions"]):
+        row, top = direct["logits"][index], prediction["top_k"][0]
         assert top["index"] == int(row.argmax()) and top["label"] == metadata.classes[top["index"]]
-        np.testing.assert_allclose(np.array(prediction["attention"]["values"]), grid, atol=1e-6)
+        attention = prediction["attention"]
+        if "attention" in direct:
+            np.testing.assert_allclose(np.array(attention["values"]), direct["attention"][index], atol=1e-6)
+        else:
+            assert attention is None
         values = np.array(top["map"]["values"])
-        assert values.shape == grid.shape
-        assert values.sum() + top["map"]["constant"] == pytest.approx(float(row[top["index"]]), abs=1e-4)
-    return info, metadata, tuple(attention.shape[1:])
+        np.testing.assert_allclose(values, direct["class_maps"][index, top["index"]], rtol=0, atol=allowed)
+        assert values.sum() + top["map"]["constant"] == pytest.approx(float(row[top["index"]]), abs=allowed)
+    return info, metadata, tuple(direct["class_maps"].shape[2:])

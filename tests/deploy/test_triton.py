@@ -34,6 +34,7 @@ from tests.deploy.tritontools import (
     python_backend_model,
     read_config,
 )
+from tests.runs import ExportedClassifier
 from tests.service.servicetools import REPO, LiveServer, build_model, save_model
 
 
@@ -208,10 +209,14 @@ def test_triton_refuses_a_configuration_it_cannot_read(exported: Path, tmp_path:
     assert f"failed to read text proto from {config}" in log and MISSING_BACKEND not in log
 
 
-def _infer(client: triton.InferenceServerClient, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
+def _infer(
+    client: triton.InferenceServerClient,
+    model: str,
+    images: np.ndarray,
+    names: tuple[str, ...] = ("logits", "attention", "class_maps"),
+) -> dict[str, np.ndarray]:
     tensor = triton.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images, binary_data=True)
-    names = ["logits", "attention", "class_maps"]
     outputs = [triton.InferRequestedOutput(name, binary_data=True) for name in names]
     result = client.infer(model, [tensor], outputs=outputs)
     return {name: result.as_numpy(name) for name in names}
@@ -228,7 +233,8 @@ def _classify(client: triton.InferenceServerClient, model: str, images: np.ndarr
 
 def _close(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
     """Within the export's float32 tolerance: logits and class maps on the logits' scale, attention on its own."""
-    for name in ("logits", "class_maps", "attention"):
+    assert set(actual) == set(expected)
+    for name in expected:
         tolerance, _ = allowed_error(name, FP32, expected)
         np.testing.assert_allclose(actual[name], expected[name], rtol=0, atol=tolerance, err_msg=name)
 
@@ -304,4 +310,49 @@ def test_triton_python_backend_answers_as_castreams_v2(exported: Path, tmp_path:
         theirs.close()
     finally:
         castream.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_triton_python_backend_serves_the_class_activation_maps_of_torchvision_classifiers(
+    classifiers: dict[str, ExportedClassifier], tmp_path: Path
+) -> None:
+    """A ResNet-50 and a ConvNeXt-Tiny exported as they are (tests/conftest.py): both in one repository, each answering
+    Triton's clients as castream's /v2 does for its file, class maps that add up to the logits included."""
+    repository, names = tmp_path / "repo", ("logits", "class_maps")
+    folders = {backbone: write_repository(exported.model, repository) for backbone, exported in classifiers.items()}
+    for backbone, folder in folders.items():
+        check_repository(folder, classifiers[backbone].model)
+        python_backend_model(folder)
+    server = TritonServer(repository, tmp_path / "triton.log")
+    try:
+        server.wait_ready()
+        theirs = triton.InferenceServerClient(url=server.url, network_timeout=60)
+        for backbone, folder in folders.items():
+            model = classifiers[backbone].model
+            crop = json.loads({p.key: p.value for p in onnx.load(str(model)).metadata_props}["preprocessing"])["crop"]
+            images = np.random.default_rng(5).normal(0, 1, (2, 3, crop, crop)).astype(np.float32)
+            castream = LiveServer(model)
+            try:
+                castream.wait_ready()
+                ours = triton.InferenceServerClient(url=castream.url.removeprefix("http://"), network_timeout=60)
+                meta_ours, meta_theirs = ours.get_model_metadata(folder.name), theirs.get_model_metadata(folder.name)
+                assert [o["name"] for o in meta_theirs["outputs"]] == ["logits", "class_maps", "embedding"]
+                assert meta_theirs["outputs"] == meta_ours["outputs"]
+                expected = _infer(ours, folder.name, images, names)
+                answer = _infer(theirs, folder.name, images, names)
+                _close(answer, expected)
+                # The maps split the logits exactly: what they leave out is the same for every image (the head's own).
+                constant = answer["logits"] - answer["class_maps"].sum(axis=(2, 3))
+                tolerance, _ = allowed_error("class_maps", FP32, expected)
+                np.testing.assert_allclose(constant[0], constant[1], rtol=0, atol=2 * tolerance)
+                top = _classify(theirs, folder.name, images, 2)
+                assert [[i for _, i, _ in row] for row in top] == [
+                    [i for _, i, _ in row] for row in _classify(ours, folder.name, images, 2)
+                ]
+                ours.close()
+            finally:
+                castream.stop()
+        theirs.close()
+    finally:
         server.stop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 
 from export.agreement import Thresholds
@@ -16,6 +18,20 @@ from training import checkpoint
 # shipped model's own export keeps the default 0.99 (`make models/castream-int8.onnx`; BENCHMARKS.md's int8
 # section). Speed is measured and reported but not required: tests assert behaviour, not timings.
 TINY_INT8 = Thresholds(top1=0.95, speedup=0.0)
+
+
+def perturbed(real: Callable[..., onnx.ModelProto]) -> Callable[..., onnx.ModelProto]:
+    """An exporter whose graph has one convolution's weights scaled by 1 %: a subtly broken export."""
+
+    def broken(*args: Any, **kwargs: Any) -> onnx.ModelProto:
+        proto = real(*args, **kwargs)
+        inits = {init.name: init for init in proto.graph.initializer}
+        conv = next(node for node in proto.graph.node if node.op_type == "Conv")
+        weight = inits[conv.input[1]]
+        weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.01, weight.name))
+        return proto
+
+    return broken
 
 
 def export_tiny(checkpoint_path: Path, out: Path, **options: Any) -> ExportReport:

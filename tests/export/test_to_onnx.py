@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -18,6 +17,7 @@ from export.samples import load_samples
 from export.sessions import make_session, run_batches
 from export.verify import SINGLE_IMAGES, VerificationError, check_parity, check_structure, reference_outputs
 from service.contract import output_names, outputs_of
+from tests.export.conftest import perturbed
 from training import checkpoint
 from training.checkpoint import Checkpoint
 
@@ -129,24 +129,10 @@ def test_gap_graph_has_logits_class_maps_and_embedding(gap_export: ExportReport,
     assert all("attention" not in p.errors for p in gap_export.parity)
 
 
-def _perturbed(real: Any):
-    """An exporter whose graph has one convolution's weights scaled by 1 %: a subtly broken export."""
-
-    def broken(*args: Any, **kwargs: Any) -> onnx.ModelProto:
-        proto = real(*args, **kwargs)
-        inits = {init.name: init for init in proto.graph.initializer}
-        conv = next(node for node in proto.graph.node if node.op_type == "Conv")
-        weight = inits[conv.input[1]]
-        weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.01, weight.name))
-        return proto
-
-    return broken
-
-
 def test_a_broken_export_is_refused_and_nothing_is_written(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(pipeline, "export_graph", _perturbed(export_graph))
+    monkeypatch.setattr(pipeline, "export_graph", perturbed(export_graph))
     out = tmp_path / "broken.onnx"
     with caplog.at_level(logging.ERROR, logger="export.to_onnx"):
         status = to_onnx.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--verify-images", "16"])
