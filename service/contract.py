@@ -8,10 +8,13 @@ reads them). It imports neither torch nor onnx, so the serving image carries it 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _project_version() -> str:
@@ -59,7 +62,8 @@ TRAINED_ON_KEY = "trained_on"  # a sentence saying what the model knows, for peo
 SAMPLES_KEY = "samples"  # a few labelled images of the training data, [{"label": ..., "png": <base64>}, ...]
 OUTPUT_STRIDE_KEY = "output_stride"  # one of OUTPUT_STRIDES; absent from older files, which are all 32
 EXPLANATION_KEY = "explanation"  # what the class maps are, one of EXPLANATIONS' values; absent from older files
-JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY, SAMPLES_KEY)
+MONITORING_KEY = "monitoring"  # the validation quantiles of the monitored figures (FIGURES); absent from older files
+JSON_KEYS = (CLASSES_KEY, PREPROCESSING_KEY, DATASET_KEY, VERIFICATION_KEY, SAMPLES_KEY, MONITORING_KEY)
 
 # The preprocessing record: torchvision's eval transform, then the graph's input layout.
 PREPROCESSING_FIELDS = ("resize", "crop", "mean", "std", "interpolation")
@@ -236,3 +240,65 @@ def output_names(pooling: str) -> tuple[str, ...]:
 def required_outputs(pooling: str) -> tuple[str, ...]:
     """The outputs a file must have to be served: optional ones may be missing from older files."""
     return tuple(spec.name for spec in outputs_of(pooling) if not spec.optional)
+
+
+# The figures the service watches on every image it classifies (docs/service.md, "Metrics"), each in [0, 1], and the
+# quantiles of them on validation images that export records in metadata property ``monitoring``: the band the drift
+# alert (deploy/prometheus/) compares the live medians with. A model without attention has the last figure only.
+FIGURES = ("attention_entropy", "attention_peak", "top1_probability")
+ATTENTION_FIGURES = FIGURES[:2]
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+_TINY = np.float32(1e-30)  # 0 * log(0) counts as 0
+
+
+def figures_of(logits: np.ndarray, attention: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The figures of a batch, by name, each [n]: from ``logits`` [n, classes] the top-1 softmax probability, and from
+    ``attention`` [n, h, w] (None for a model without) the entropy over log(h * w) (1 for a uniform map, 0 for all
+    weight on one position) and the peak mass, its largest weight (1 / (h * w) for a uniform map, 1 for one position).
+    """
+    top1 = 1.0 / np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)
+    if attention is None:
+        return {FIGURES[2]: top1}
+    weights = attention.reshape(len(attention), -1)
+    entropy = (weights * np.log(np.maximum(weights, _TINY))).sum(axis=1)
+    entropy *= -1 / math.log(max(weights.shape[1], 2))
+    np.minimum(entropy, 1.0, out=entropy)  # rounding may take a uniform map's past 1 (it is never below 0)
+    return {FIGURES[0]: entropy, FIGURES[1]: weights.max(axis=1), FIGURES[2]: top1}
+
+
+@dataclass(frozen=True)
+class MonitoringReference:
+    """Metadata property ``monitoring``: for each figure the model has, its ``QUANTILES`` over ``images`` validation
+    images, in increasing order."""
+
+    images: int
+    quantiles: tuple[float, ...]
+    figures: dict[str, tuple[float, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "quantiles": list(self.quantiles),
+                "figures": {name: list(values) for name, values in self.figures.items()}}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MonitoringReference:
+        """The record from a model file's JSON, validated; ``ValueError`` names what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("figures"), dict):
+            raise ValueError(f'expected {{"images": ..., "quantiles": [...], "figures": {{...}}}}, got {data!r}')
+        try:
+            images, quantiles = int(data["images"]), tuple(float(q) for q in data["quantiles"])
+            figures = {str(name): tuple(float(v) for v in values) for name, values in data["figures"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"lacks or mistypes a field ({exc}): {data!r}") from None
+        unknown = sorted(set(figures) - set(FIGURES))
+        if unknown:
+            raise ValueError(f"unknown figures {unknown}; expected some of {FIGURES}")
+        if images < 1 or not quantiles or not _ascending_fractions(quantiles):
+            raise ValueError(f"images {images} must be positive and quantiles {list(quantiles)} ascend within [0, 1]")
+        for name, values in figures.items():
+            if len(values) != len(quantiles) or not _ascending_fractions(values):
+                raise ValueError(f"{name}: {list(values)} must be {len(quantiles)} values ascending within [0, 1]")
+        return cls(images, quantiles, figures)
+
+
+def _ascending_fractions(values: tuple[float, ...]) -> bool:
+    return list(values) == sorted(values) and 0 <= values[0] and values[-1] <= 1

@@ -17,6 +17,7 @@ from service.fleet import Phase, Slot
 from service.memory import pin_mmap_threshold
 from service.metrics import Metrics
 from service.model import OnnxModel, load_model
+from service.monitoring import watch
 from service.preprocess import Preprocessor
 from service.providers import CUDA
 from service.serving import Serving, queue_limit
@@ -93,6 +94,7 @@ class Lifecycle:
             log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
             self._set(Phase.failed)
             return
+        watch(self.metrics, model)  # from now on: warm-up's zeros are not the model's answers
         s = self.settings
         self._batcher = Batcher(
             model.run,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import contract
-from service.contract import Preprocessing
+from service.contract import MonitoringReference, Preprocessing
 
 __all__ = ["ModelError", "ModelInfo", "Preprocessing", "Sample", "parse_metadata"]
 
@@ -43,6 +43,7 @@ class ModelInfo:
     trained_on: str | None = None
     samples: tuple[Sample, ...] = ()
     output_stride: int = contract.OUTPUT_STRIDES[0]  # the last feature map's cell in input pixels
+    monitoring: MonitoringReference | None = None  # the validation quantiles of the monitored figures
     # What the class maps are, where the graph has them (contract.EXPLANATIONS): "ca-stream" or "cam".
     explanation: str = contract.EXPLANATIONS["ca"]
 
@@ -103,8 +104,13 @@ def parse_metadata(props: dict[str, str], source: str) -> ModelInfo:
         trained_on=props.get(contract.TRAINED_ON_KEY),
         samples=samples,
         output_stride=stride,
+        monitoring=parsed(contract.MONITORING_KEY, _monitoring) if contract.MONITORING_KEY in props else None,
         explanation=explanation,
     )
+
+
+def _monitoring(text: str) -> MonitoringReference:
+    return MonitoringReference.from_dict(json.loads(text))
 
 
 def _samples(text: str) -> tuple[Sample, ...]:

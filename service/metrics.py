@@ -24,11 +24,20 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from service.contract import FIGURES
 from service.fleet import Phase, Slot
 from service.procstats import ServiceProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# The monitored figures lie in [0, 1]: steps of 0.05, finer towards both ends, where a confident model's top-1
+# probability and a sharp map's entropy (near 0) or peak on a fine grid (1/49 for a uniform 7 x 7 one) sit.
+FIGURE_BUCKETS = (0.01, 0.025, *(round(0.05 * i, 2) for i in range(1, 20)), 0.975, 0.99, 0.995, 0.999, 1.0)
+FIGURE_HELP = {
+    "attention_entropy": "Entropy of each classified image's attention map over log(grid cells): 1 uniform, 0 one cell",
+    "attention_peak": "Largest weight of each classified image's attention map: 1 / (grid cells) uniform, 1 one cell",
+    "top1_probability": "Largest softmax probability of each classified image",
+}
 READY = "castream_ready"
 READY_HELP = "1 once the model is loaded and warmed up (in every worker process), 0 otherwise"
 
@@ -107,6 +116,19 @@ class Metrics:
             "Always 1; the labels describe the model being served",
             ["name", "version", "backbone", "pooling", "precision", "provider"],
             multiprocess_mode="max",
+            registry=r,
+        )
+        # What the served model's explanations and confidence look like (service.monitoring), per model; and what
+        # they looked like on validation images at export, for the drift alert to compare with.
+        self.figures = {
+            name: Histogram(f"castream_{name}", FIGURE_HELP[name], ["model"], buckets=FIGURE_BUCKETS, registry=r)
+            for name in FIGURES
+        }
+        self.figure_reference = Gauge(
+            "castream_explanation_reference",
+            "Quantiles of each monitored figure on validation images, as the model file records them",
+            ["model", "figure", "quantile"],
+            multiprocess_mode="max",  # every worker sets the same values
             registry=r,
         )
 

@@ -1,13 +1,14 @@
 """The ONNX Runtime session: loading, warm-up, and one batched run of the outputs a batch asks for.
 
 What a model file offers is read from its graph: the outputs of the contract's table (``service.contract.OUTPUTS``)
-that it has, in the table's order; older files lack the optional ones and serve everything else.
+that it has, in the table's order; older files lack the optional ones and serve everything else. Once the model is
+watched (``service.monitoring``), every run also fetches the outputs its monitor reads, whatever it was asked for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,10 @@ class OnnxModel:
             for symbol, dim in zip(output_spec(name).shape[1:], graph[name].shape[1:], strict=False):
                 if isinstance(dim, int):
                     self.sizes.setdefault(symbol, dim)
-        self._fetches: dict[tuple[frozenset[str], bool], list[str]] = {}
+        # By (outputs asked, exactly those): the outputs a run returns, and those it fetches (the monitor's added).
+        self._fetches: dict[tuple[frozenset[str], bool], tuple[list[str], list[str]]] = {}
+        self._monitor: Callable[[dict[str, np.ndarray]], None] | None = None
+        self._watched: frozenset[str] = frozenset()
 
     @property
     def providers(self) -> list[str]:
@@ -128,34 +132,50 @@ class OnnxModel:
             if why is not None:
                 raise ServiceError(422, f"no_{name}", why)
 
+    def watch(self, monitor: Callable[[dict[str, np.ndarray]], None], outputs: Iterable[str]) -> None:
+        """From now on, every run also fetches ``outputs`` and hands ``monitor`` the batch's arrays by name, each
+        [n, ...] (padding left out); the records a run returns still hold what it was asked for, and only that."""
+        watched = frozenset(outputs)
+        missing = sorted(watched - set(self.outputs))
+        if missing:
+            raise ModelError(f"{self.info.name} has no {missing[0]!r} output to watch; it has {list(self.outputs)}")
+        self._monitor, self._watched = monitor, watched
+        self._fetches.clear()
+
     def run(self, batch: np.ndarray, wanted: Collection[str] | None = None, **extra: bool) -> list[ImageOutput]:
         """``batch`` is [n, 3, crop, crop] float32; returns n records of the outputs ``wanted``, in order.
 
-        Exactly the outputs named are fetched; none named takes the defaults (every output not computed only on
-        request), and ``name=True`` keywords add outputs to them (``run(batch, class_maps=True)``).
+        Exactly the outputs named are returned (and fetched, with those the monitor reads); none named takes the
+        defaults (every output not computed only on request), and ``name=True`` keywords add outputs to them
+        (``run(batch, class_maps=True)``).
         """
-        names = self._fetch(frozenset(wanted or ()) | {name for name, on in extra.items() if on}, bool(wanted))
+        names, fetched = self._fetch(frozenset(wanted or ()) | {name for name, on in extra.items() if on}, bool(wanted))
         n = len(batch)
         size = next((b for b in self.buckets if b >= n), n)
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        results = self.session.run(names, {INPUT: batch})
-        outputs = [ImageOutput(zip(names, row, strict=True)) for row in zip(*(r[:n] for r in results), strict=False)]
-        if len(outputs) != n or any(len(r) < n for r in results):
+        results = self.session.run(fetched, {INPUT: batch})
+        if any(len(r) < n for r in results):
             raise RuntimeError(f"the model returned {min(map(len, results))} outputs for a batch of {n} images")
-        return outputs
+        arrays = {name: r[:n] for name, r in zip(fetched, results, strict=True)}
+        if self._monitor is not None:
+            self._monitor(arrays)
+        rows = zip(*(arrays[name] for name in names), strict=True)
+        return [ImageOutput(zip(names, row, strict=True)) for row in rows]
 
-    def _fetch(self, asked: frozenset[str], exact: bool) -> list[str]:
-        """The session's output list for ``asked`` (added to the defaults unless ``exact``), in the table's order."""
+    def _fetch(self, asked: frozenset[str], exact: bool) -> tuple[list[str], list[str]]:
+        """The outputs a run returns for ``asked`` (added to the defaults unless ``exact``), and those it fetches (the
+        monitor's added), both in the table's order."""
         key = (asked, exact)
-        names = self._fetches.get(key)
-        if names is None:
+        found = self._fetches.get(key)
+        if found is None:
             missing = sorted(asked - set(self.outputs))
             if missing:
                 raise ModelError(f"{self.info.name} has no {missing[0]!r} output; it has {list(self.outputs)}")
             chosen = asked if exact else asked | set(self.defaults)
-            names = self._fetches[key] = [name for name in self.outputs if name in chosen]
-        return names
+            names = [name for name in self.outputs if name in chosen]
+            found = self._fetches[key] = (names, [name for name in self.outputs if name in chosen | self._watched])
+        return found
 
     def warm_up(self, sizes: list[int]) -> None:
         """Run every batch size that will be used once (the first with every output), and check each output's shape

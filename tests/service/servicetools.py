@@ -38,6 +38,16 @@ PREPROCESSING = {
     "dtype": "float32",
     "scale": 1 / 255,
 }
+# The tiny models' recorded quantiles of the monitored figures (metadata ``monitoring``; a GAP model's: the last only).
+MONITORING = {
+    "images": 64,
+    "quantiles": [0.05, 0.25, 0.5, 0.75, 0.95],
+    "figures": {
+        "attention_entropy": [0.5, 0.7, 0.9, 0.95, 1.0],
+        "attention_peak": [0.0625, 0.07, 0.1, 0.2, 0.4],
+        "top1_probability": [0.3, 0.5, 0.7, 0.9, 0.99],
+    },
+}
 
 
 def build_model(
@@ -121,6 +131,9 @@ def build_model(
         "trained_on": "solid colours: 4 classes (red, green, blue, dark)",
         "samples": json.dumps(
             [{"label": label, "png": base64.b64encode(solid_png(COLOURS[label])).decode()} for label in SAMPLES]
+        ),
+        "monitoring": json.dumps(
+            {**MONITORING, "figures": {k: v for k, v in MONITORING["figures"].items() if kind == "ca" or "top1" in k}}
         ),
     }
     if class_maps and kind != "ca":  # a CA file's are its stream's, as for files written before the property

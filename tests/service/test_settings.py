@@ -105,7 +105,7 @@ def test_docs_list_every_setting_with_its_default() -> None:
 
 
 def test_docs_list_every_metric() -> None:
-    documented = set(re.findall(r"^\| `(castream_[a-z_]+)` \|", DOCS, flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `(castream_[a-z0-9_]+)` \|", DOCS, flags=re.MULTILINE))
     families = Metrics().registry.collect()
     exposed = {m.name + ("_total" if m.type == "counter" else "") for m in families if m.name.startswith("castream_")}
     assert documented == exposed

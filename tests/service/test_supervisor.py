@@ -114,6 +114,10 @@ def test_both_workers_answer_and_every_scrape_counts_every_request(live_server) 
         assert metrics[("castream_ready", ())] == 1
         info = [key for key in metrics if key[0] == "castream_model_info"]
         assert len(info) == 1 and dict(info[0][1])["name"] == "tiny-ca"  # one series, not one per worker
+        for figure in ("attention_entropy", "attention_peak", "top1_probability"):
+            assert metrics[(f"castream_{figure}_count", (("model", "tiny-ca"),))] == 5
+        band = [key for key in metrics if key[0] == "castream_explanation_reference"]
+        assert len(band) == 3 * 5, "each recorded quantile is one series, not one per worker"
     assert not any(name.startswith("python_gc_") for name, _ in metrics)  # per-process series that cannot be summed
     assert metrics[("process_resident_memory_bytes", ())] > 0
 
