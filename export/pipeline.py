@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-from export import agreement, metadata, pretrained, triton
+from export import agreement, metadata, monitoring, pretrained, triton
 from export.fp16 import check_fp16_structure, convert_fp16, numeric_providers
 from export.graph import export_graph
 from export.quantize import is_quantized, quantize_int8
@@ -65,6 +65,7 @@ class ExportOptions:
     numerics: str = "fp32"  # one of NUMERICS: the command's --int8 / --fp16
     name: str | None = option(None, "model name reported by the service (default castream-<backbone>-<pooling>)")
     verify_images: int = option(64, "validation images compared with PyTorch")
+    monitoring_images: int = option(monitoring.IMAGES, "validation images whose monitored figures the file records")
     calibration_images: int = option(256, "int8: training images to calibrate on")
     agreement_images: int = option(1000, "int8: validation images to compare on")
     thresholds: agreement.Thresholds = field(default_factory=agreement.Thresholds)
@@ -96,7 +97,7 @@ class ExportOptions:
             raise ValueError(f"unknown numeric format {self.numerics!r}; expected one of {NUMERICS}")
         if self.samples is not None and self.samples < 0:
             raise ValueError(f"samples must be 0 or more, got {self.samples!r}")
-        for name in ("verify_images", "calibration_images", "agreement_images"):
+        for name in ("verify_images", "monitoring_images", "calibration_images", "agreement_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
@@ -139,7 +140,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     size, classes = state.preprocessing.crop, len(state.classes)
     cache = Path(options.cache_dir) if options.cache_dir else None
     wanted = max(options.verify_images, options.agreement_images if options.numerics == "int8" else 0)
-    val = load_samples(state, "val", wanted, cache)
+    val = load_samples(state, "val", max(wanted, options.monitoring_images), cache)
     images = val.images[: options.verify_images]
 
     log.info("exporting %s with %s pooling at %d px", state.model.backbone, options.pooling, size)
@@ -167,6 +168,8 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     report.properties = metadata.describe(
         state, options.pooling, options.numerics, options.name, verification, samples, trained_on
     )
+    if not trained_on:  # the model's own validation images (a classifier castream did not train brings none)
+        report.properties |= monitoring.describe(proto, val.images[: options.monitoring_images], options.threads)
     metadata.attach(proto, report.properties)
     write_model(proto, report.path)
     if options.triton_repository:
