@@ -32,7 +32,7 @@ from tests.service.servicetools import make_settings, run_directly, wait_ready
 from training.backbones import Backbone
 from training.model import CAStreamNet, ModelConfig
 
-FAMILIES = ["resnet18", "convnext_tiny"]  # one network of each family whose head differs: Linear, LayerNorm + Linear
+FAMILIES = ["resnet18", "convnext_tiny", "regnet_y_400mf"]  # one network of each family
 
 
 def _random_model(backbone: str, classes: int = 7) -> CAStreamNet:
@@ -67,7 +67,7 @@ def test_class_activation_maps_add_up_to_the_logits_in_pytorch_and_onnx_runtime(
     assert maps.shape == (4, 7, 2, 2)
     scale = float(logits.abs().max())
     torch.testing.assert_close(maps.sum(dim=(2, 3)) + constant, logits, rtol=0, atol=1e-4 * scale)
-    assert (maps - maps.mean(dim=(2, 3), keepdim=True)).abs().max() > 1e-2  # the positions really differ
+    assert (maps - maps.mean(dim=(2, 3), keepdim=True)).abs().max() > 0.05 * maps.abs().max()  # positions differ
     if not model.backbone.affine_head().normalised:
         torch.testing.assert_close(maps, cam, rtol=0, atol=1e-5 * scale)
 
@@ -122,7 +122,7 @@ def weights_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     "flags, message",
     [
         (["--backbone", "resnet50", "--weights", "IMAGENET1K_V9"], "unknown weights 'IMAGENET1K_V9' for resnet50"),
-        (["--backbone", "resnet50", "--weights", "{resnet18}"], "do not fit resnet50: size mismatch for layer1.0.conv1"),
+        (["--backbone", "resnet50", "--weights", "{resnet18}"], "do not fit resnet50: size mismatch for layer1"),
         (["--backbone", "convnext_tiny", "--weights", "{resnet18}"], "has no classifier weights ('classifier.2"),
         (["--backbone", "resnet50", "--weights", "missing/resnet50.pth"], "'missing/resnet50.pth' does not exist"),
         (["--backbone", "resnet18", "--weights", "{resnet18}", "--classes", "{classes}"], "names 3 classes"),
@@ -147,7 +147,9 @@ def test_weights_that_cannot_be_downloaded_say_where_to_put_them(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with caplog.at_level(logging.ERROR):
-        status = to_onnx.main(["--backbone", "resnet50", "--weights", "IMAGENET1K_V2", "--out", str(tmp_path / "m.onnx")])
+        status = to_onnx.main(
+            ["--backbone", "resnet50", "--weights", "IMAGENET1K_V2", "--out", str(tmp_path / "m.onnx")]
+        )
     assert status == 2 and not (tmp_path / "m.onnx").exists()
     name = Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name
     assert "could not download" in caplog.text and str(tmp_path / "hub" / "hub" / "checkpoints" / name) in caplog.text
