@@ -168,3 +168,8 @@ def prometheus_binary() -> str:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run([*apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"], timeout=900, env=env)
     return "/usr/bin/prometheus"
+
+
+def promtool_binary() -> str:
+    """Debian's ``promtool``, which comes with its ``prometheus``."""
+    return str(Path(prometheus_binary()).with_name("promtool"))

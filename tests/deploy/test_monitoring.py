@@ -1,9 +1,10 @@
-"""A real Prometheus scraping the running container with deploy/prometheus/prometheus.yml: every query of the Grafana
-dashboard and the autoscaler's metric return data after traffic."""
+"""A real Prometheus scraping the running container with deploy/prometheus/prometheus.yml and its rules: every query of
+the Grafana dashboard and the autoscaler's metric return data after traffic, and the rules evaluate."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import yaml
 
+from service.contract import FIGURES
 from tests.deploy.containertools import Container, prometheus_binary
 from tests.deploy.deploytools import ADAPTER_VALUES, DASHBOARD, DEPLOY, REPO, load_yaml
 from tests.service.servicetools import free_port
@@ -43,7 +45,7 @@ def wait_for(url: str, expr: str, timeout: float = 30) -> list[dict]:
 @pytest.fixture(scope="module")
 def prometheus(served: Container, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Prometheus on this machine with a copy of deploy/prometheus/prometheus.yml whose target is the container on
-    the host network (compose reaches it as castream:8000)."""
+    the host network (compose reaches it as castream:8000), and its rules beside it, as compose mounts them."""
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     (job,) = config["scrape_configs"]
     (static,) = job["static_configs"]
@@ -51,6 +53,8 @@ def prometheus(served: Container, tmp_path_factory: pytest.TempPathFactory) -> I
     static["labels"] = POD_LABELS
     folder = tmp_path_factory.mktemp("prometheus")
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    for rules in config["rule_files"]:
+        shutil.copy(DEPLOY / "prometheus" / rules, folder / rules)
     port = free_port()
     command = [
         prometheus_binary(),
@@ -130,3 +134,18 @@ def test_the_autoscaler_metric_exists(traffic: str) -> None:
     assert value["metric"]["pod"] == POD_LABELS["pod"] and float(value["value"][1]) >= 0
     hpa = load_yaml(DEPLOY / "k8s" / "cpu" / "hpa.yaml")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == rule["name"]["as"] == series["__name__"]
+
+
+def test_the_rules_evaluate_and_record_each_figures_live_median(traffic: str) -> None:
+    deadline = time.monotonic() + 45  # the rules run every evaluation_interval (15 s)
+    while True:
+        groups = httpx.get(f"{traffic}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        if rules and all(rule["health"] == "ok" for rule in rules):
+            break
+        assert time.monotonic() < deadline, rules
+        time.sleep(1)
+    assert "CastreamExplanationDrift" in {rule["name"] for rule in rules}
+    medians = wait_for(traffic, "model:castream_explanation:median10m", timeout=30)
+    assert {median["metric"]["figure"] for median in medians} == set(FIGURES)
+    assert all(0 <= float(median["value"][1]) <= 1 for median in medians)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.contract import FIGURES
 from service.settings import PREFIX, load_settings
 from tests.deploy.deploytools import (
     ADAPTER_VALUES,
@@ -128,6 +129,11 @@ def test_dashboard_shows_what_operators_need() -> None:
         "rejections": r"sum by \(reason\) \(rate\(castream_rejections_total",
         "images per second": r"rate\(castream_images_classified_total",
         "memory per replica": r"max by \(instance\) \(process_resident_memory_bytes",
+        **{
+            f"live {figure} median": rf"histogram_quantile\(0\.5, sum by \(model, le\) \(rate\(castream_{figure}_bucket"
+            for figure in FIGURES
+        },
+        "recorded band": r"castream_explanation_reference\{figure=",
     }
     assert [name for name, pattern in needed.items() if not re.search(pattern, exprs)] == []
 
