@@ -4,7 +4,7 @@ recorded in the model file (metadata property ``monitoring``) for the drift aler
 They are computed from the graph being written, run by ONNX Runtime on the CPU, so they are the numbers the service
 will compute (an int8 or fp16 file's own). The count is a trade of time against precision: with n images, the rank
 of a sample quartile is off by about sqrt(0.25 * 0.75 / n), 1.9 percentile points at 512 (5.4 at the 64 images export
-verifies on); the 5 % and 95 % quantiles by about 1. 512 images of the default model take a few seconds on one core.
+verifies on); the 5 % and 95 % quantiles by about 1. 512 images of the shipped model take about 5 s on one core.
 """
 
 from __future__ import annotations
