@@ -54,18 +54,20 @@ PAGE = """<!doctype html>
       <img id="class-overlay" alt="class map overlay"><figcaption id="class-caption"></figcaption>
     </figure>
   </div>
-  <p id="no-attention" class="muted" hidden>This model has no attention map (GAP pooling).</p>
+  <p id="no-attention" class="muted" hidden>This model has no learned attention map (GAP pooling).</p>
   <table><tbody id="scores"></tbody></table>
 </section>
 <script>
 const $ = (id) => document.getElementById(id);
 const SHOWN_PX = 224; // the width and height of the page's images (CSS pixels)
 let classMaps = false;
+let classMapKind = null; // what the class maps are: "ca-stream", or "cam" (a GAP model's class activation maps)
 fetch("v1/model").then((r) => r.json()).then((m) => {
   const about = m.name && `${m.name} (${m.backbone}, ${m.pooling}, ${m.classes.length} classes)`;
   $("model").textContent = about || "model loading";
   $("key-row").hidden = !m.auth_required;
   classMaps = Boolean(m.class_maps);
+  classMapKind = m.explanation ? m.explanation.class_maps : null;
   $("explain-row").hidden = !classMaps;
   for (const label of m.classes || []) $("explain").append(new Option(label, label));
   if (m.trained_on) {
@@ -149,7 +151,8 @@ function show(file, prediction) {
   if (map && map.overlay_png) {
     $("class-overlay").src = `data:image/png;base64,${map.overlay_png}`;
     const total = map.values.flat().reduce((a, b) => a + b, 0);
-    $("class-caption").textContent = `evidence for ${explained.label} (${total.toFixed(2)} logit units)`;
+    const kind = classMapKind === "cam" ? "class activation map: evidence" : "evidence";
+    $("class-caption").textContent = `${kind} for ${explained.label} (${total.toFixed(2)} logit units)`;
   }
   const rows = prediction.top_k.map((entry) => {
     const row = document.createElement("tr");

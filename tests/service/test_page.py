@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.service.servicetools import COLOURS, solid_png
+from tests.service.servicetools import COLOURS, save_model, solid_png
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -89,6 +89,22 @@ def test_the_page_shows_the_map_of_a_chosen_class_over_the_whole_image(browser, 
     page.wait_for_function("document.getElementById('class-overlay').naturalWidth > 0")
     sizes = page.evaluate("['overlay', 'class-overlay'].map((id) => document.getElementById(id).naturalWidth)")
     assert sizes == [64, 64]  # whole-image overlays: the uploaded image's own width
+
+
+def test_a_gap_model_shows_its_class_activation_map_and_no_attention(browser, live_server, tmp_path: Path) -> None:
+    server = live_server(save_model(tmp_path / "cam.onnx", "gap", class_maps=True))
+    image = tmp_path / "green.png"
+    image.write_bytes(solid_png(COLOURS["green"], size=(64, 48)))
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#explain-row")).to_be_visible()
+    page.set_input_files("#file", str(image))
+    page.click("#submit")
+    expect(page.locator("#top-label")).to_contain_text("green")
+    expect(page.locator("#class-caption")).to_contain_text("class activation map: evidence for green")
+    expect(page.locator("#class-overlay")).to_be_visible()
+    expect(page.locator("#overlay-figure")).to_be_hidden()
+    expect(page.locator("#no-attention")).to_contain_text("no learned attention")
 
 
 def test_api_docs_render_with_the_network_closed(browser, live_server) -> None:
