@@ -1,5 +1,6 @@
 """The model-file contract (docs/onnx-model.md): tensor names, the table of outputs, metadata keys, format version,
-poolings, the preprocessing record and the execution providers a model file is run with.
+poolings, the preprocessing record, the execution providers a model file is run with, and the figures the service
+monitors, whose validation quantiles a model file records.
 
 Written once here and imported by both ``export/`` (which writes model files) and ``service/`` (which
 reads them). It imports neither torch nor onnx, so the serving image carries it with nothing else.
