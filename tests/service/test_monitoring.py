@@ -17,7 +17,7 @@ from service.contract import FIGURES, MONITORING_KEY, figures_of
 from service.metadata import ModelError, parse_metadata
 from service.metrics import Metrics
 from service.model import load_model
-from service.monitoring import Monitor
+from service.monitoring import Monitor, watch
 from tests.service.servicetools import COLOURS, MONITORING, build_model, save_model, solid_png, tiny_inputs
 
 ENTROPY, PEAK, TOP1 = FIGURES
@@ -65,6 +65,15 @@ def test_a_batch_observes_each_images_figures_under_the_models_name(model_path: 
     assert sample(metrics, f"castream_{ENTROPY}_bucket", model="tiny-ca", le="0.01") == 1  # the one-hot map
     assert sample(metrics, f"castream_{PEAK}_bucket", model="tiny-ca", le="0.1") == 1  # the uniform one, 1/16
     assert sample(metrics, f"castream_{TOP1}_bucket", model="tiny-ca", le="0.25") == 1
+
+
+def test_padded_batches_count_only_their_images(model_path: Path) -> None:
+    metrics, model = Metrics(), load_model(model_path, ["cpu"])
+    model.buckets = (4,)  # as on CUDA: a batch of 3 runs as 4, the last image zeros
+    watch(metrics, model)
+    (output,) = model.run(tiny_inputs(solid_png(COLOURS["red"])), {"logits"})
+    assert list(output) == ["logits"]  # the monitor's attention is fetched, not returned
+    assert [sample(metrics, f"castream_{name}_count", model="tiny-ca") for name in FIGURES] == [1, 1, 1]
 
 
 def families(client: TestClient) -> dict[tuple[str, tuple], float]:
