@@ -69,7 +69,7 @@ def test_a_batch_observes_each_images_figures_under_the_models_name(model_path: 
 
 def test_padded_batches_count_only_their_images(model_path: Path) -> None:
     metrics, model = Metrics(), load_model(model_path, ["cpu"])
-    model.buckets = (4,)  # as on CUDA: a batch of 3 runs as 4, the last image zeros
+    model.buckets = (4,)  # as on CUDA: one image runs in a batch of 4, padded with zeros
     watch(metrics, model)
     (output,) = model.run(tiny_inputs(solid_png(COLOURS["red"])), {"logits"})
     assert list(output) == ["logits"]  # the monitor's attention is fetched, not returned
