@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 from dataclasses import dataclass
@@ -161,6 +162,16 @@ def merge(base: dict, override: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def with_value(document: dict, path: tuple, value: object) -> dict:
+    """A deep copy of ``document`` with the entry at ``path`` (keys and list indices) set to ``value``."""
+    changed = copy.deepcopy(document)
+    target = changed
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return changed
 
 
 def compose_service(variant: str, name: str = "castream") -> dict:

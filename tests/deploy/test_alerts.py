@@ -17,7 +17,16 @@ from referencing import Registry, Resource
 
 from service.metrics import FIGURE_BUCKETS
 from tests.deploy.containertools import promtool_binary
-from tests.deploy.deploytools import COMPOSE, DEPLOY, K8S, REPO, Exposition, load_yaml, query_problems
+from tests.deploy.deploytools import (
+    COMPOSE,
+    DEPLOY,
+    K8S,
+    REPO,
+    Exposition,
+    load_yaml,
+    query_problems,
+    with_value,
+)
 from tests.deploy.test_kubernetes import KUBERNETES_VERSIONS
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -184,11 +193,7 @@ def test_the_prometheus_rule_follows_the_schema(version: str) -> None:
     ],
 )
 def test_the_schema_rejects_a_broken_prometheus_rule(path: tuple, value: object) -> None:
-    broken = copy.deepcopy(load_yaml(PROMETHEUS_RULE))
-    target = broken
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
+    broken = with_value(load_yaml(PROMETHEUS_RULE), path, value)
     with pytest.raises(jsonschema.ValidationError):
         validator(KUBERNETES_VERSIONS[0]).validate(broken)
 

@@ -7,7 +7,6 @@ refer to Kubernetes' schemas for metadata, containers, probes, resources, volume
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -20,7 +19,15 @@ from referencing import Registry, Resource
 
 from export.triton import DEFAULTS
 from service.settings import PREFIX, load_settings
-from tests.deploy.deploytools import DEPLOY, DOCKERFILES, SETTING_NAMES, container_env, load_yaml_documents, manifests
+from tests.deploy.deploytools import (
+    DEPLOY,
+    DOCKERFILES,
+    SETTING_NAMES,
+    container_env,
+    load_yaml_documents,
+    manifests,
+    with_value,
+)
 from tests.deploy.test_kubernetes import KUBERNETES_VERSIONS, VERSION
 
 KSERVE = DEPLOY / "kserve"
@@ -77,11 +84,7 @@ def test_every_manifest_is_checked() -> None:
     ],
 )
 def test_the_schemas_reject_broken_manifests(path: Path, where: tuple, value: object) -> None:
-    broken = copy.deepcopy(one(path))
-    target = broken
-    for key in where[:-1]:
-        target = target[key]
-    target[where[-1]] = value
+    broken = with_value(one(path), where, value)
     with pytest.raises(jsonschema.ValidationError):
         validator(broken["kind"], KUBERNETES_VERSIONS[0]).validate(broken)
 

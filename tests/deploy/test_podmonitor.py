@@ -6,7 +6,6 @@ tests/deploy/schemas/podmonitor-v1.schema.json, which refers to Kubernetes' sche
 
 from __future__ import annotations
 
-import copy
 import json
 from importlib import resources
 
@@ -14,7 +13,7 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from tests.deploy.deploytools import K8S, load_yaml_documents, manifests
+from tests.deploy.deploytools import K8S, load_yaml_documents, manifests, with_value
 from tests.deploy.test_kubernetes import KUBERNETES_VERSIONS
 
 PODMONITOR = K8S / "prometheus-operator" / "podmonitor.yaml"
@@ -47,11 +46,7 @@ def test_podmonitor_follows_the_schema(version: str) -> None:
     ],
 )
 def test_the_schema_rejects_a_broken_podmonitor(path: tuple, value: object) -> None:
-    broken = copy.deepcopy(podmonitor())
-    target = broken
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
+    broken = with_value(podmonitor(), path, value)
     with pytest.raises(jsonschema.ValidationError):
         validator(KUBERNETES_VERSIONS[0]).validate(broken)
 

@@ -73,16 +73,23 @@ def test_the_page_sends_the_api_key_when_the_service_needs_one(browser, live_ser
     expect(page.locator("#top-label")).to_contain_text("blue")
 
 
+def explain_on_page(browser, url: str, image: Path, explain: str | None = None):
+    """The page at ``url`` with its class-map choice offered, ``image`` uploaded (its map asked for ``explain``)."""
+    page = browser.new_page()
+    page.goto(url + "/")
+    expect(page.locator("#explain-row")).to_be_visible()
+    if explain:
+        page.select_option("#explain", explain)
+    page.set_input_files("#file", str(image))
+    page.click("#submit")
+    return page
+
+
 def test_the_page_shows_the_map_of_a_chosen_class_over_the_whole_image(browser, live_server, tmp_path: Path) -> None:
     server = live_server()
     image = tmp_path / "red.png"
     image.write_bytes(solid_png(COLOURS["red"], size=(64, 48)))
-    page = browser.new_page()
-    page.goto(server.url + "/")
-    expect(page.locator("#explain-row")).to_be_visible()
-    page.select_option("#explain", "blue")  # not the predicted class: explain it anyway
-    page.set_input_files("#file", str(image))
-    page.click("#submit")
+    page = explain_on_page(browser, server.url, image, "blue")  # not the predicted class: explain it anyway
     expect(page.locator("#top-label")).to_contain_text("red")
     expect(page.locator("#class-caption")).to_contain_text("evidence for blue")
     expect(page.locator("#class-overlay")).to_be_visible()
@@ -95,11 +102,7 @@ def test_a_gap_model_shows_its_class_activation_map_and_no_attention(browser, li
     server = live_server(save_model(tmp_path / "cam.onnx", "gap", class_maps=True))
     image = tmp_path / "green.png"
     image.write_bytes(solid_png(COLOURS["green"], size=(64, 48)))
-    page = browser.new_page()
-    page.goto(server.url + "/")
-    expect(page.locator("#explain-row")).to_be_visible()
-    page.set_input_files("#file", str(image))
-    page.click("#submit")
+    page = explain_on_page(browser, server.url, image)
     expect(page.locator("#top-label")).to_contain_text("green")
     expect(page.locator("#class-caption")).to_contain_text("class activation map: evidence for green")
     expect(page.locator("#class-overlay")).to_be_visible()
