@@ -41,5 +41,6 @@ def test_the_record_holds_every_set_and_margin(tiny_model: Path) -> None:
         assert by_margin["mib"] > 0 and set(by_margin) == {"mib", "1", "3"}
         for row in (by_margin["1"], by_margin["3"]):
             assert row["images"] == 2 and 0.0 <= row["top1_agreement"] <= 1.0
+            assert 0 <= row["near_ties"] <= 2 and (row["near_ties"] == 2 or 0.0 <= row["decided_agreement"] <= 1.0)
             assert -1.0 <= row["min_attention_corr"] <= 1.0  # a CA model: a correlation, not NaN
             assert row["full_ms"] > 0 and row["reduced_ms"] > 0
