@@ -31,7 +31,8 @@ from training.families import family_of
 
 log = logging.getLogger(__name__)
 
-MODELS = {"resnet50": (224, 1000), "resnet18": (112, 10)}  # ImageNet-sized, and the default model's shape
+# ImageNet-sized, and the default model's input (at output stride 32)
+MODELS = {"resnet50": (224, 1000), "resnet18": (112, 10)}
 LABELS = {"castream": "castream ONNX (logits + attention + top-1 class map)", "gradcam": "pytorch-grad-cam GradCAM",
           "gradcam++": "pytorch-grad-cam GradCAM++", "scorecam": "pytorch-grad-cam ScoreCAM",
           "integrated-gradients": "Captum IntegratedGradients (50 steps)"}  # fmt: skip

@@ -153,7 +153,8 @@ def _aims_int8(r: dict[str, Any] | None) -> list[Aim]:
 
 
 WITHOUT, UNFETCHED, FETCHED = "without", "unfetched", "fetched"
-CLASS_MAP_MODELS = (("resnet18", 112, 10), ("resnet50", 224, 1000))  # the default model's shape, an ImageNet one
+# The default model's input (at output stride 32), and an ImageNet one.
+CLASS_MAP_MODELS = (("resnet18", 112, 10), ("resnet50", 224, 1000))
 
 
 class Fetching:
