@@ -28,7 +28,8 @@ BATCH = 8
 def reference(proto: onnx.ModelProto, images: np.ndarray, threads: int = 1) -> MonitoringReference:
     """The quantiles of each figure the model has, over ``images`` [N, 3, S, S] run through ``proto`` on the CPU."""
     session = make_session(proto, threads)
-    names = [name for name in (LOGITS, ATTENTION) if name in {o.name for o in session.get_outputs()}]
+    present = {output.name for output in session.get_outputs()}
+    names = [name for name in (LOGITS, ATTENTION) if name in present]
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), BATCH):
         outputs = dict(zip(names, session.run(names, {INPUT: images[start : start + BATCH]}), strict=True))
