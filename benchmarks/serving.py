@@ -102,9 +102,11 @@ UPLOADS = {
 TWELVE_MP = ("12mp_light", "12mp")  # held to the aims; real phone photos of 12 MP are about 1 to 4 MiB
 WORKER_UPLOADS = ("small", "12mp")
 PAGE_OVERLAY = 448  # what the upload page asks for on a 2x screen: its 224 CSS px images times devicePixelRatio
+PAGE_FORMAT = "jpeg"  # and the format it asks for
 VARIANTS = {  # what a request asks for beyond the top-1 label, by the name its figures carry
     "plain": "/classify?top_k=1",
-    "overlay_page": f"/classify?top_k=1&attention=overlay&overlay_on=image&overlay_size={PAGE_OVERLAY}",
+    "overlay_page": "/classify?top_k=1&attention=overlay&overlay_on=image"
+    f"&overlay_size={PAGE_OVERLAY}&overlay_format={PAGE_FORMAT}",
     "overlay_default": "/classify?top_k=1&attention=overlay&overlay_on=image",  # the API's own size, DISPLAY_SIDE
 }
 PLAIN_AIM, PAGE_AIM = 2.0, 3.0  # a 12 MP photo's p50 over the reference's plain p50: plain, and with the page's overlay
@@ -220,7 +222,8 @@ def upload_phases(
                 "alone_ms": {v: latency[name, v] * 1000 for v in VARIANTS},
                 "statuses": dict(statuses[name])}  # fmt: skip
     return {"concurrency": concurrency, "seconds": seconds, "rounds": rounds, "reference": REFERENCE,
-            "overlay_sizes": {"overlay_page": PAGE_OVERLAY, "overlay_default": DISPLAY_SIDE}, "rows": rows}  # fmt: skip
+            "overlay_sizes": {"overlay_page": PAGE_OVERLAY, "overlay_default": DISPLAY_SIDE},
+            "page_format": PAGE_FORMAT, "rows": rows}  # fmt: skip
 
 
 def worker_phases(
@@ -320,7 +323,8 @@ def _aims_uploads(rows: dict[str, Any] | None) -> list[Aim]:
         aims += [
             Aim(f"{label} at concurrency 1: plain p50 / {reference}", dig(rows, name, "c1_over_reference", "plain"),
                 PLAIN_AIM, False),
-            Aim(f"{label} at concurrency 1: p50 with the page's {PAGE_OVERLAY} px whole-image overlay / {reference}",
+            Aim(f"{label} at concurrency 1: p50 with the page's {PAGE_OVERLAY} px {PAGE_FORMAT.upper()} whole-image "
+                f"overlay / {reference}",
                 dig(rows, name, "c1_over_reference", "overlay_page"), PAGE_AIM, False),
         ]  # fmt: skip
     return aims
@@ -350,6 +354,7 @@ def _three(values: dict[str, float], digits: int = 1, bold: tuple[str, ...] = ()
 
 def _render_uploads(u: dict[str, Any]) -> list[str | list[str]]:
     c, sizes, rows = u["concurrency"], u["overlay_sizes"], u["rows"]
+    page_format = u.get("page_format", "png")  # older results: the page asked for PNG
     variants = f"plain / overlay {sizes['overlay_page']} / overlay {sizes['overlay_default']}"
     lines = [[UPLOADS[name].label() + (" (reference)" if name == u["reference"] else ""), fmt(row["bytes"] / 1024, 0),
               f"{fmt(row['in_process']['p50_ms'])} ({fmt(row['in_process']['decode_ms'])})",
@@ -372,8 +377,9 @@ def _render_uploads(u: dict[str, Any]) -> list[str | list[str]]:
     return [
         "What users send: one file per request as a multipart form (field `file`, as a browser or `curl -F` sends "
         f"it), on the service of the concurrency phases, plain (`top_k=1`) and with the whole-image overlay "
-        f"(`attention=overlay&overlay_on=image`) at {sizes['overlay_page']} px (`overlay_size`, what the upload page "
-        f"asks for on a 2x screen) and at the API's default, {sizes['overlay_default']} px. Each phase at least "
+        f"(`attention=overlay&overlay_on=image`) at {sizes['overlay_page']} px as {page_format.upper()} "
+        f"(`overlay_size`, `overlay_format`: what the upload page asks for on a 2x screen) and at the API's default, "
+        f"{sizes['overlay_default']} px as PNG. Each phase at least "
         f"{u['seconds']:g} s, longer for a slower file (about {LONE_ANSWERS} answers at concurrency 1, "
         f"{CLIENT_ANSWERS} per client at {c}); the files side by side, variant by variant, in alternating order over "
         f"{u['rounds']} round(s), averaged. In process: the same file decoded as the service decodes it (at the "

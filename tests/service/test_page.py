@@ -48,7 +48,7 @@ def test_upload_shows_the_top_label_and_the_attention_overlay(browser, live_serv
     expect(page.locator("#top-label")).to_contain_text("red")
     overlay = page.locator("#overlay")
     expect(overlay).to_be_visible()
-    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert overlay.get_attribute("src").startswith("data:image/jpeg;base64,")
     page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
     assert page.locator("#scores tr").count() == 4
 
