@@ -12,7 +12,6 @@ from service.errors import ErrorBody
 from service.inputs import ImagesJSON
 from service.overlay import DISPLAY_SIDE
 from service.predict import Options
-from service.queryplan import QueryPlan
 from service.schemas import AttentionMode, ClassifyResponse, OverlayArea, OverlayFormat
 
 router = APIRouter(tags=["inference"])
@@ -42,12 +41,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "queue full or not ready; see Retry-After"},
     504: {"model": ErrorBody, "description": "waited in the queue past CASTREAM_REQUEST_TIMEOUT_MS"},
 }
-
-
-@router.post("/classify", include_in_schema=False)  # registered first: it answers, and the route below documents
-async def classify_planned(request: Request, serving: ServingDep) -> Response:
-    """``classify`` with its query validated by :data:`QUERY` rather than by FastAPI on every request."""
-    return await classify(request, serving, **QUERY(request.query_params))
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=BODY)
@@ -89,6 +82,3 @@ async def classify(
         embedding,
     )
     return await serving.handle(request, ClassifyCodec(serving, options))
-
-
-QUERY = QueryPlan(classify)
