@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service import tracing
+from service import direct, tracing
 from service.auth import require_api_key
 from service.contract import VERSION
 from service.errors import install_handlers
@@ -18,7 +18,7 @@ from service.logs import install_access_log
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
 from service.requestid import install as install_request_ids
-from service.routes import GUARDED, OPEN
+from service.routes import GUARDED, OPEN, classify
 from service.settings import Settings, load_settings
 
 DESCRIPTION = (
@@ -50,13 +50,15 @@ def create_app(settings: Settings | None = None, slot: Slot | None = None) -> Fa
     app = FastAPIOffline(title="castream", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.lifecycle = settings, metrics, lifecycle
     install_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     # The token check joins the routes (and so the OpenAPI schema) only when a key is configured.
     guard = [Depends(require_api_key)] if settings.api_key is not None else []
     for router in GUARDED:
         app.include_router(router, dependencies=guard)
     for router in OPEN:
         app.include_router(router)
+    route = next(r for r in classify.router.routes if getattr(r, "path", None) == direct.PATH)
+    app.add_middleware(direct.DirectClassify, lifecycle=lifecycle, route=route)  # inside the metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.log_format == "json":
         install_access_log(app)
     tracing.install(app, tracer_provider, settings.model_path.stem)  # nothing when OTEL_* asks for no traces

@@ -54,13 +54,18 @@ def error_response(
     return JSONResponse(with_request_id({"detail": detail, "code": code}), status_code=status, headers=headers)
 
 
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    """The answer to a :class:`ServiceError`, counted as a rejection by its code."""
+    request.app.state.metrics.reject(exc.code)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers, request)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Route every exception through the JSON error shape."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        request.app.state.metrics.reject(exc.code)
-        return error_response(exc.status, exc.code, exc.detail, exc.headers, request)
+        return service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

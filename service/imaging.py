@@ -63,9 +63,9 @@ def reduction(size: tuple[int, int], min_side: int = 0, long_side: int = 0) -> i
     return max(1, short // need) if need > 0 else 1
 
 
-def decode_reduced(data: bytes, max_pixels: int, min_side: int = 0, long_side: int = 0, name: str = "image") -> Decoded:
-    """Like :func:`decode`, at the smallest scale whose shorter side is at least ``min_side`` pixels and whose
-    longer side at least ``long_side`` (0, 0: the full image). The limits apply to the full image."""
+def open_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Read ``data``'s header only (no pixel is decoded): a supported format within ``max_pixels``, else the
+    :class:`ServiceError` that says what is wrong. Cheap enough for the event loop."""
     if not data:
         raise ServiceError(400, "empty_image", f"{name} is empty (0 bytes); send the image file's bytes")
     try:
@@ -88,6 +88,18 @@ def decode_reduced(data: bytes, max_pixels: int, min_side: int = 0, long_side: i
             f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(CASTREAM_MAX_IMAGE_PIXELS); downscale it before sending",
         )
+    return image
+
+
+def decode_reduced(data: bytes, max_pixels: int, min_side: int = 0, long_side: int = 0, name: str = "image") -> Decoded:
+    """Like :func:`decode`, at the smallest scale whose shorter side is at least ``min_side`` pixels and whose
+    longer side at least ``long_side`` (0, 0: the full image). The limits apply to the full image."""
+    return decode_opened(open_image(data, max_pixels, name), min_side, long_side, name)
+
+
+def decode_opened(image: Image.Image, min_side: int = 0, long_side: int = 0, name: str = "image") -> Decoded:
+    """The pixels of an image :func:`open_image` opened, reduced as :func:`decode_reduced` says."""
+    width, height = image.size
     factor = reduction(image.size, min_side, long_side)
     try:
         with warnings.catch_warnings():

@@ -10,8 +10,12 @@ from service.inputs import read_images
 from service.model import ImageOutput
 from service.predict import Options, prediction
 from service.preprocess import Prepared
-from service.schemas import AttentionMode, ClassifyResponse, Explanation, ModelRef
+from service.schemas import AttentionMode, ClassifyResponse, Explanation, ModelRef, OverlayArea, OverlayFormat
 from service.serving import Serving, Work
+
+DEFAULT = Options()  # what a query that says nothing asks for
+TOP_K_MAX = 1000
+OVERLAY_SIDES = (16, 8192)  # the least and the most a whole-image overlay's longer side may be asked at
 
 
 class ClassifyCodec:
@@ -42,3 +46,27 @@ class ClassifyCodec:
         seconds = time.perf_counter() - start
         self.serving.metrics.encode_seconds.labels(attention=options.attention.value).observe(seconds)
         return Response(body, media_type="application/json")
+
+
+def classify_codec(
+    serving: Serving,
+    top_k: int = DEFAULT.top_k,
+    attention: AttentionMode = DEFAULT.attention,
+    class_maps: bool = DEFAULT.class_maps,
+    explain: list[str] | None = None,
+    overlay_on: OverlayArea = DEFAULT.overlay_on,
+    overlay_size: int = DEFAULT.overlay_size,
+    overlay_format: OverlayFormat = DEFAULT.overlay_format,
+    embedding: bool = DEFAULT.embedding,
+) -> ClassifyCodec:
+    """The codec for a ``POST /classify`` query whose values are valid; 422 when the model cannot answer it
+    (``no_class_maps``, ``unknown_label``, ``no_embedding``), before the body is read."""
+    explained: tuple[int, ...] = ()
+    if class_maps or explain:
+        serving.require_class_maps()
+        explained = serving.class_indices(explain or [])
+    png_level = serving.settings.overlay_png_level
+    options = Options(
+        top_k, attention, class_maps, explained, overlay_on, png_level, overlay_size, overlay_format, embedding
+    )
+    return ClassifyCodec(serving, options)

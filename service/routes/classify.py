@@ -6,12 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.codecs.classify import ClassifyCodec
+from service.codecs.classify import DEFAULT, OVERLAY_SIDES, TOP_K_MAX, classify_codec
 from service.deps import ServingDep
 from service.errors import ErrorBody
 from service.inputs import ImagesJSON
-from service.overlay import DISPLAY_SIDE
-from service.predict import Options
 from service.schemas import AttentionMode, ClassifyResponse, OverlayArea, OverlayFormat
 
 router = APIRouter(tags=["inference"])
@@ -47,38 +45,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def classify(
     request: Request,
     serving: ServingDep,
-    top_k: Annotated[int, Query(ge=1, le=1000, description="labels per image (at most the class count)")] = 5,
-    attention: Annotated[AttentionMode, Query(description="none, grid, or overlay (grid + PNG)")] = AttentionMode.grid,
-    class_maps: Annotated[bool, Query(description="add each top-k class's map (logit units) as `map`")] = False,
+    top_k: Annotated[
+        int, Query(ge=1, le=TOP_K_MAX, description="labels per image (at most the class count)")
+    ] = DEFAULT.top_k,
+    attention: Annotated[AttentionMode, Query(description="none, grid, or overlay (grid + PNG)")] = DEFAULT.attention,
+    class_maps: Annotated[
+        bool, Query(description="add each top-k class's map (logit units) as `map`")
+    ] = DEFAULT.class_maps,
     explain: Annotated[
         list[str] | None, Query(description="class labels to explain even outside the top k (repeatable)")
     ] = None,
     overlay_on: Annotated[
         OverlayArea, Query(description="overlays over the crop the model saw, or over the whole image")
-    ] = OverlayArea.crop,
+    ] = DEFAULT.overlay_on,
     overlay_size: Annotated[
-        int, Query(ge=16, le=8192, description="whole-image overlays: pixels on the longer side, at most")
-    ] = DISPLAY_SIDE,
+        int,
+        Query(ge=OVERLAY_SIDES[0], le=OVERLAY_SIDES[1], description="whole-image overlays: pixels on the longer side"),
+    ] = DEFAULT.overlay_size,
     overlay_format: Annotated[
         OverlayFormat, Query(description="png, or jpeg and webp (smaller and faster)")
-    ] = OverlayFormat.png,
-    embedding: Annotated[bool, Query(description="add each image's embedding (the pooled vector)")] = False,
+    ] = DEFAULT.overlay_format,
+    embedding: Annotated[bool, Query(description="add each image's embedding (the pooled vector)")] = DEFAULT.embedding,
 ) -> Response:
-    """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64."""
-    s = serving.settings
-    explained: tuple[int, ...] = ()
-    if class_maps or explain:
-        serving.require_class_maps()  # before the body is read: the answer cannot depend on it
-        explained = serving.class_indices(explain or [])
-    options = Options(
-        top_k,
-        attention,
-        class_maps,
-        explained,
-        overlay_on,
-        s.overlay_png_level,
-        overlay_size,
-        overlay_format,
-        embedding,
+    """Classify one or more images sent as multipart files (field ``file``, repeatable) or JSON base64.
+
+    A plainly valid request is answered by ``service.direct`` with this same code, without the per-request work
+    of this framework; this route answers the others and documents the API."""
+    codec = classify_codec(
+        serving, top_k, attention, class_maps, explain, overlay_on, overlay_size, overlay_format, embedding
     )
-    return await serving.handle(request, ClassifyCodec(serving, options))
+    return await serving.handle(request, codec)
