@@ -106,17 +106,23 @@ class DirectClassify:
         scheme, _, token = given.partition(b" ")
         return scheme.lower() == b"bearer" and secrets.compare_digest(token, self.token)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        serving = self.lifecycle.serving
+    def plain(self, scope: Scope) -> dict[str, Any] | None:
+        """The query's arguments when this request is one to answer here (see the module), else None."""
         if (
             scope["type"] != "http"
             or scope["path"] != PATH
             or scope["method"] != "POST"
             or scope.get("root_path")
-            or serving is None
+            or self.lifecycle.serving is None
             or not self._authorised(scope)
-            or (query := parse_query(scope["query_string"])) is None
         ):
+            return None
+        return parse_query(scope["query_string"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = self.plain(scope)
+        serving = self.lifecycle.serving
+        if query is None or serving is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
