@@ -30,8 +30,9 @@ from service.settings import Settings, load_settings
 # The readings one request takes, in order; each stage runs from one reading to the next.
 READINGS = ("app", "handler", "body", "parsed", "decode_start", "decoded", "prepared", "queued", "taken",
             "run_start", "run_end", "resumed", "encoded", "sent")  # fmt: skip
-STAGES = ("routing, query validation, dependencies", "body reading", "JSON and base64", "hop to a decode thread",
-          "decode (bytes to RGB)", "preprocess (resize, crop, normalise)", "hop back to the event loop",
+STAGES = ("routing, query validation, dependencies", "body reading", "JSON and base64",
+          "image header, hop to a decode thread", "decode (bytes to RGB)", "preprocess (resize, crop, normalise)",
+          "hop back to the event loop",
           "queue (until the batcher takes it)", "hop to the inference thread", "run (`OnnxModel.run`, batch 1)",
           "hop back, batcher hands the result over", "encode (top-k, grid, JSON)",
           "response (send through the middleware)")  # fmt: skip
