@@ -1,8 +1,8 @@
 """``POST /classify`` without the framework's per-request work, for the requests that need none of it.
 
 FastAPI matches the route, resolves the dependencies and validates the query through pydantic on every request:
-on a null model that is about a fifth of the event loop's time, more than all of the service's own Python on the
-loop. A request whose query is plainly valid (each parameter known, given once, with a value FastAPI would take
+on a null model that was about a fifth of the event loop's time (docs/service.md, "The service's own ceiling"). A
+request whose query is plainly valid (each parameter known, given once, with a value FastAPI would take
 as it stands), whose model is warm and whose bearer token (when one is configured) is right, goes straight to
 the same pipeline through the same codec here. Everything else (a value to convert or to refuse, a missing or
 wrong token, the model still loading, any other path) goes on to FastAPI, which answers it as before: the answer
