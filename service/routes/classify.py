@@ -60,7 +60,11 @@ async def classify(
     ] = DEFAULT.overlay_on,
     overlay_size: Annotated[
         int,
-        Query(ge=OVERLAY_SIDES[0], le=OVERLAY_SIDES[1], description="whole-image overlays: pixels on the longer side"),
+        Query(
+            ge=OVERLAY_SIDES[0],
+            le=OVERLAY_SIDES[1],
+            description="whole-image overlays: pixels on the longer side, at most",
+        ),
     ] = DEFAULT.overlay_size,
     overlay_format: Annotated[
         OverlayFormat, Query(description="png, or jpeg and webp (smaller and faster)")
