@@ -129,20 +129,20 @@ class Serving:
                 name, data = images[0]
                 image = open_image(data, self.settings.max_image_pixels, name)  # its header only
                 if image.width * image.height <= INLINE_PIXELS:
-                    return [self._prepare(image, name, display)]
-                return [await handoff.call(self.decode_pool, self._prepare, image, name, display)]
+                    return [self._prepare(image, data, name, display)]
+                return [await handoff.call(self.decode_pool, self._prepare, image, data, name, display)]
             pool = self.decode_pool
             return await asyncio.gather(
                 *(loop.run_in_executor(pool, self._open_prepare, data, name, display) for name, data in images)
             )
 
     def _open_prepare(self, data: bytes, name: str, display: int) -> Prepared:
-        return self._prepare(open_image(data, self.settings.max_image_pixels, name), name, display)
+        return self._prepare(open_image(data, self.settings.max_image_pixels, name), data, name, display)
 
-    def _prepare(self, opened: Image.Image, name: str, display: int) -> Prepared:
+    def _prepare(self, opened: Image.Image, data: bytes, name: str, display: int) -> Prepared:
         start = time.perf_counter()
         # Only as many pixels as the model and the overlay need: a phone photo decodes at an eighth of its sides.
-        image = decode_opened(opened, self.preprocessor.decode_side, display, name)
+        image = decode_opened(opened, data, self.preprocessor.decode_side, display, name)
         decoded = time.perf_counter()
         prepared = self.preprocessor(image.image, display, image.size)
         self.metrics.decode_seconds.observe(decoded - start)

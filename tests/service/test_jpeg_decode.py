@@ -1,0 +1,107 @@
+"""A colour JPEG is decoded by libjpeg-turbo straight into an array: the very pixels Pillow's decoder gives."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import ServiceError
+from service.imaging import _jpeg_pixels, decode_reduced, open_image
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Colour fields, edges and grain: every kind of DCT block a photo has."""
+    rng = np.random.default_rng(seed)
+    fields = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    pixels = np.asarray(fields).astype(np.int16) + rng.normal(0, 12, (height, width, 3)).astype(np.int16)
+    pixels[height // 3 : height // 2, width // 4 :: 7] = 255  # hard edges
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def jpeg(image: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", **{"quality": 90, **options})
+    return out.getvalue()
+
+
+def pillows(data: bytes, scale: int) -> np.ndarray:
+    """What Pillow's own decoder gives at ``1/scale``, as the service decoded every JPEG before."""
+    image = Image.open(io.BytesIO(data))
+    if scale > 1:
+        image.draft(None, (image.width // scale, image.height // scale))
+    return np.asarray(image.convert("RGB"))
+
+
+VARIANTS = {
+    "4:2:0": {"subsampling": 2},
+    "4:2:2": {"subsampling": 1},
+    "4:4:4": {"subsampling": 0},
+    "progressive": {"progressive": True},
+    "optimised tables": {"optimize": True},
+    "restart markers": {"restart_marker_rows": 1},
+    "low quality": {"quality": 20},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("width", "height"), [(451, 300), (1001, 997), (37, 61)])
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_the_direct_decode_gives_pillows_pixels(variant: str, width: int, height: int, scale: int) -> None:
+    data = jpeg(photo(width, height), **VARIANTS[variant])
+    direct = _jpeg_pixels(open_image(data, 10**8), data, scale)
+    assert direct is not None, "a colour JPEG must take the direct path"
+    expected = pillows(data, scale)
+    assert direct.shape == expected.shape == (-(-height // scale), -(-width // scale), 3)
+    assert np.array_equal(direct, expected)
+
+
+def test_the_service_decode_of_a_colour_jpeg_is_the_direct_one_turned_upright() -> None:
+    data = jpeg(photo(800, 600), exif=_orientation(6))
+    decoded = decode_reduced(data, 10**8, min_side=150)  # 1/4 of 600 is 150
+    assert decoded.size == (600, 800)  # upright
+    expected = np.asarray(Image.fromarray(pillows(data, 4)).transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(np.asarray(decoded.image), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grey_and_cmyk_jpegs_are_left_to_pillow(mode: str) -> None:
+    data = jpeg(photo(64, 48).convert(mode))
+    assert _jpeg_pixels(open_image(data, 10**8), data, 1) is None
+    decoded = decode_reduced(data, 10**8)
+    assert decoded.image.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_a_camera_mpo_is_decoded_as_its_first_picture_at_reduced_scale() -> None:
+    first, second = photo(1600, 1200, seed=1), photo(1600, 1200, seed=2)
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[second], quality=90)
+    data = out.getvalue()
+    assert open_image(data, 10**8).format == "MPO"
+    decoded = decode_reduced(data, 10**8, min_side=300)
+    assert decoded.image.size == (400, 300)
+    assert np.array_equal(np.asarray(decoded.image), pillows(jpeg(first), 4))
+
+
+def test_a_truncated_jpeg_is_refused_as_before() -> None:
+    data = jpeg(photo(451, 300))
+    with pytest.raises(ServiceError) as caught:
+        decode_reduced(data[: len(data) // 2], 10**8)
+    assert (caught.value.status, caught.value.code) == (400, "corrupt_image")
+
+
+def test_a_jpeg_libjpeg_warns_about_is_decoded_as_pillow_decodes_it() -> None:
+    data = jpeg(photo(120, 80))
+    start_of_scan = data.index(b"\xff\xda")
+    warned = data[:start_of_scan] + b"\x00\x00\x00" + data[start_of_scan:]  # extraneous bytes before a marker
+    assert _jpeg_pixels(open_image(warned, 10**8), warned, 1) is None  # libjpeg-turbo's warning: Pillow decides
+    assert np.array_equal(np.asarray(decode_reduced(warned, 10**8).image), pillows(warned, 1))
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
