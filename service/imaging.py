@@ -3,9 +3,9 @@
 A model sees a few hundred pixels of a photo that may hold twelve million, so an image is decoded only at the
 scale it is needed: a JPEG through libjpeg's DCT scaling (1/2, 1/4 or 1/8 of each side, decided before any pixel
 is decoded), any other format in full and then reduced by an integer box filter. A colour JPEG is decoded by
-libjpeg-turbo straight into an array (simplejpeg), with the same pixels as Pillow's decoder and without its
-conversion to a 4-byte layout and back: 58 against 276 us for a 128 px photo, 6.8 against 10.5 ms at 1600 x 1200
-on a 2-core Xeon. Either way the result keeps a
+libjpeg-turbo straight into an array (simplejpeg), with the same pixels as Pillow's decoder and without its fixed
+cost per image: 0.09 against 0.25 ms for a 128 px photo on a 2-core Xeon, on par from 451 x 300 up
+(docs/service.md). Either way the result keeps a
 margin over the size asked for (see :func:`reduction`), so the resize that follows still antialiases as it
 would from the full image; docs/service.md states the parity with the full decode.
 """
