@@ -1,13 +1,13 @@
 """Decoding uploaded bytes into an RGB Pillow image, refusing what is not safe or not an image.
 
-A model sees a few hundred pixels of a photo that may hold twelve million, so an image is decoded only at the
-scale it is needed: a JPEG through libjpeg's DCT scaling (1/2, 1/4 or 1/8 of each side, decided before any pixel
-is decoded), any other format in full and then reduced by an integer box filter. A colour JPEG is decoded by
+A model sees a few hundred pixels of a photo that may hold twelve million, so an image is decoded only at the scale
+it is needed: a JPEG through libjpeg's DCT scaling (1/2, 1/4 or 1/8 of each side, decided before any pixel is
+decoded), any other format in full and then reduced by an integer box filter. A colour JPEG is decoded by
 libjpeg-turbo straight into an array (simplejpeg), with the same pixels as Pillow's decoder and without its fixed
 cost per image: 0.09 against 0.25 ms for a 128 px photo on a 2-core Xeon, on par from 451 x 300 up
-(docs/service.md). Either way the result keeps a
-margin over the size asked for (see :func:`reduction`), so the resize that follows still antialiases as it
-would from the full image; docs/service.md states the parity with the full decode.
+(docs/service.md). Either way the result keeps a margin over the size asked for (see :func:`reduction`), so the
+resize that follows still antialiases as it would from the full image; docs/service.md states the parity with the
+full decode.
 """
 
 from __future__ import annotations
