@@ -141,16 +141,16 @@ def _jpeg_pixels(image: Image.Image, data: bytes, scale: int) -> np.ndarray | No
     may take as it always has, or refuse with its own message."""
     if image.mode != "RGB":
         return None
-    width, height = image.size
+    width, height = (-(-side // scale) for side in image.size)
     try:
         pixels = simplejpeg.decode_jpeg(
             data, "RGB", fastdct=False, fastupsample=False, strict=True,
-            min_width=-(-width // scale), min_height=-(-height // scale), min_factor=scale,
+            min_width=width, min_height=height, min_factor=scale,
         )  # fmt: skip
     except ValueError:
         return None
     # libjpeg-turbo also scales by 3/8, 5/8, ...: only the exact power of two Pillow would decode is taken.
-    return pixels if pixels.shape == (-(-height // scale), -(-width // scale), 3) else None
+    return pixels if pixels.shape == (height, width, 3) else None
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:

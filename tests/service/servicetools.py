@@ -166,6 +166,14 @@ def solid_png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 48), fm
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230), "dark": (5, 5, 5)}
 
 
+def orientation_exif(orientation: int | None) -> bytes:
+    """An EXIF block that holds only ``orientation`` (none: an empty block), for ``Image.save(exif=...)``."""
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    return exif.tobytes()
+
+
 def make_settings(model: Path, **overrides: object) -> Settings:
     base: dict[str, object] = {"model_path": model, "max_batch_delay_ms": 2, "decode_threads": 2}
     return Settings(**{**base, **overrides})

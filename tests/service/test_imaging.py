@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.errors import ServiceError
 from service.imaging import decode, to_rgb
-from tests.service.servicetools import COLOURS
+from tests.service.servicetools import COLOURS, orientation_exif
 
 RED = COLOURS["red"]
 
@@ -77,9 +77,8 @@ def test_32_bit_integer_mode_is_scaled_not_clipped() -> None:
 def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     image.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue
-    exif = Image.Exif()
-    exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    rgb = np.asarray(decode(encode(image, "JPEG", exif=exif.tobytes(), quality=95), 10**6))
+    rotated = orientation_exif(6)  # display rotated 90 degrees clockwise
+    rgb = np.asarray(decode(encode(image, "JPEG", exif=rotated, quality=95), 10**6))
     assert rgb.shape == (40, 20, 3)  # portrait after rotation
     assert rgb[2, 10, 0] > 200 and rgb[-3, 10, 2] > 200  # left half went to the top
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from service.errors import ServiceError
 from service.imaging import _jpeg_pixels, decode_reduced, open_image
+from tests.service.servicetools import orientation_exif
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -59,7 +60,7 @@ def test_the_direct_decode_gives_pillows_pixels(variant: str, width: int, height
 
 
 def test_the_service_decode_of_a_colour_jpeg_is_the_direct_one_turned_upright() -> None:
-    data = jpeg(photo(800, 600), exif=_orientation(6))
+    data = jpeg(photo(800, 600), exif=orientation_exif(6))
     decoded = decode_reduced(data, 10**8, min_side=150)  # 1/4 of 600 is 150
     assert decoded.size == (600, 800)  # upright
     expected = np.asarray(Image.fromarray(pillows(data, 4)).transpose(Image.Transpose.ROTATE_270))
@@ -99,9 +100,3 @@ def test_a_jpeg_libjpeg_warns_about_is_decoded_as_pillow_decodes_it() -> None:
     warned = data[:start_of_scan] + b"\x00\x00\x00" + data[start_of_scan:]  # extraneous bytes before a marker
     assert _jpeg_pixels(open_image(warned, 10**8), warned, 1) is None  # libjpeg-turbo's warning: Pillow decides
     assert np.array_equal(np.asarray(decode_reduced(warned, 10**8).image), pillows(warned, 1))
-
-
-def _orientation(value: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = value
-    return exif.tobytes()

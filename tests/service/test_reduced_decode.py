@@ -19,7 +19,7 @@ from service.metadata import Preprocessing
 from service.model import load_model
 from service.overlay import BOX_COLOUR, DISPLAY_SIDE
 from service.preprocess import Preprocessor
-from tests.service.servicetools import PREPROCESSING
+from tests.service.servicetools import PREPROCESSING, orientation_exif
 
 CHECKPOINT = "checkpoints/default/castream.pt"
 
@@ -33,10 +33,8 @@ def smooth(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
-    out, exif = io.BytesIO(), Image.Exif()
-    if orientation:
-        exif[0x0112] = orientation
-    image.save(out, format=fmt, exif=exif.tobytes(), **({"quality": 92} if fmt == "JPEG" else {}))
+    out = io.BytesIO()
+    image.save(out, format=fmt, exif=orientation_exif(orientation), **({"quality": 92} if fmt == "JPEG" else {}))
     return out.getvalue()
 
 
