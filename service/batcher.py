@@ -15,6 +15,12 @@ decoding included. The batcher alone counts the room: a ticket is a handle, and 
 back. A request that has not started by its deadline is answered 504 and never run; a batch that fails fails
 only its own requests; ``stop`` refuses new work and finishes what was accepted.
 
+With ``lanes`` > 1 (a CPU with cores to spare), up to that many batches run at once, each on its own thread: a batch
+that starts while the service is otherwise idle (nothing else running, queued or admitted) runs on ``run``, which
+uses every intra-op thread, so a lone request is as fast as the model allows; a batch that starts with company runs
+on ``shared_run``, a session with a share of the threads, so that under load the cores run batches side by side
+rather than one batch's threads waiting on each other while decoding and the event loop take their turns.
+
 A request names the model outputs it needs (``flags``, such as ``{"logits", "class_maps"}``): the batch it lands
 in runs ``run(batch, names)`` with every name any of its requests gave, and plain ``run(batch)`` (the model's
 defaults) when none gave any.
@@ -94,22 +100,30 @@ class Batcher:
         metrics: Metrics | None = None,
         executor: Executor | None = None,
         queue_limit: str | None = None,
+        lanes: int = 1,
+        shared_run: Callable[..., Sequence[Any]] | None = None,
     ):
-        """``queue_limit`` names what sets ``max_queue`` in a queue-full answer (default ``CASTREAM_MAX_QUEUE=<n>``)."""
+        """``queue_limit`` names what sets ``max_queue`` in a queue-full answer (default ``CASTREAM_MAX_QUEUE=<n>``);
+        ``lanes`` batches may run at once, those that start with company on ``shared_run`` (default ``run``)."""
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size={max_batch_size} and max_queue={max_queue} must both be at least 1")
+        if lanes < 1:
+            raise ValueError(f"lanes={lanes} must be at least 1")
         if max_delay_s < 0 or timeout_s <= 0:
             raise ValueError(f"max_delay_s={max_delay_s} must be >= 0 and timeout_s={timeout_s} > 0")
         self._run_fn, self.max_batch_size, self.max_delay_s = run, max_batch_size, max_delay_s
+        self._shared_run_fn, self.lanes = shared_run or run, lanes
         self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
         self.queue_limit = queue_limit or f"CASTREAM_MAX_QUEUE={max_queue}"
         self.metrics = metrics or Metrics()
         self.runs = 0
+        self.shared_runs = 0  # batches that ran beside another, on shared_run
+        self._running: set[asyncio.Task] = set()
         self._items: deque[tuple[_Job, int]] = deque()
         self._reserved = 0  # images admitted and not yet taken into a batch (queued ones included)
         self._wakeup = asyncio.Event()
-        # One thread runs the batches, one at a time; ``executor`` may provide it (it is shut down with the batcher).
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="castream-inference")
+        # One thread per lane runs the batches; ``executor`` may provide them (it is shut down with the batcher).
+        self._executor = executor or ThreadPoolExecutor(lanes, thread_name_prefix="castream-inference")
         self._task: asyncio.Task | None = None
         self._closing = False
 
@@ -135,6 +149,8 @@ class Batcher:
                 await asyncio.wait_for(self._task, timeout_s)
             except TimeoutError:
                 log.error("batcher did not drain within %.1f s; failing %d queued images", timeout_s, self.depth)
+                for task in self._running:
+                    task.cancel()
             for job, _ in self._items:
                 self._fail(job, ServiceError(503, "shutting_down", "the service stopped before running this request"))
             self._reserved -= len(self._items)
@@ -223,16 +239,33 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            while not self._items and not self._closing:
+            # Wait for images and a free lane (while closing, only for a free lane: what was accepted still runs).
+            while (not self._items and not self._closing) or (self._items and len(self._running) >= self.lanes):
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if not self._items:
+                if self._running:
+                    await asyncio.wait(set(self._running))
                 return
             if self.max_delay_s > 0:
                 await self._fill()
             batch = self._take()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                continue
+            if self.lanes == 1:
+                await self._run(batch, self._run_fn)
+                continue
+            alone = not self._running and self._reserved == 0  # nothing else running, queued or being read
+            task = asyncio.create_task(self._run(batch, self._run_fn if alone else self._shared_run_fn))
+            if not alone:
+                self.shared_runs += 1
+                self.metrics.shared_batches.inc()
+            self._running.add(task)
+            task.add_done_callback(self._lane_free)
+
+    def _lane_free(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wakeup.set()
 
     async def _fill(self) -> None:
         """The opt-in delay: wait for a full batch until the oldest queued image has waited ``max_delay_s``."""
@@ -263,13 +296,13 @@ class Batcher:
         self.metrics.queue_depth.set(len(self._items))
         return batch
 
-    async def _run(self, batch: list[tuple[_Job, int]]) -> None:
+    async def _run(self, batch: list[tuple[_Job, int]], run: Callable[..., Sequence[Any]]) -> None:
         inputs = [job.inputs[index] for job, index in batch]
         flags = frozenset().union(*(job.flags for job, _ in batch))
         start = time.perf_counter()
         try:
             with tracing.batch_span(len(batch), [job.trace for job, _ in batch]):
-                outputs = await handoff.call(self._executor, self._run_sync, inputs, flags)
+                outputs = await handoff.call(self._executor, self._run_sync, run, inputs, flags)
             if len(outputs) != len(batch):
                 raise RuntimeError(f"run returned {len(outputs)} outputs for {len(batch)} images")
         except Exception as exc:
@@ -287,7 +320,8 @@ class Batcher:
             if job.pending == 0:
                 job.future.set_result(job.results)
 
-    def _run_sync(self, inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
+    @staticmethod
+    def _run_sync(run: Callable[..., Sequence[Any]], inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
         # A lone image (every batch at low load) goes as a view with a batch axis rather than a copy.
         batch = np.ascontiguousarray(inputs[0][np.newaxis]) if len(inputs) == 1 else np.stack(inputs)
-        return self._run_fn(batch, flags) if flags else self._run_fn(batch)
+        return run(batch, flags) if flags else run(batch)

@@ -11,8 +11,10 @@ import asyncio
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from service.batcher import Batcher
+from service.contract import CPU
 from service.fleet import Phase, Slot
 from service.memory import pin_mmap_threshold
 from service.metrics import Metrics
@@ -51,6 +53,7 @@ class Lifecycle:
         self._batcher: Batcher | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
+        self._lanes = 1
 
     @property
     def phase(self) -> Phase:
@@ -74,11 +77,18 @@ class Lifecycle:
         pin_mmap_threshold()
         # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
         # own threads inherit.
-        self._inference = worker_pool(1, "castream-inference", s.worker_niceness)
+        self._inference = worker_pool(s.lanes(CPU)[0], "castream-inference", s.worker_niceness)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(
             self._inference, load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
         )
+        self._lanes, threads = s.lanes(model.providers[0])
+        if self._lanes > 1:  # the same file again, with a share of the threads, for batches that run side by side
+            shared = await loop.run_in_executor(
+                self._inference, load_model, s.model_path, s.provider_list, threads, s.inter_op_threads
+            )
+            model.share(shared.session)
+            log.info("up to %d batches at once under load, %d intra-op thread(s) each", self._lanes, threads)
         info = model.info
         self.metrics.model_info.labels(
             info.name, info.version, info.backbone, info.pooling, info.precision, model.providers[0]
@@ -106,6 +116,8 @@ class Lifecycle:
             metrics=self.metrics,
             executor=self._inference,
             queue_limit=queue_limit(s),
+            lanes=self._lanes,
+            shared_run=partial(model.run, shared=True),
         )
         self._batcher.start()
         self._decode_pool = worker_pool(s.decode_workers, "castream-decode", s.worker_niceness)

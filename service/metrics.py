@@ -108,6 +108,11 @@ class Metrics:
             "castream_rejections", "Requests refused, by reason (the error code)", ["reason"], registry=r
         )
         self.images = Counter("castream_images_classified", "Images classified", registry=r)
+        self.shared_batches = Counter(
+            "castream_shared_batches",
+            "Batches that ran beside another one, on the session with a share of the intra-op threads",
+            registry=r,
+        )
         # The lifecycle gives its value; across processes, SharedCollector reports it from the shared board.
         self.ready = Gauge(READY, READY_HELP, multiprocess_mode="livemin", registry=r)
         # Across processes: every worker sets the same labels to 1, so the maximum is the one series it has alone.

@@ -50,7 +50,8 @@ class ServedOutput:
 
 
 class OnnxModel:
-    """Runs batches through one session; pads each batch up to a bucket size when ``buckets`` is set."""
+    """Runs batches through one session (or, beside another batch, through the one :meth:`share` adds); pads each
+    batch up to a bucket size when ``buckets`` is set."""
 
     def __init__(self, session: ort.InferenceSession, info: ModelInfo, buckets: tuple[int, ...] = ()):
         self.session, self.info, self.buckets = session, info, buckets
@@ -70,6 +71,12 @@ class OnnxModel:
         self._fetches: dict[tuple[frozenset[str], bool], tuple[list[str], list[str]]] = {}
         self._monitor: Callable[[dict[str, np.ndarray]], None] | None = None
         self._watched: frozenset[str] = frozenset()
+        self._shared = session
+
+    def share(self, session: ort.InferenceSession) -> None:
+        """Run ``shared=True`` batches on ``session``: the same file opened with a share of the intra-op threads, for
+        batches that run beside another (``service.batcher``). Concurrent runs of one session are safe."""
+        self._shared = session
 
     @property
     def providers(self) -> list[str]:
@@ -142,7 +149,9 @@ class OnnxModel:
         self._monitor, self._watched = monitor, watched
         self._fetches.clear()
 
-    def run(self, batch: np.ndarray, wanted: Collection[str] | None = None, **extra: bool) -> list[ImageOutput]:
+    def run(
+        self, batch: np.ndarray, wanted: Collection[str] | None = None, *, shared: bool = False, **extra: bool
+    ) -> list[ImageOutput]:
         """``batch`` is [n, 3, crop, crop] float32; returns n records of the outputs ``wanted``, in order.
 
         Exactly the outputs named are returned (and fetched, with those the monitor reads); none named takes the
@@ -154,7 +163,7 @@ class OnnxModel:
         size = next((b for b in self.buckets if b >= n), n)
         if size > n:
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        results = self.session.run(fetched, {INPUT: batch})
+        results = (self._shared if shared else self.session).run(fetched, {INPUT: batch})
         if any(len(r) < n for r in results):
             raise RuntimeError(f"the model returned {min(map(len, results))} outputs for a batch of {n} images")
         arrays = {name: r[:n] for name, r in zip(fetched, results, strict=True)}
@@ -185,6 +194,8 @@ class OnnxModel:
             outputs = self.run(np.zeros((size, 3, crop, crop), np.float32), self.outputs if index == 0 else None)
             for name, array in outputs[0].items():
                 self._check_shape(name, array.shape)
+            if self._shared is not self.session:
+                self.run(np.zeros((size, 3, crop, crop), np.float32), shared=True)
         log.info("warmed up batch sizes %s on %s", sizes, self.providers[0])
 
     def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.contract import CPU
 from service.files import unreadable
 from service.overlay import PNG_LEVEL
 
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     providers: str = "auto"
     pad_batches: Literal["auto", "on", "off"] = "auto"
     intra_op_threads: int = Field(0, ge=0, le=1024)
+    concurrent_batches: int = Field(0, ge=0, le=64)  # 0: 2 on a CPU with 2 or more intra-op threads, else 1
     inter_op_threads: int = Field(0, ge=0, le=1024)
     decode_threads: int = Field(0, ge=0, le=256)
     worker_niceness: int = Field(5, ge=0, le=19)
@@ -110,6 +112,15 @@ class Settings(BaseSettings):
                 "decode_threads": self.decode_threads or max(1, min(4, cores // n)),
             }
         )
+
+    def lanes(self, provider: str) -> tuple[int, int]:
+        """How many batches may run at once on ``provider`` and the intra-op threads of a batch that runs beside
+        another: ``concurrent_batches``, or where it is 0, two on a CPU with two or more threads; one on a GPU."""
+        threads = self.intra_op_threads or usable_cores()
+        lanes = self.concurrent_batches or (2 if threads >= 2 else 1)
+        if provider != CPU:
+            lanes = 1
+        return lanes, max(1, threads // lanes)
 
     @property
     def decode_workers(self) -> int:

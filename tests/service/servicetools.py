@@ -205,9 +205,18 @@ class CountingSession:
 
 
 def count_runs(client: TestClient, delay_s: float = 0.0) -> CountingSession:
+    """Counts the runs of the served model's session, and of its shared session (batches beside another) in the same
+    list."""
     model = client.app.state.lifecycle.serving.model
-    model.session = CountingSession(model.session, delay_s)
-    return model.session
+    shared = model._shared if model._shared is not model.session else None
+    model.session = counting = CountingSession(model.session, delay_s)
+    if shared is not None:
+        beside = CountingSession(shared, delay_s)
+        beside.batches = counting.batches
+        model.share(beside)
+    else:
+        model.share(counting)
+    return counting
 
 
 def free_port() -> int:

@@ -36,7 +36,10 @@ BODIES = {
     ).encode(),
 }
 # One image at a time in the queue: a single request that held room would refuse every other.
-ONE_IMAGE = {"max_queue": 1, "max_images_per_request": 1, "max_batch_size": 1, "max_batch_delay_ms": 0}
+# One image in the model at a time and room for one more in the queue.
+ONE_IMAGE = {
+    "max_queue": 1, "max_images_per_request": 1, "max_batch_size": 1, "max_batch_delay_ms": 0, "concurrent_batches": 1,
+}  # fmt: skip
 
 
 @dataclass

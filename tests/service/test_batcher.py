@@ -346,13 +346,17 @@ def wait_for_runs(session, count: int) -> None:
 
 
 def test_full_queue_answers_503_at_once_and_the_service_recovers(app_client) -> None:
-    client = app_client(max_batch_size=1, max_batch_delay_ms=0, max_queue=1, max_images_per_request=1, retry_after_s=2)
+    client = app_client(
+        max_batch_size=1, max_batch_delay_ms=0, max_queue=1, max_images_per_request=1, retry_after_s=2,
+        concurrent_batches=1,  # one batch at a time: the second request queues behind the first
+    )  # fmt: skip
     session = count_runs(client, delay_s=0.5)
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(post, client, "red")
         wait_for_runs(session, 1)  # the first image is inside the model
         queued = pool.submit(post, client, "green")
-        while client.app.state.lifecycle.serving.batcher.depth < 1:
+        deadline = time.monotonic() + 10
+        while client.app.state.lifecycle.serving.batcher.depth < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
         refused = post(client, "blue")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
@@ -363,7 +367,7 @@ def test_full_queue_answers_503_at_once_and_the_service_recovers(app_client) -> 
 
 
 def test_a_request_that_waits_past_its_deadline_gets_504_and_is_never_run(app_client) -> None:
-    client = app_client(max_batch_size=1, max_batch_delay_ms=0, request_timeout_ms=100)
+    client = app_client(max_batch_size=1, max_batch_delay_ms=0, request_timeout_ms=100, concurrent_batches=1)
     session = count_runs(client, delay_s=0.6)
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(post, client, "red")
@@ -416,3 +420,94 @@ def test_queue_full_answers_say_how_long_to_wait_and_what_bounds_the_queue() -> 
         "or send fewer images at once",
         "the queue is full (3 images waiting; this process takes 3); retry in 5 s",
     ]
+
+
+def test_lanes_are_checked_in_the_constructor() -> None:
+    with pytest.raises(ValueError, match="lanes=0"):
+        make(FakeModel(), lanes=0)
+
+
+def test_with_two_lanes_a_lone_request_runs_on_every_thread_and_company_runs_beside_it_on_the_shared_run() -> None:
+    gate = threading.Event()
+    whole, shared = FakeModel(gate), FakeModel()
+
+    async def main() -> tuple[list[float], list[float], list[int], int]:
+        batcher = make(whole, max_batch_size=4, max_delay_s=0, lanes=2, shared_run=shared)
+        batcher.start()
+        lone = asyncio.create_task(batcher.submit([np.float32(1)]))
+        while not whole.batches:  # alone in the service: the session with every thread, held inside the model
+            await asyncio.sleep(0)
+        # A second request while the first runs does not wait for it: it runs at once, on the shared session.
+        beside = await batcher.submit([np.float32(2)])
+        held = list(whole.batches)
+        gate.set()
+        first = await lone
+        await batcher.stop(5)
+        return first, beside, held, batcher.shared_runs
+
+    first, beside, held, shared_runs = run(main())
+    assert (first, beside) == ([2.0], [4.0])
+    assert held == [1] and shared.batches == [1] and shared_runs == 1
+
+
+def test_no_more_batches_run_at_once_than_there_are_lanes_and_stop_finishes_them_all() -> None:
+    gates = [threading.Event(), threading.Event()]
+    whole, shared = FakeModel(gates[0]), FakeModel(gates[1])
+
+    async def main() -> tuple[list[list[float]], int, list[int], list[int]]:
+        batcher = make(whole, max_batch_size=2, max_delay_s=0, lanes=2, shared_run=shared)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit([np.float32(0)]))
+        while not whole.batches:
+            await asyncio.sleep(0)
+        second = asyncio.create_task(batcher.submit([np.float32(1)]))
+        while not shared.batches:  # both lanes busy now, each held inside its model
+            await asyncio.sleep(0)
+        rest = [asyncio.create_task(batcher.submit([np.float32(i)])) for i in (2, 3, 4)]
+        for _ in range(50):  # however long the loop turns, the third batch waits for a free lane
+            await asyncio.sleep(0.001)
+        waiting = batcher.depth
+        stopping = asyncio.create_task(batcher.stop(5))  # accepted work still runs to the end
+        await asyncio.sleep(0.01)
+        gates[1].set()
+        gates[0].set()
+        results = await asyncio.gather(first, second, *rest)
+        await stopping
+        return results, waiting, whole.batches, shared.batches
+
+    results, waiting, on_whole, on_shared = run(main())
+    assert results == [[0.0], [2.0], [4.0], [6.0], [8.0]]
+    assert waiting == 3
+    assert on_whole == [1] and sorted(on_shared) == [1, 1, 2]  # nothing ran alone after the first
+
+
+class HeldSession:
+    """Wraps an InferenceSession: each run waits (up to 10 s) until ``gate`` is set."""
+
+    def __init__(self, session: object, gate: threading.Event):
+        self.session, self.gate, self.entered = session, gate, threading.Event()
+
+    def run(self, outputs: list[str], feeds: dict) -> list[np.ndarray]:
+        self.entered.set()
+        self.gate.wait(10)
+        return self.session.run(outputs, feeds)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.session, name)
+
+
+def test_through_the_app_a_request_that_arrives_while_a_batch_runs_is_answered_beside_it(app_client) -> None:
+    client = app_client(max_batch_size=1, max_batch_delay_ms=0, concurrent_batches=2, intra_op_threads=2)
+    model, gate = client.app.state.lifecycle.serving.model, threading.Event()
+    model.session = held = HeldSession(model.session, gate)  # a lone batch's session: every thread, held here
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(post, client, "red")
+        assert held.entered.wait(10), "the first request never reached the model"
+        beside = post(client, "green")  # on the shared session, while the first is still inside the model
+        first_still_running = not running.done()
+        gate.set()
+        first = running.result()
+    assert first_still_running
+    assert beside.status_code == 200 and beside.json()["predictions"][0]["top_k"][0]["label"] == "green"
+    assert first.status_code == 200 and first.json()["predictions"][0]["top_k"][0]["label"] == "red"
+    assert "castream_shared_batches_total 1.0" in client.get("/metrics").text

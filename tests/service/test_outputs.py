@@ -156,3 +156,18 @@ def test_v2_infer_answers_what_it_is_asked_for_and_runs_what_the_monitor_reads_t
     response = client.post("/v2/models/tiny-ca/infer", json=body)
     assert response.status_code == 200 and [o["name"] for o in response.json()["outputs"]] == ["class_maps"]
     assert recorder.fetched == [["logits", "attention", "class_maps"]]  # the monitored figures need the first two
+
+
+def test_a_batch_beside_another_runs_on_the_shared_session_and_gets_the_same_answers(model_path: Path) -> None:
+    model = load_model(model_path, ["cpu"], intra_threads=2)
+    model.share(load_model(model_path, ["cpu"], intra_threads=1).session)
+    model.warm_up([1, 3])
+    model.session = whole = Recorder(model.session)
+    model.share(shared := Recorder(model._shared))
+    images = np.random.default_rng(1).random((3, 3, 32, 32), np.float32)
+    alone, beside = model.run(images, class_maps=True), model.run(images, class_maps=True, shared=True)
+    assert len(whole.fetched) == len(shared.fetched) == 1  # each run on its own session
+    for one, other in zip(alone, beside, strict=True):
+        assert list(one) == list(other) == ["logits", "attention", "class_maps"]
+        for name in one:
+            np.testing.assert_allclose(other[name], one[name], rtol=1e-5, atol=1e-6)

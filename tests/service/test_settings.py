@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.contract import CPU, CUDA
 from service.metrics import Metrics
 from service.settings import PREFIX, Settings, SettingsError, load_settings, usable_cores
 from tests.service.servicetools import REPO
@@ -109,3 +110,16 @@ def test_docs_list_every_metric() -> None:
     families = Metrics().registry.collect()
     exposed = {m.name + ("_total" if m.type == "counter" else "") for m in families if m.name.startswith("castream_")}
     assert documented == exposed
+
+
+def test_batches_run_two_at_once_on_a_cpu_with_threads_to_share_and_one_at_a_time_on_a_gpu() -> None:
+    assert load_settings(intra_op_threads=2).lanes(CPU) == (2, 1)
+    assert load_settings(intra_op_threads=8).lanes(CPU) == (2, 4)
+    assert load_settings(intra_op_threads=1).lanes(CPU) == (1, 1)  # nothing to share
+    assert load_settings(intra_op_threads=8, concurrent_batches=4).lanes(CPU) == (4, 2)
+    assert load_settings(intra_op_threads=2, concurrent_batches=1).lanes(CPU) == (1, 2)  # off: every thread, always
+    assert load_settings(intra_op_threads=8).lanes(CUDA) == (1, 8)
+    automatic, cores = load_settings().lanes(CPU), usable_cores()
+    assert automatic == ((2, cores // 2) if cores >= 2 else (1, 1))
+    # Each of several workers shares its own part of the cores.
+    assert load_settings(workers=2, intra_op_threads=0).worker_share(0).lanes(CPU)[0] == (2 if cores >= 4 else 1)
