@@ -102,9 +102,11 @@ class Batcher:
         queue_limit: str | None = None,
         lanes: int = 1,
         shared_run: Callable[..., Sequence[Any]] | None = None,
+        beside_after_s: float = 0.0,
     ):
         """``queue_limit`` names what sets ``max_queue`` in a queue-full answer (default ``CASTREAM_MAX_QUEUE=<n>``);
-        ``lanes`` batches may run at once, those that start with company on ``shared_run`` (default ``run``)."""
+        ``lanes`` batches may run at once, those that start with company on ``shared_run`` (default ``run``), each
+        only once the batch started last has run for ``beside_after_s``."""
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size={max_batch_size} and max_queue={max_queue} must both be at least 1")
         if lanes < 1:
@@ -112,7 +114,9 @@ class Batcher:
         if max_delay_s < 0 or timeout_s <= 0:
             raise ValueError(f"max_delay_s={max_delay_s} must be >= 0 and timeout_s={timeout_s} > 0")
         self._run_fn, self.max_batch_size, self.max_delay_s = run, max_batch_size, max_delay_s
-        self._shared_run_fn, self.lanes = shared_run or run, lanes
+        self._shared_run_fn, self.lanes, self.beside_after_s = shared_run or run, lanes, beside_after_s
+        self._last_start = 0.0  # when the batch started last began (monotonic)
+        self._last_run_s = 0.0  # how long the batch that ended last ran
         self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
         self.queue_limit = queue_limit or f"CASTREAM_MAX_QUEUE={max_queue}"
         self.metrics = metrics or Metrics()
@@ -240,9 +244,15 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             # Wait for images and a free lane (while closing, only for a free lane: what was accepted still runs).
-            while (not self._items and not self._closing) or (self._items and len(self._running) >= self.lanes):
+            while True:
+                wait = self._until_lane() if self._items else (0.0 if self._closing else None)
+                if wait == 0.0:
+                    break
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                except TimeoutError:
+                    pass
             if not self._items:
                 if self._running:
                     await asyncio.wait(set(self._running))
@@ -255,13 +265,26 @@ class Batcher:
             if self.lanes == 1:
                 await self._run(batch, self._run_fn)
                 continue
-            alone = not self._running and self._reserved == 0  # nothing else running, queued or being read
+            # Every thread for a batch without company: nothing else running, and nothing queued or being read, or
+            # nothing that could start beside it (batches end before ``beside_after_s``).
+            alone = not self._running and (self._reserved == 0 or self._last_run_s < self.beside_after_s)
+            self._last_start = time.monotonic()
             task = asyncio.create_task(self._run(batch, self._run_fn if alone else self._shared_run_fn))
             if not alone:
                 self.shared_runs += 1
                 self.metrics.shared_batches.inc()
             self._running.add(task)
             task.add_done_callback(self._lane_free)
+
+    def _until_lane(self) -> float | None:
+        """0 when a batch may start now, else the seconds until one may start beside the running ones (None: not
+        before one of them ends). A model whose runs end sooner than ``beside_after_s`` (a small or null model)
+        thus runs one batch at a time: a second session would only add its thread hops and smaller batches."""
+        if not self._running:
+            return 0.0
+        if len(self._running) >= self.lanes:
+            return None
+        return max(0.0, self._last_start + self.beside_after_s - time.monotonic())
 
     def _lane_free(self, task: asyncio.Task) -> None:
         self._running.discard(task)
@@ -311,7 +334,8 @@ class Batcher:
                 self._fail(job, exc)
             return
         self.runs += 1
-        self.metrics.batch(len(batch), time.perf_counter() - start)
+        self._last_run_s = time.perf_counter() - start
+        self.metrics.batch(len(batch), self._last_run_s)
         for (job, index), output in zip(batch, outputs, strict=True):
             if job.future.done():
                 continue

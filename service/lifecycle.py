@@ -28,6 +28,10 @@ from service.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
+# A batch starts beside a running one only once that one has run this long: where runs end sooner (a small model, the
+# benchmarks' null model) one batch at a time keeps up, and a second would only add thread hops and split the batches.
+BESIDE_AFTER_S = 0.002
+
 
 def batch_sizes(max_batch_size: int) -> tuple[int, ...]:
     """Bucket sizes a batch is padded up to: powers of two below the maximum, and the maximum."""
@@ -118,6 +122,7 @@ class Lifecycle:
             queue_limit=queue_limit(s),
             lanes=self._lanes,
             shared_run=partial(model.run, shared=True),
+            beside_after_s=BESIDE_AFTER_S,
         )
         self._batcher.start()
         self._decode_pool = worker_pool(s.decode_workers, "castream-decode", s.worker_niceness)

@@ -511,3 +511,17 @@ def test_through_the_app_a_request_that_arrives_while_a_batch_runs_is_answered_b
     assert beside.status_code == 200 and beside.json()["predictions"][0]["top_k"][0]["label"] == "green"
     assert first.status_code == 200 and first.json()["predictions"][0]["top_k"][0]["label"] == "red"
     assert "castream_shared_batches_total 1.0" in client.get("/metrics").text
+
+
+def test_batches_that_end_sooner_than_the_wait_for_company_run_one_at_a_time() -> None:
+    whole, shared = FakeModel(), FakeModel()
+
+    async def main() -> list[list[float]]:
+        batcher = make(whole, max_batch_size=1, max_delay_s=0, lanes=2, shared_run=shared, beside_after_s=60)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit([np.float32(i)]) for i in range(6)))
+        await batcher.stop(5)
+        return results
+
+    assert run(main()) == [[2.0 * i] for i in range(6)]
+    assert whole.batches == [1] * 6 and shared.batches == []  # each ended before a second could start beside it
