@@ -344,8 +344,9 @@ class Batcher:
             if job.pending == 0:
                 job.future.set_result(job.results)
 
-    @staticmethod
-    def _run_sync(run: Callable[..., Sequence[Any]], inputs: list[np.ndarray], flags: frozenset[str]) -> Sequence[Any]:
+    def _run_sync(
+        self, run: Callable[..., Sequence[Any]], inputs: list[np.ndarray], flags: frozenset[str]
+    ) -> Sequence[Any]:
         # A lone image (every batch at low load) goes as a view with a batch axis rather than a copy.
         batch = np.ascontiguousarray(inputs[0][np.newaxis]) if len(inputs) == 1 else np.stack(inputs)
         return run(batch, flags) if flags else run(batch)
