@@ -208,14 +208,11 @@ def count_runs(client: TestClient, delay_s: float = 0.0) -> CountingSession:
     """Counts the runs of the served model's session, and of its shared session (batches beside another) in the same
     list."""
     model = client.app.state.lifecycle.serving.model
-    shared = model._shared if model._shared is not model.session else None
-    model.session = counting = CountingSession(model.session, delay_s)
-    if shared is not None:
-        beside = CountingSession(shared, delay_s)
-        beside.batches = counting.batches
-        model.share(beside)
-    else:
-        model.share(counting)
+    whole, shared = model.session, model._shared
+    model.session = counting = CountingSession(whole, delay_s)
+    beside = counting if shared is whole else CountingSession(shared, delay_s)
+    beside.batches = counting.batches
+    model.share(beside)
     return counting
 
 
