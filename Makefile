@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # Two installs: what serving and exporting need (the demo), and everything (training, tests, lint, benchmarks).
+# Both take the serving packages at the versions the images pin, so the tests run what the containers run.
+PINS := deploy/requirements-serve.txt
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 CHECKPOINT := checkpoints/default/castream.pt
@@ -11,16 +13,16 @@ SERVE ?= $(BIN)/python -m service
 
 .PHONY: demo test lint train export serve bench clean chromium wrk containers
 
-$(SERVE_STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml $(PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[export,serve]'
+	$(BIN)/pip install --quiet -c $(PINS) -e '.[export,serve]'
 	touch $(SERVE_STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/pip install --quiet -c $(PINS) -e '.[train,serve,dev]'
 	touch $(STAMP) $(SERVE_STAMP)
 
 models/castream.onnx: $(CHECKPOINT) | $(SERVE_STAMP)

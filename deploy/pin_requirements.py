@@ -1,6 +1,8 @@
 """Write the serving images' pinned requirements from the versions installed in the development environment.
 
-The images install exactly these pins, so a container runs the versions the test suite ran against:
+The images install exactly these pins, and the Makefile installs the development environment with
+``requirements-serve.txt`` as pip constraints, so the test suite runs what a container runs. After moving a
+dependency in the development environment:
 
     .venv/bin/python deploy/pin_requirements.py
 
@@ -8,8 +10,9 @@ The images install exactly these pins, so a container runs the versions the test
 (and the base dependencies) on Linux/CPython 3.11; ``deploy/requirements-serve-gpu.txt`` the same for
 ``serve-gpu`` and ``tracing``, where ``onnxruntime-gpu`` takes the version and the dependencies of the
 installed ``onnxruntime`` (the two are released together from one source tree; an environment never holds
-both). Every image carries the ``tracing`` extra so that traces can be switched on by the ``OTEL_*``
-variables alone (service/tracing.py); without them the service runs untraced.
+both; move ONNX Runtime only to a version published as both). Every image carries the ``tracing`` extra so
+that traces can be switched on by the ``OTEL_*`` variables alone (service/tracing.py); without them the
+service runs untraced.
 """
 
 from __future__ import annotations

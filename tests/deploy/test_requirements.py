@@ -8,7 +8,7 @@ import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from deploy.pin_requirements import OUTPUTS, closure, project_requirements
+from deploy.pin_requirements import OUTPUTS, closure, main, project_requirements
 from tests.deploy.deploytools import DEPLOY
 
 
@@ -53,3 +53,9 @@ def test_cpu_and_gpu_pins_differ_only_in_the_onnxruntime_package() -> None:
 def test_the_images_can_trace_when_asked(extra: str) -> None:
     # Tracing is off unless OTEL_* variables ask for it; the images must carry what it needs when they do.
     assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"} <= set(pins(extra))
+
+
+def test_the_test_environment_runs_the_images_versions() -> None:
+    # The Makefile installs the environment with the CPU pins as constraints; a drift here means the images
+    # would ship versions the suite never ran.
+    assert main(["--check"]) == 0, "reinstall with `make .venv/.installed` or regenerate the pins"
