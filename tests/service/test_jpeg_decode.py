@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,9 +51,16 @@ VARIANTS = {
 }
 
 
+SIZES = [(451, 300), (1001, 997), (37, 61)]
+SCALES = [1, 2, 4, 8]
+# libjpeg-turbo picks its kernels by what the CPU has (AVX2 at best); these variables hold it to less.
+SIMD_LIMITS = {"SSE2": "JSIMD_FORCESSE2", "no SIMD": "JSIMD_FORCENONE"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize(("width", "height"), [(451, 300), (1001, 997), (37, 61)])
-@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize(("width", "height"), SIZES)
+@pytest.mark.parametrize("scale", SCALES)
 def test_the_direct_decode_gives_pillows_pixels(variant: str, width: int, height: int, scale: int) -> None:
     data = jpeg(photo(width, height), **VARIANTS[variant])
     direct = _jpeg_pixels(open_image(data, 10**8), data, scale)
@@ -57,6 +68,23 @@ def test_the_direct_decode_gives_pillows_pixels(variant: str, width: int, height
     expected = pillows(data, scale)
     assert direct.shape == expected.shape == (-(-height // scale), -(-width // scale), 3)
     assert np.array_equal(direct, expected)
+
+
+@pytest.mark.parametrize("limit", SIMD_LIMITS)
+def test_the_pixels_stay_pillows_on_a_cpu_with_less_simd(limit: str) -> None:
+    # Both decoders bundle libjpeg-turbo; on an older CPU both take its slower kernels, and must still agree.
+    script = (
+        "import itertools, tests.service.test_jpeg_decode as t\n"
+        "for case in itertools.product(t.VARIANTS, t.SIZES, t.SCALES):\n"
+        "    t.test_the_direct_decode_gives_pillows_pixels(case[0], *case[1], case[2])\n"
+        "print(len(list(itertools.product(t.VARIANTS, t.SIZES, t.SCALES))))"
+    )
+    env = {**os.environ, SIMD_LIMITS[limit]: "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(len(VARIANTS) * len(SIZES) * len(SCALES))]
 
 
 def test_the_service_decode_of_a_colour_jpeg_is_the_direct_one_turned_upright() -> None:
