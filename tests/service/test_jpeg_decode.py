@@ -75,9 +75,10 @@ def test_the_pixels_stay_pillows_on_a_cpu_with_less_simd(limit: str) -> None:
     # Both decoders bundle libjpeg-turbo; on an older CPU both take its slower kernels, and must still agree.
     script = (
         "import itertools, tests.service.test_jpeg_decode as t\n"
-        "for case in itertools.product(t.VARIANTS, t.SIZES, t.SCALES):\n"
-        "    t.test_the_direct_decode_gives_pillows_pixels(case[0], *case[1], case[2])\n"
-        "print(len(list(itertools.product(t.VARIANTS, t.SIZES, t.SCALES))))"
+        "cases = list(itertools.product(t.VARIANTS, t.SIZES, t.SCALES))\n"
+        "for variant, (width, height), scale in cases:\n"
+        "    t.test_the_direct_decode_gives_pillows_pixels(variant, width, height, scale)\n"
+        "print(len(cases))"
     )
     env = {**os.environ, SIMD_LIMITS[limit]: "1"}
     done = subprocess.run(
