@@ -84,7 +84,7 @@ class Lifecycle:
         self._inference = worker_pool(s.lanes(CPU)[0], "castream-inference", s.worker_niceness)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(
-            self._inference, load_model, s.model_path, s.provider_list, s.intra_op_threads, s.inter_op_threads
+            self._inference, load_model, s.model_path, s.provider_list, s.session_threads(), s.inter_op_threads
         )
         self._lanes, threads = s.lanes(model.providers[0])
         if self._lanes > 1:  # the same file again, with a share of the threads, for batches that run side by side

@@ -113,10 +113,17 @@ class Settings(BaseSettings):
             }
         )
 
+    def session_threads(self) -> int:
+        """ONNX Runtime's intra-op threads for a batch that runs alone: ``intra_op_threads``, or where it is 0 the
+        usable cores. Always passed explicitly: left to choose, ONNX Runtime counts the machine's cores whatever a
+        container's CPU limit, and pins one thread to each, so the kernel cannot move it off a core that the
+        calling thread, decoding or the event loop needs at that moment."""
+        return self.intra_op_threads or usable_cores()
+
     def lanes(self, provider: str) -> tuple[int, int]:
         """How many batches may run at once on ``provider`` and the intra-op threads of a batch that runs beside
         another: ``concurrent_batches``, or where it is 0, two on a CPU with two or more threads; one on a GPU."""
-        threads = self.intra_op_threads or usable_cores()
+        threads = self.session_threads()
         lanes = self.concurrent_batches or (2 if threads >= 2 else 1)
         if provider != CPU:
             lanes = 1

@@ -187,6 +187,16 @@ def test_uvicorn_factory_serves_the_app(model_path) -> None:
         process.wait(10)
 
 
+def test_every_thread_of_the_service_may_run_on_every_core_it_may(live_server) -> None:
+    # ONNX Runtime pins its own threads, one to a core, when left to count them; the service counts them itself.
+    server = live_server()
+    pid = server.process.pid
+    cores = os.sched_getaffinity(pid)
+    threads = {task: os.sched_getaffinity(int(task)) for task in os.listdir(f"/proc/{pid}/task")}
+    assert len(threads) > 2
+    assert {task: cpus for task, cpus in threads.items() if cpus != cores} == {}
+
+
 def test_sigterm_drains_readiness_then_finishes_accepted_requests(live_server) -> None:
     server = live_server(CASTREAM_DRAIN_DELAY_S="1.0", CASTREAM_MAX_BATCH_DELAY_MS="1500")
     result: dict[str, httpx.Response] = {}

@@ -120,6 +120,7 @@ def test_batches_run_two_at_once_on_a_cpu_with_threads_to_share_and_one_at_a_tim
     assert load_settings(intra_op_threads=2, concurrent_batches=1).lanes(CPU) == (1, 2)  # off: every thread, always
     assert load_settings(intra_op_threads=8).lanes(CUDA) == (1, 8)
     automatic, cores = load_settings().lanes(CPU), usable_cores()
+    assert (load_settings().session_threads(), load_settings(intra_op_threads=3).session_threads()) == (cores, 3)
     assert automatic == ((2, cores // 2) if cores >= 2 else (1, 1))
     # Each of several workers shares its own part of the cores.
     assert load_settings(workers=2, intra_op_threads=0).worker_share(0).lanes(CPU)[0] == (2 if cores >= 4 else 1)
