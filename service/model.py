@@ -19,6 +19,7 @@ from service.contract import ATTENTION, CLASS_MAPS, DIMS, INPUT, OUTPUT_NAMES, o
 from service.errors import ServiceError
 from service.metadata import ModelError, ModelInfo, parse_metadata
 from service.providers import CUDA, check_loaded, requested_providers
+from service.settings import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,13 @@ class OnnxModel:
 
 
 def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_threads: int = 0) -> OnnxModel:
-    """Open ``path`` with the requested providers; raise :class:`ModelError` with a readable reason."""
+    """Open ``path`` with the requested providers and ``intra_threads`` (0: the usable cores); raise
+    :class:`ModelError` with a readable reason."""
     requested, auto = requested_providers(providers)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_threads
+    # Never ONNX Runtime's own count (0): it counts the machine's cores, whatever a container's CPU limit, and pins
+    # one thread to each (see Settings.session_threads).
+    options.intra_op_num_threads = intra_threads or usable_cores()
     options.inter_op_num_threads = inter_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle ONNX Runtime threads would otherwise spin and take CPU from decoding and the event loop.

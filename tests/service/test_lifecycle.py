@@ -197,6 +197,21 @@ def test_every_thread_of_the_service_may_run_on_every_core_it_may(live_server) -
     assert {task: cpus for task, cpus in threads.items() if cpus != cores} == {}
 
 
+def test_a_session_opened_with_the_default_threads_pins_none(model_path) -> None:
+    # In a process of its own: sessions other tests opened elsewhere (the export's checks) may have pinned threads.
+    script = (
+        "import os, sys; from pathlib import Path; from service.model import load_model\n"
+        "model = load_model(Path(sys.argv[1]), ['cpu'])\n"
+        "cores = os.sched_getaffinity(0)\n"
+        "print(sorted(t for t in os.listdir('/proc/self/task') if os.sched_getaffinity(int(t)) != cores))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(model_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_sigterm_drains_readiness_then_finishes_accepted_requests(live_server) -> None:
     server = live_server(CASTREAM_DRAIN_DELAY_S="1.0", CASTREAM_MAX_BATCH_DELAY_MS="1500")
     result: dict[str, httpx.Response] = {}
