@@ -222,7 +222,8 @@ def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_t
     requested, auto = requested_providers(providers)
     options = ort.SessionOptions()
     # Never ONNX Runtime's own count (0): it counts the machine's cores, whatever a container's CPU limit, and pins
-    # one thread to each (see Settings.session_threads).
+    # one thread to each, so the kernel cannot move one off a core that the calling thread, decoding or the event
+    # loop needs at that moment.
     options.intra_op_num_threads = intra_threads or usable_cores()
     options.inter_op_num_threads = inter_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

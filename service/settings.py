@@ -115,9 +115,7 @@ class Settings(BaseSettings):
 
     def session_threads(self) -> int:
         """ONNX Runtime's intra-op threads for a batch that runs alone: ``intra_op_threads``, or where it is 0 the
-        usable cores. Always passed explicitly: left to choose, ONNX Runtime counts the machine's cores whatever a
-        container's CPU limit, and pins one thread to each, so the kernel cannot move it off a core that the
-        calling thread, decoding or the event loop needs at that moment."""
+        usable cores, as :func:`service.model.load_model` resolves it (never ONNX Runtime's own count)."""
         return self.intra_op_threads or usable_cores()
 
     def lanes(self, provider: str) -> tuple[int, int]:
