@@ -41,6 +41,9 @@ JPEG_SCALES = (8, 4, 2, 1)  # the reductions libjpeg decodes directly
 # measurement of parity and time (``python -m benchmarks decode_parity``; docs/service.md has the figures).
 DECODE_MARGIN = 3.0
 DISPLAY_SLACK = 0.95  # a display image may be enlarged by up to 5 % rather than decoded at twice the size
+_HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive: the frames libjpeg-turbo decodes
+_OTHER_FRAMES = (0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,82 @@ class Decoded:
 
     image: Image.Image
     size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """A colour JPEG's header, read without Pillow: its stored ``size`` (width, height) and EXIF ``orientation``."""
+
+    size: tuple[int, int]
+    orientation: int | None
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+
+Opened = Image.Image | JpegHeader  # what open_image gives: no pixel decoded yet
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """The header of a plain colour JPEG (8 bits, 3 components, Huffman-coded, its orientation if any in its first
+    EXIF block and no XMP, which may hold one too), from its markers up to the first scan; None for anything else,
+    which Pillow then opens as it always has. A few microseconds, where Pillow's ``open`` and ``getexif`` take 20."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    size, exif, at = None, None, 2
+    while True:
+        if len(data) < at + 4 or data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xDA:  # the first scan: the header is complete
+            break
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if end <= at + 3 or end > len(data) or marker in _OTHER_FRAMES or 0xD0 <= marker <= 0xD9 or marker == 0x01:
+            return None
+        body = data[at + 4 : end]
+        if marker in _HUFFMAN_FRAMES:
+            if size is not None or len(body) < 6 or body[0] != 8 or body[5] != 3:
+                return None
+            size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+        elif marker == 0xE1 and body.startswith(_XMP):
+            return None
+        elif marker == 0xE1 and body.startswith(b"Exif\x00\x00") and exif is None:
+            exif = body[6:]
+        at = end
+    if size is None or 0 in size:
+        return None
+    orientation = _exif_orientation(exif) if exif is not None else None
+    return None if orientation == -1 else JpegHeader(size, orientation)
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of an EXIF block's first directory (None: there is none; -1: the block is not one this
+    reads exactly as Pillow does)."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return -1
+
+    def number(at: int, size: int) -> int:
+        return int.from_bytes(tiff[at : at + size], order)  # type: ignore[arg-type]
+
+    directory = number(4, 4)
+    if number(2, 2) != 42 or directory < 8 or directory + 2 > len(tiff):
+        return -1
+    entries = range(directory + 2, directory + 2 + 12 * number(directory, 2), 12)
+    if entries.stop > len(tiff):
+        return -1
+    found = [at for at in entries if number(at, 2) == _ORIENTATION]
+    if not found:
+        return None
+    at = found[0]
+    if len(found) > 1 or number(at + 2, 2) != 3 or number(at + 4, 4) != 1:  # one SHORT
+        return -1
+    return number(at + 8, 2)
 
 
 def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
@@ -68,9 +147,16 @@ def reduction(size: tuple[int, int], min_side: int = 0, long_side: int = 0) -> i
     return max(1, short // need) if need > 0 else 1
 
 
-def open_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+def open_image(data: bytes, max_pixels: int, name: str = "image") -> Opened:
     """Read ``data``'s header only (no pixel is decoded): a supported format within ``max_pixels``, else the
     :class:`ServiceError` that says what is wrong. Cheap enough for the event loop."""
+    header = jpeg_header(data)
+    if header is not None and header.width * header.height <= min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels):
+        return header
+    return _pillow_open(data, max_pixels, name)
+
+
+def _pillow_open(data: bytes, max_pixels: int, name: str) -> Image.Image:
     if not data:
         raise ServiceError(400, "empty_image", f"{name} is empty (0 bytes); send the image file's bytes")
     try:
@@ -102,17 +188,23 @@ def decode_reduced(data: bytes, max_pixels: int, min_side: int = 0, long_side: i
     return decode_opened(open_image(data, max_pixels, name), data, min_side, long_side, name)
 
 
-def decode_opened(
-    image: Image.Image, data: bytes, min_side: int = 0, long_side: int = 0, name: str = "image"
-) -> Decoded:
+def decode_opened(image: Opened, data: bytes, min_side: int = 0, long_side: int = 0, name: str = "image") -> Decoded:
     """The pixels of an image :func:`open_image` opened from ``data``, reduced as :func:`decode_reduced` says."""
-    width, height = image.size
     factor = reduction(image.size, min_side, long_side)
-    pixels, scale = None, 1
+    scale = next(s for s in JPEG_SCALES if s <= factor)  # for a JPEG, libjpeg does the reduction
+    if isinstance(image, JpegHeader):
+        pixels = _jpeg_pixels(image.size, data, scale)
+        if pixels is not None:
+            return _upright(Image.fromarray(pixels), image.size, image.orientation)
+        image = _pillow_open(data, image.width * image.height, name)  # libjpeg-turbo warned: Pillow decides
+    width, height = image.size
+    pixels = None
     try:
         if image.format in _JPEGS:
-            scale, factor = next(s for s in JPEG_SCALES if s <= factor), 1  # libjpeg does the reduction
-            pixels = _jpeg_pixels(image, data, scale)
+            factor = 1
+            pixels = _jpeg_pixels(image.size, data, scale) if image.mode == "RGB" else None
+        else:
+            scale = 1
         if pixels is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -127,6 +219,12 @@ def decode_opened(
     rgb = to_rgb(image, name) if pixels is None else Image.fromarray(pixels)
     if factor > 1:
         rgb = rgb.reduce(factor)
+    return _upright(rgb, (width, height), orientation)
+
+
+def _upright(rgb: Image.Image, size: tuple[int, int], orientation: int | None) -> Decoded:
+    """``rgb`` (an image of stored ``size``, possibly reduced) turned as its EXIF ``orientation`` says."""
+    width, height = size
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
         if orientation >= 5:  # a quarter turn: the upright image is as wide as the stored one is high
@@ -134,14 +232,12 @@ def decode_opened(
     return Decoded(rgb, (width, height))
 
 
-def _jpeg_pixels(image: Image.Image, data: bytes, scale: int) -> np.ndarray | None:
-    """A colour JPEG's RGB pixels at ``1/scale`` of each side (rounded up, as Pillow's draft does), decoded with
-    the settings Pillow's decoder uses (accurate integer DCT, smooth chroma upsampling); None where Pillow's own
-    decoder is to decide: any other mode (grayscale, CMYK) or anything libjpeg-turbo warns about, which Pillow
-    may take as it always has, or refuse with its own message."""
-    if image.mode != "RGB":
-        return None
-    width, height = (-(-side // scale) for side in image.size)
+def _jpeg_pixels(size: tuple[int, int], data: bytes, scale: int) -> np.ndarray | None:
+    """A colour JPEG's RGB pixels (stored ``size``) at ``1/scale`` of each side (rounded up, as Pillow's draft
+    does), decoded with the settings Pillow's decoder uses (accurate integer DCT, smooth chroma upsampling); None
+    where Pillow's own decoder is to decide: anything libjpeg-turbo warns about, which Pillow may take as it always
+    has, or refuse with its own message."""
+    width, height = (-(-side // scale) for side in size)
     try:
         pixels = simplejpeg.decode_jpeg(
             data, "RGB", fastdct=False, fastupsample=False, strict=True,

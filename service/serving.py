@@ -19,13 +19,12 @@ from typing import Protocol
 
 import numpy as np
 from fastapi import Request, Response
-from PIL import Image
 
 from service import handoff, timings
 from service.batcher import Batcher
 from service.contract import CLASS_MAPS
 from service.errors import ServiceError
-from service.imaging import decode_opened, open_image
+from service.imaging import Opened, decode_opened, open_image
 from service.metrics import Metrics
 from service.model import ImageOutput, OnnxModel
 from service.preprocess import Prepared, Preprocessor
@@ -139,7 +138,7 @@ class Serving:
     def _open_prepare(self, data: bytes, name: str, display: int) -> Prepared:
         return self._prepare(open_image(data, self.settings.max_image_pixels, name), data, name, display)
 
-    def _prepare(self, opened: Image.Image, data: bytes, name: str, display: int) -> Prepared:
+    def _prepare(self, opened: Opened, data: bytes, name: str, display: int) -> Prepared:
         start = time.perf_counter()
         # Only as many pixels as the model and the overlay need: a phone photo decodes at an eighth of its sides.
         image = decode_opened(opened, data, self.preprocessor.decode_side, display, name)
