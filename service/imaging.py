@@ -89,15 +89,15 @@ def jpeg_header(data: bytes) -> JpegHeader | None:
         end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
         if end <= at + 3 or end > len(data) or marker in _OTHER_FRAMES or 0xD0 <= marker <= 0xD9 or marker == 0x01:
             return None
-        body = data[at + 4 : end]
-        if marker in _HUFFMAN_FRAMES:
-            if size is not None or len(body) < 6 or body[0] != 8 or body[5] != 3:
+        if marker in _HUFFMAN_FRAMES:  # only the segments read are copied (an ICC profile may be 64 KB)
+            frame = data[at + 4 : end]
+            if size is not None or len(frame) < 6 or frame[0] != 8 or frame[5] != 3:
                 return None
-            size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
-        elif marker == 0xE1 and body.startswith(_XMP):
+            size = (int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big"))
+        elif marker == 0xE1 and data.startswith(_XMP, at + 4, end):
             return None
-        elif marker == 0xE1 and body.startswith(b"Exif\x00\x00") and exif is None:
-            exif = body[6:]
+        elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", at + 4, end) and exif is None:
+            exif = data[at + 10 : end]
         at = end
     if size is None or 0 in size:
         return None
