@@ -216,6 +216,18 @@ class OnnxModel:
                 )
 
 
+# Within a run, the intra-op threads spin between one operator's parallel section and the next; as a run ends they
+# stop (``force_spinning_stop``), so that between runs they take no CPU from decoding and the event loop. A worker
+# that blocked after every operator instead had to be woken dozens of times a run, and on a virtual machine whose
+# other core had idled (a 12 MP photo's 10 ms decode on one core) each wake-up was slow: the model's run took 13-15 ms
+# in the service against its 9 ms (docs/service.md, "ONNX Runtime's threads").
+SPINNING = {
+    "session.intra_op.allow_spinning": "1",
+    "session.force_spinning_stop": "1",
+    "session.inter_op.allow_spinning": "0",
+}
+
+
 def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_threads: int = 0) -> OnnxModel:
     """Open ``path`` with the requested providers and ``intra_threads`` (0: the usable cores); raise
     :class:`ModelError` with a readable reason."""
@@ -227,9 +239,8 @@ def load_model(path: Path, providers: list[str], intra_threads: int = 0, inter_t
     options.intra_op_num_threads = intra_threads or usable_cores()
     options.inter_op_num_threads = inter_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle ONNX Runtime threads would otherwise spin and take CPU from decoding and the event loop.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for key, value in SPINNING.items():
+        options.add_session_config_entry(key, value)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
