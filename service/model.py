@@ -216,13 +216,15 @@ class OnnxModel:
                 )
 
 
-# Within a run, the intra-op threads spin between one operator's parallel section and the next; as a run ends they
-# stop (``force_spinning_stop``), so that between runs they take no CPU from decoding and the event loop. A worker
-# that blocked after every operator instead had to be woken dozens of times a run, and on a virtual machine whose
-# other core had idled (a 12 MP photo's 10 ms decode on one core) each wake-up was slow: the model's run took 13-15 ms
-# in the service against its 9 ms (docs/service.md, "ONNX Runtime's threads").
+# Within a run, an intra-op thread that runs out of work spins for up to 20 us before it blocks, which covers the gap
+# from one operator's parallel section to the next; as a run ends they stop spinning (``force_spinning_stop``), so
+# that between runs they take no CPU from decoding and the event loop. Blocking at once instead, the worker had to be
+# woken for nearly every operator, and on a virtual machine whose other core had idled (a 12 MP photo's 10 ms decode
+# on one core) each wake-up was slow: the model's run took 13-15 ms in the service against its 9 ms. Spinning longer
+# (200 us) cost throughput under load, where the threads of two batches share the cores (docs/service.md).
 SPINNING = {
     "session.intra_op.allow_spinning": "1",
+    "session.intra_op.spin_duration_us": "20",
     "session.force_spinning_stop": "1",
     "session.inter_op.allow_spinning": "0",
 }
