@@ -79,6 +79,8 @@ def test_load_quick_budget_reports_work_concurrency_overload_recovery_and_upload
     assert set(burst["statuses"]) <= {"200", "503"} and 0 <= burst["rejected_share"] <= 1
     assert burst["memory"]["start_mib"] > 0 and not math.isnan(burst["goodput_ratio"])
     assert report["recovered"] is True
+    recovery = report["recovery"]  # after the burst, the first 200 once the queue's backlog has drained
+    assert 0 < recovery["first_200_s"] < 30 and recovery["refused_before"] >= 0
 
     uploads = report["uploads"]
     rows, c = uploads["rows"], uploads["concurrency"]
@@ -107,7 +109,7 @@ def test_load_quick_budget_reports_work_concurrency_overload_recovery_and_upload
     assert sum("12 MP" in aim.figure for aim in aims) == 2 * len(TWELVE_MP)
     assert all(aim.met is not None for aim in aims if "12 MP" in aim.figure)
     text = "\n".join(SECTIONS[0].render(report, {}))
-    assert "from `wrk`" in text and "recovered" in text and "did not recover" not in text
+    assert "from `wrk`" in text and "recovered" in text and "did not recover" not in text and "the first 200" in text
     assert "| image | KiB |" in text and "| 2 MP PNG 1632x1224 | " in text and "2 / 1" in text
 
 
