@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from service import imaging
 from service.errors import ServiceError
-from service.imaging import JpegHeader, _jpeg_pixels, decode_reduced, jpeg_header, open_image
+from service.imaging import JpegHeader, _jpeg_pixels, _rgb_image, decode_reduced, jpeg_header, open_image
 from tests.service.servicetools import orientation_exif
 
 
@@ -68,8 +69,23 @@ def test_the_direct_decode_gives_pillows_pixels(variant: str, width: int, height
     direct = _jpeg_pixels(header.size, data, scale)
     assert direct is not None, "a colour JPEG must take the direct path"
     expected = pillows(data, scale)
-    assert direct.shape == expected.shape == (-(-height // scale), -(-width // scale), 3)
-    assert np.array_equal(direct, expected)
+    assert direct.shape == (*expected.shape[:2], 4) and expected.shape == (-(-height // scale), -(-width // scale), 3)
+    image = _rgb_image(direct)
+    assert image.mode == "RGB" and image.size == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(np.asarray(image), expected)
+
+
+def test_the_decoded_pixels_become_an_image_without_a_copy_and_stay_its_own() -> None:
+    # The mapping is Pillow's internal: this fails, rather than the service slowing down unnoticed, if a Pillow
+    # release stops mapping RGBX as RGB (the copy is then taken, with the same pixels).
+    assert _rgb_image is imaging._mapped_rgb
+    pixels = _jpeg_pixels((64, 48), jpeg(photo(64, 48)), 1)
+    assert pixels is not None
+    mapped, copied = imaging._mapped_rgb(pixels), imaging._copied_rgb(pixels)
+    assert np.array_equal(np.asarray(mapped), np.asarray(copied)) and copied.mode == "RGB"
+    before = pixels.copy()
+    mapped.paste((255, 0, 0), (0, 0, 8, 8))  # an in-place change copies the image first
+    assert np.array_equal(pixels, before) and np.asarray(mapped)[0, 0].tolist() == [255, 0, 0]
 
 
 @pytest.mark.parametrize("limit", SIMD_LIMITS)
