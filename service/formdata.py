@@ -29,9 +29,12 @@ _MAX_HEADER_BLOCK = _MAX_HEADERS * (_MAX_LINE + 2)
 _MAX_TEXT = 1024 * 1024
 
 
-def form_files(content_type: str, body: bytes) -> list[tuple[str, bytes]] | None:
-    """``(filename, bytes)`` of each file part named ``file``, in order, as Starlette's parser would give them;
+def form_files(content_type: str, body: bytes) -> list[tuple[str, memoryview]] | None:
+    """``(filename, data)`` of each file part named ``file``, in order, as Starlette's parser would give them;
     ``None`` when the body is not in the plain shape read here (the caller then parses it in full).
+
+    Each file's data is a view into ``body``, not a copy: copying a 3 MB photo out of its form took 2 ms, most of
+    it the kernel handing over fresh pages (glibc maps a block that large on its own, and returns it when freed).
 
     A file without a filename is named ``file <i>``; text fields with other names are skipped, one named
     ``file`` is left to the caller, which refuses it.
@@ -44,7 +47,8 @@ def form_files(content_type: str, body: bytes) -> list[tuple[str, bytes]] | None
     delimiter = b"\r\n--" + boundary
     if not body.startswith(delimiter[2:] + b"\r\n"):  # a preamble, or no part at all
         return None
-    files: list[tuple[str, bytes]] = []
+    files: list[tuple[str, memoryview]] = []
+    view = memoryview(body)
     start = len(delimiter)  # the first part's headers
     for _ in range(MAX_PARTS):
         part = _part(body, start, delimiter)
@@ -57,7 +61,7 @@ def form_files(content_type: str, body: bytes) -> list[tuple[str, bytes]] | None
         name = _decode(options[b"name"])
         if b"filename" in options:
             if name == FIELD:
-                files.append((_decode(options[b"filename"]) or f"file {len(files)}", body[data_start:data_end]))
+                files.append((_decode(options[b"filename"]) or f"file {len(files)}", view[data_start:data_end]))
         elif name == FIELD or data_end - data_start > _MAX_TEXT:
             return None
         start = data_end + len(delimiter) + 2

@@ -29,8 +29,8 @@ class ImagesJSON(BaseModel):
 
 async def read_images(
     request: Request, max_bytes: int, max_images: int, timeout_s: float | None = None
-) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` per image, in order; raises :class:`ServiceError` for anything unusable."""
+) -> list[tuple[str, bytes | memoryview]]:
+    """``(name, data)`` per image, in order; raises :class:`ServiceError` for anything unusable."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media not in (MULTIPART, JSON):
@@ -122,7 +122,7 @@ def _b64(text: str, index: int) -> bytes:
         raise ServiceError(422, "invalid_base64", f"images[{index}] is not valid base64") from None
 
 
-async def parse_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+async def parse_multipart(request: Request, body: bytes) -> list[tuple[str, bytes | memoryview]]:
     """The form's files named ``file``, in order: split in memory when the body has the usual shape, otherwise
     (and for every body that is refused) through Starlette's parser."""
     files = form_files(request.headers.get("content-type", ""), body)

@@ -40,7 +40,7 @@ INLINE_PIXELS = 256 * 256
 class Work:
     """A request as its codec read it: encoded image ``files`` to decode, or model ``inputs`` [3, crop, crop]."""
 
-    files: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes), in order
+    files: list[tuple[str, bytes | memoryview]] = field(default_factory=list)  # (name, data), in order
     inputs: list[np.ndarray] = field(default_factory=list)
     outputs: frozenset[str] = frozenset()  # the model outputs the answer needs
     display: int = 0  # files: also keep each at this many pixels on its longer side (whole-image overlays)
@@ -118,7 +118,7 @@ class Serving:
             )
         return tuple(dict.fromkeys(classes.index(label) for label in labels))
 
-    async def prepare(self, images: list[tuple[str, bytes]], display: int = 0) -> list[Prepared]:
+    async def prepare(self, images: list[tuple[str, bytes | memoryview]], display: int = 0) -> list[Prepared]:
         """Decode and preprocess ``images``, each kept at ``display`` pixels on its longer side too when that is
         positive (whole-image overlays); a bad image raises its own ServiceError. A lone small image is done on
         the event loop (``INLINE_PIXELS``), anything else in the decode pool."""
@@ -135,10 +135,10 @@ class Serving:
                 *(loop.run_in_executor(pool, self._open_prepare, data, name, display) for name, data in images)
             )
 
-    def _open_prepare(self, data: bytes, name: str, display: int) -> Prepared:
+    def _open_prepare(self, data: bytes | memoryview, name: str, display: int) -> Prepared:
         return self._prepare(open_image(data, self.settings.max_image_pixels, name), data, name, display)
 
-    def _prepare(self, opened: Opened, data: bytes, name: str, display: int) -> Prepared:
+    def _prepare(self, opened: Opened, data: bytes | memoryview, name: str, display: int) -> Prepared:
         start = time.perf_counter()
         # Only as many pixels as the model and the overlay need: a phone photo decodes at an eighth of its sides.
         image = decode_opened(opened, data, self.preprocessor.decode_side, display, name)

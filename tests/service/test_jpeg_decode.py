@@ -198,6 +198,8 @@ def encode_png(image: Image.Image) -> bytes:
 def test_the_header_read_without_pillow_is_what_pillow_reads_or_left_to_it(case: str) -> None:
     data = HEADER_CASES[case](jpeg(photo(300, 200)))
     header = jpeg_header(data)
+    # A multipart file arrives as a view into the request's body: read the same.
+    assert jpeg_header(memoryview(b"--" + data + b"\r\n")[2:-2]) == header
     left = {"EXIF, orientation as LONG", "XMP orientation", "grey", "CMYK", "fill bytes before a marker",
             "truncated header", "a PNG"}  # fmt: skip
     assert (header is None) == (case in left)
@@ -219,6 +221,8 @@ def test_every_orientation_read_from_the_header_turns_the_image_as_pillow_does(o
     upright = ImageOps.exif_transpose(pillow.convert("RGB"))
     assert decoded.size == upright.size
     assert np.array_equal(np.asarray(decoded.image), np.asarray(upright))
+    viewed = decode_reduced(memoryview(data), 10**8)
+    assert viewed.size == upright.size and np.array_equal(np.asarray(viewed.image), np.asarray(upright))
 
 
 def test_a_jpeg_over_the_pixel_limit_is_refused_before_any_pixel_is_decoded() -> None:
