@@ -231,3 +231,15 @@ def test_a_jpeg_over_the_pixel_limit_is_refused_before_any_pixel_is_decoded() ->
         open_image(data, 300 * 200 - 1)
     assert (caught.value.status, caught.value.code) == (413, "too_many_pixels")
     assert "300x200 = 60000 pixels" in caught.value.detail
+
+
+def test_a_pillow_that_does_not_map_rgbx_as_rgb_gets_the_copy_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object) -> None:
+        raise ValueError("unknown raw mode")
+
+    monkeypatch.setattr(Image.core, "map_buffer", refuse)
+    with caplog.at_level("WARNING", logger="service.imaging"):
+        assert imaging._chosen_rgb() is imaging._copied_rgb
+    assert "does not map RGBX pixels as an RGB image (ValueError('unknown raw mode'))" in caplog.text
