@@ -32,12 +32,13 @@ class ProtocolError(ValueError):
 
 @dataclass
 class Tensor:
-    """One request input: ``values`` is an array for numeric types, a list of bytes for BYTES."""
+    """One request input: ``values`` is an array for numeric types, a list of byte strings for BYTES (views into the
+    request's body where it came with the binary extension)."""
 
     name: str
     datatype: str
     shape: list[int]
-    values: np.ndarray | list[bytes]
+    values: np.ndarray | list[bytes] | list[memoryview]
 
 
 @dataclass
@@ -80,8 +81,8 @@ def _flatten(data: Any) -> list[Any]:
     return out
 
 
-def _split_bytes(raw: bytes, where: str) -> list[bytes]:
-    """Length-prefixed BYTES elements of the binary extension."""
+def _split_bytes(raw: memoryview, where: str) -> list[memoryview]:
+    """Length-prefixed BYTES elements of the binary extension, as views of ``raw``: a photo is not copied."""
     elements, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -121,12 +122,12 @@ def _tensor(raw: dict[str, Any], index: int, binary: memoryview, offset: int) ->
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             left = len(binary) - offset
             raise ProtocolError(f"{where}: binary_data_size {size!r} does not fit the {left} bytes left")
-        chunk, offset = bytes(binary[offset : offset + size]), offset + size
+        chunk, offset = binary[offset : offset + size], offset + size
     elif "data" not in raw:
         raise ProtocolError(f"{where} ({name!r}) has neither 'data' nor parameters.binary_data_size")
     if datatype == "BYTES":
         if size is not None:
-            values: np.ndarray | list[bytes] = _split_bytes(chunk, where)
+            values: np.ndarray | list[bytes] | list[memoryview] = _split_bytes(chunk, where)
         else:
             values = _json_bytes(_flatten(raw["data"]), str(parameters.get("content_type", "base64")), where)
         if len(values) != count:
@@ -138,7 +139,7 @@ def _tensor(raw: dict[str, Any], index: int, binary: memoryview, offset: int) ->
     if size is not None:
         if size != count * dtype.itemsize:
             raise ProtocolError(f"{where} ({name!r}): {size} bytes for shape {shape} of {datatype}")
-        array = np.frombuffer(chunk, dtype)
+        array = np.frombuffer(chunk, dtype).copy()  # aligned, and the body is not kept alive by it
     else:
         flat = _flatten(raw["data"])
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):

@@ -13,6 +13,7 @@ import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from service import oip
 from tests.service.servicetools import CLASSES, COLOURS, run_directly, solid_png, tiny_inputs
 
 MODEL = "tiny-ca"
@@ -153,6 +154,66 @@ def test_binary_request_body_as_the_extension_lays_it_out(app_client) -> None:
     assert meta["outputs"][0]["parameters"]["binary_data_size"] == 16
     logits = np.frombuffer(response.content[split:], "<f4")
     assert int(np.argmax(logits)) == CLASSES.index("red")
+
+
+def _binary_body(tensors: list[tuple[str, str, list[int], bytes]]) -> tuple[bytes, int]:
+    """A body of the binary extension: the JSON header for ``(name, datatype, shape, raw)`` inputs, then the raws."""
+    inputs = [{"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+              for name, datatype, shape, raw in tensors]  # fmt: skip
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + b"".join(raw for *_, raw in tensors), len(header)
+
+
+def _length_prefixed(*elements: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(element)) + element for element in elements)
+
+
+def test_binary_bytes_elements_are_views_into_the_body() -> None:
+    jpeg, png = solid_png(COLOURS["red"], fmt="JPEG"), solid_png(COLOURS["blue"])
+    body, split = _binary_body([("image_bytes", "BYTES", [2], _length_prefixed(jpeg, png))])
+    (tensor,) = oip.parse_request(body, str(split)).inputs
+    assert [bytes(value) for value in tensor.values] == [jpeg, png]
+    # A photo of megabytes is not copied out of the request: each element reads the body in place.
+    assert all(isinstance(value, memoryview) and value.obj is body for value in tensor.values)
+
+
+def test_binary_fp32_input_is_its_own_aligned_array() -> None:
+    values = np.arange(2 * 3 * 4 * 4, dtype="<f4").reshape(2, 3, 4, 4)
+    body, split = _binary_body([("image", "FP32", [2, 3, 4, 4], values.tobytes())])
+    body = b" " + body  # the header one byte longer: the data starts at an odd offset of the body
+    (tensor,) = oip.parse_request(body, str(split + 1)).inputs
+    np.testing.assert_array_equal(tensor.values, values)
+    assert tensor.values.flags.aligned and tensor.values.flags.writeable and tensor.values.base is not body
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_length_prefixed(b"abc")[:3], "ends inside an element's 4-byte length"),
+        (struct.pack("<I", 9) + b"abc", "claims 9 bytes but only 3 remain"),
+    ],
+)
+def test_broken_binary_bytes_are_protocol_errors(raw: bytes, message: str) -> None:
+    whole, split = _binary_body([("image_bytes", "BYTES", [1], raw)])
+    with pytest.raises(oip.ProtocolError, match=message):
+        oip.parse_request(whole, str(split))
+
+
+def test_two_photos_in_one_binary_request_answer_as_json_ones_do(app_client) -> None:
+    client = app_client()
+    files = [solid_png(COLOURS["red"], size=(640, 480), fmt="JPEG"), solid_png(COLOURS["blue"])]
+    body, split = _binary_body([("image_bytes", "BYTES", [2], _length_prefixed(*files))])
+    binary = client.post(
+        f"/v2/models/{MODEL}/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(split), "Content-Type": "application/octet-stream"},
+    )
+    as_json = _infer(client, {"inputs": [_bytes_input(*files)]})
+    assert binary.status_code == as_json.status_code == 200
+    logits = {o["name"]: o["data"] for o in binary.json()["outputs"]}["logits"]
+    assert logits == {o["name"]: o["data"] for o in as_json.json()["outputs"]}["logits"]
+    top = np.asarray(logits).reshape(2, -1).argmax(axis=1)
+    assert [CLASSES[i] for i in top] == ["red", "blue"]
 
 
 @pytest.mark.parametrize(
