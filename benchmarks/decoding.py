@@ -10,7 +10,9 @@ import io
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from benchmarks.sections import Aim, Section, body, fmt, pct, table
 from service.imaging import DECODE_MARGIN, decode_reduced
 from service.model import OnnxModel, load_model
 from service.preprocess import Preprocessor
+from service.settings import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +46,77 @@ def _side(megapixels: float, aspect: tuple[int, int]) -> tuple[int, int]:
     return round(height * aspect[0] / aspect[1]), height
 
 
+def _made(render: Callable[[Any], bytes], plans: Iterable[Any]) -> Iterator[bytes]:
+    """``render(plan)`` of each plan, in order, on every usable core: Pillow and NumPy let go of the interpreter
+    while they draw, blur and compress. Plans are drawn here, one generator in one order (the same images however
+    many cores), and only a few ahead of the renders."""
+    workers = max(1, usable_cores())
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[bytes]] = deque()
+        for plan in plans:
+            pending.append(pool.submit(render, plan))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def synthetic_jpegs(count: int, seed: int = 1, megapixels: tuple[float, float] = (2.0, 12.0)) -> Iterator[bytes]:
     """``count`` images of the default data set's validation kind (a seed the training split never uses), each
     generated at 2 to 12 megapixels as a square and saved as a JPEG, with its classes balanced."""
     from training.synthetic import SyntheticSpec, generate
 
+    def render(plan: tuple[int, int]) -> bytes:
+        index, side = plan
+        return _jpeg(
+            Image.fromarray(generate(SyntheticSpec(size=side, count=1, seed=seed * 100_000 + index)).images[0])
+        )
+
+    rng = np.random.default_rng(seed)
+    return _made(render, ((index, round(math.sqrt(rng.uniform(*megapixels) * 1e6))) for index in range(count)))
+
+
+@dataclass
+class _PhotoPlan:
+    """Everything random about one photo-like image, drawn in order from the set's generator."""
+
+    index: int
+    size: tuple[int, int]
+    light: np.ndarray  # 3 x 4 RGB, stretched over the picture
+    shapes: list[tuple[tuple[float, float, float, float], tuple[int, int, int], bool]]  # box, colour, ellipse
+    grain: np.ndarray  # (height, width) float32, standard normal
+
+
+def _photo_plans(count: int, seed: int, megapixels: tuple[float, float]) -> Iterator[_PhotoPlan]:
     rng = np.random.default_rng(seed)
     for index in range(count):
-        side = round(math.sqrt(rng.uniform(*megapixels) * 1e6))
-        split = generate(SyntheticSpec(size=side, count=1, seed=seed * 100_000 + index))
-        yield _jpeg(Image.fromarray(split.images[0]))
+        width, height = _side(rng.uniform(*megapixels), ASPECTS[index % len(ASPECTS)])
+        light = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+        shapes = []
+        for _ in range(int(rng.integers(3, 9))):
+            x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+            w, h = rng.uniform(0.05, 0.4) * width, rng.uniform(0.05, 0.4) * height
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shapes.append(((x0, y0, x0 + w, y0 + h), colour, bool(rng.random() < 0.5)))
+        # Luminance grain from the same generator (Pillow's effect_noise draws from C's rand(), unseeded).
+        yield _PhotoPlan(index, (width, height), light, shapes, rng.standard_normal((height, width), dtype=np.float32))
+
+
+def _photo(plan: _PhotoPlan) -> bytes:
+    light = Image.fromarray(plan.light).resize(plan.size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(light)
+    for box, colour, ellipse in plan.shapes:
+        (draw.ellipse if ellipse else draw.rectangle)(box, fill=colour)
+    light = light.filter(ImageFilter.GaussianBlur(1.0))  # a lens: edges a pixel or two wide
+    pixels = np.asarray(light, np.float32) + (plan.grain * 8.0)[..., None]
+    picture = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return _jpeg(picture, orientation=ROTATED if plan.index % 3 == 2 else None)
 
 
 def photo_jpegs(count: int, seed: int = 2, megapixels: tuple[float, float] = (2.0, 12.0)) -> Iterator[bytes]:
     """``count`` photo-like JPEGs of 2 to 12 megapixels: smooth light, hard-edged shapes and sensor grain, in
     the aspects phones and cameras use; every third one stored landscape and turned upright by EXIF."""
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        width, height = _side(rng.uniform(*megapixels), ASPECTS[index % len(ASPECTS)])
-        light = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize(
-            (width, height), Image.Resampling.BICUBIC
-        )
-        draw = ImageDraw.Draw(light)
-        for _ in range(int(rng.integers(3, 9))):
-            x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-            w, h = rng.uniform(0.05, 0.4) * width, rng.uniform(0.05, 0.4) * height
-            box = (x0, y0, x0 + w, y0 + h)
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
-        light = light.filter(ImageFilter.GaussianBlur(1.0))  # a lens: edges a pixel or two wide
-        # Luminance grain from the same generator (Pillow's effect_noise draws from C's rand(), unseeded).
-        grain = rng.standard_normal((height, width), dtype=np.float32) * 8.0
-        pixels = np.asarray(light, np.float32) + grain[..., None]
-        picture = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-        yield _jpeg(picture, orientation=ROTATED if index % 3 == 2 else None)
+    return _made(_photo, _photo_plans(count, seed, megapixels))
 
 
 @dataclass
@@ -114,37 +154,47 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def parity(model: OnnxModel, files: Sequence[bytes], margin: float) -> Parity:
     """Each file decoded in full and reduced to ``margin`` times the model's resize, preprocessed and run."""
+    return parities(model, files, (margin,))[margin]
+
+
+def parities(model: OnnxModel, files: Sequence[bytes], margins: Sequence[float]) -> dict[float, Parity]:
+    """:func:`parity` at each of ``margins``; the full decode, the slow part, is made and run once for them all."""
     prepare = Preprocessor(model.info.preprocessing)
-    min_side = math.ceil(model.info.preprocessing.resize * margin)
-    full, reduced, seconds = [], [], {"full": 0.0, "reduced": 0.0}
+    full, full_s = [], 0.0
     for data in files:
         start = time.perf_counter()
-        whole = decode_reduced(data, 10**9)
-        full.append(prepare(whole.image).input)
-        middle = time.perf_counter()
-        part = decode_reduced(data, 10**9, min_side)
-        reduced.append(prepare(part.image, size=part.size).input)
-        seconds["full"] += middle - start
-        seconds["reduced"] += time.perf_counter() - middle
-    (logits_a, attention_a), (logits_b, attention_b) = _run(model, full), _run(model, reduced)
+        full.append(prepare(decode_reduced(data, 10**9).image).input)
+        full_s += time.perf_counter() - start
+    logits_a, attention_a = _run(model, full)
     spread = np.maximum(logits_a.max(1) - logits_a.min(1), 1e-6)
-    agree = logits_a.argmax(1) == logits_b.argmax(1)
     probabilities = np.exp(logits_a - logits_a.max(1, keepdims=True))
     top2 = np.sort(probabilities / probabilities.sum(1, keepdims=True), axis=1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] >= NEAR_TIE
-    pairs = zip(attention_a, attention_b, strict=True) if attention_a is not None else ()
-    corr = [_correlation(a, b) for a, b in pairs]
-    return Parity(
-        images=len(files),
-        top1_agreement=float(np.mean(agree)),
-        near_ties=int((~decided).sum()),
-        decided_agreement=float(np.mean(agree[decided])) if decided.any() else math.nan,
-        max_logit_diff=float((np.abs(logits_a - logits_b).max(1) / spread).max()),
-        min_attention_corr=min(corr, default=math.nan),
-        mean_attention_corr=float(np.mean(corr)) if corr else math.nan,
-        full_ms=seconds["full"] / len(files) * 1000,
-        reduced_ms=seconds["reduced"] / len(files) * 1000,
-    )
+    results = {}
+    for margin in margins:
+        min_side = math.ceil(model.info.preprocessing.resize * margin)
+        reduced, reduced_s = [], 0.0
+        for data in files:
+            start = time.perf_counter()
+            part = decode_reduced(data, 10**9, min_side)
+            reduced.append(prepare(part.image, size=part.size).input)
+            reduced_s += time.perf_counter() - start
+        logits_b, attention_b = _run(model, reduced)
+        agree = logits_a.argmax(1) == logits_b.argmax(1)
+        pairs = zip(attention_a, attention_b, strict=True) if attention_a is not None else ()
+        corr = [_correlation(a, b) for a, b in pairs]
+        results[margin] = Parity(
+            images=len(files),
+            top1_agreement=float(np.mean(agree)),
+            near_ties=int((~decided).sum()),
+            decided_agreement=float(np.mean(agree[decided])) if decided.any() else math.nan,
+            max_logit_diff=float((np.abs(logits_a - logits_b).max(1) / spread).max()),
+            min_attention_corr=min(corr, default=math.nan),
+            mean_attention_corr=float(np.mean(corr)) if corr else math.nan,
+            full_ms=full_s / len(files) * 1000,
+            reduced_ms=reduced_s / len(files) * 1000,
+        )
+    return results
 
 
 def decode_parity(
@@ -159,7 +209,8 @@ def decode_parity(
             continue
         megabytes = sum(map(len, files)) / len(files) / 2**20
         log.info("decode parity: %d images (%s), %.1f MiB each on average", len(files), name, megabytes)
-        rows[name] = {"mib": megabytes} | {f"{m:g}": parity(onnx, files, m).__dict__ for m in margins}
+        by_margin = parities(onnx, files, margins)
+        rows[name] = {"mib": megabytes} | {f"{m:g}": by_margin[m].__dict__ for m in margins}
     return {"margin": DECODE_MARGIN, "resize": onnx.info.preprocessing.resize, "sets": rows}
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.decoding import decode_parity, parity, photo_jpegs, synthetic_jpegs
+from benchmarks import decoding
+from benchmarks.decoding import decode_parity, parities, parity, photo_jpegs, synthetic_jpegs
 from service.imaging import DECODE_MARGIN
 from service.model import load_model
 
@@ -19,6 +20,12 @@ def test_photo_like_images_are_2_to_12_megapixel_jpegs_some_turned_by_exif() -> 
     assert all(image.format == "JPEG" and 2e6 <= image.width * image.height <= 12e6 for image in images)
     assert [image.getexif().get(0x0112) for image in images] == [None, None, 6, None, None, 6]
     assert len({image.size for image in images}) == 6
+
+
+def test_the_images_are_the_same_however_many_threads_make_them(monkeypatch) -> None:
+    made = [list(photo_jpegs(3)), list(synthetic_jpegs(2))]
+    monkeypatch.setattr(decoding, "usable_cores", lambda: 1)
+    assert [list(photo_jpegs(3)), list(synthetic_jpegs(2))] == made
 
 
 def test_synthetic_images_are_large_square_jpegs() -> None:
@@ -32,6 +39,17 @@ def test_an_image_against_itself_agrees_fully(tiny_model: Path) -> None:
     Image.fromarray(np.full((40, 48, 3), 200, np.uint8)).save(small, format="PNG")
     same = parity(load_model(tiny_model, ["cpu"]), [small.getvalue()] * 2, DECODE_MARGIN)
     assert same.top1_agreement == 1.0 and same.max_logit_diff == 0.0
+
+
+def test_margins_measured_together_match_each_measured_alone(tiny_model: Path) -> None:
+    # The full decode is made once for every margin: the figures are those of a run per margin.
+    model, files = load_model(tiny_model, ["cpu"]), list(photo_jpegs(3))
+    together = parities(model, files, (1.0, 3.0))
+    for margin, measured in together.items():
+        alone = parity(model, files, margin)
+        figures = {k: v for k, v in measured.__dict__.items() if not k.endswith("_ms")}
+        assert figures == {k: v for k, v in alone.__dict__.items() if not k.endswith("_ms")}
+    assert together[1.0].max_logit_diff > 0  # a reduction that shows, so the comparison says something
 
 
 def test_the_record_holds_every_set_and_margin(tiny_model: Path) -> None:
