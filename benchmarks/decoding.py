@@ -68,9 +68,8 @@ def synthetic_jpegs(count: int, seed: int = 1, megapixels: tuple[float, float] =
 
     def render(plan: tuple[int, int]) -> bytes:
         index, side = plan
-        return _jpeg(
-            Image.fromarray(generate(SyntheticSpec(size=side, count=1, seed=seed * 100_000 + index)).images[0])
-        )
+        split = generate(SyntheticSpec(size=side, count=1, seed=seed * 100_000 + index))
+        return _jpeg(Image.fromarray(split.images[0]))
 
     rng = np.random.default_rng(seed)
     return _made(render, ((index, round(math.sqrt(rng.uniform(*megapixels) * 1e6))) for index in range(count)))
