@@ -16,7 +16,7 @@ from functools import partial
 from service.batcher import Batcher
 from service.contract import CPU
 from service.fleet import Phase, Slot
-from service.memory import pin_mmap_threshold
+from service.memory import pin_thresholds
 from service.metrics import Metrics
 from service.model import OnnxModel, load_model
 from service.monitoring import watch
@@ -77,8 +77,8 @@ class Lifecycle:
         self.serving, self._batcher, self._decode_pool = None, None, None
         self._set(Phase.starting)
         s = self.settings
-        # Before the first image: large buffers then go back to the system when freed (see service.memory).
-        pin_mmap_threshold()
+        # Before the first image: large buffers go back to the system when freed, small ones stay (service.memory).
+        pin_thresholds()
         # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
         # own threads inherit.
         self._inference = worker_pool(s.lanes(CPU)[0], "castream-inference", s.worker_niceness)
