@@ -12,10 +12,12 @@ Setting the threshold pins it: large buffers are mapped and returned on free, an
 objects, which are reused. 1 MiB keeps the per-request arrays of the model's crop (a few hundred KiB, the same
 size every time and so reused) in the arenas, where they cost no system call.
 
-Pinning it also pins the *trim threshold*, the free memory at the top of an arena that glibc lets it keep, at its
-starting 128 KiB (left alone, it rises with the mmap threshold). A large upload arrives in pieces of up to 256 KiB,
-each a block under 1 MiB at the arena's top: at 128 KiB the arena gave those pages back after every such request
-and faulted them in again for the next one (about 400 page faults for a photo of 0.83 MiB). 8 MiB keeps them.
+Pinning it also freezes the *trim threshold*, the free memory at the top of an arena that glibc lets it keep, where
+it stands (128 KiB at first; left alone, it rises with the mmap threshold). A large upload arrives in pieces of up
+to 256 KiB, each a block under 1 MiB at the arena's top: with the trim threshold that low the arena gave those pages
+back after every such request and faulted them in again for the next one (about 400 page faults for a photo of
+0.83 MiB). 8 MiB keeps them; a block of 1 MiB or more may then also be carved out of that free top instead of being
+mapped, and either way an arena keeps at most 8 MiB free at its top.
 """
 
 from __future__ import annotations
