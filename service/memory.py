@@ -43,7 +43,7 @@ def glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
-def chosen_by_environment(name: str = "mmap_threshold") -> bool:
+def chosen_by_environment(name: str) -> bool:
     """Whether the operator set glibc's ``name`` (``mmap_threshold`` or ``trim_threshold``) themselves, which then
     wins."""
     variable = _PARAMETERS[name][1]
@@ -53,7 +53,7 @@ def chosen_by_environment(name: str = "mmap_threshold") -> bool:
 def pin_thresholds(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> list[str]:
     """Fix glibc's mmap and trim thresholds (bytes) for the whole process; return the names of those set.
 
-    Nothing is changed off glibc, and neither where the environment already sets it.
+    Nothing is changed off glibc; a threshold the environment sets is left alone.
     """
     libc = glibc()
     if libc is None:
