@@ -47,12 +47,16 @@ def metrics_of(results: Results) -> list[str]:
 
 
 def markdown(
-    results: Results, checkpoint_metrics: dict[str, Any] | None = None, title: str = "Interpretability: GAP vs CA"
+    results: Results,
+    checkpoint_metrics: dict[str, Any] | None = None,
+    title: str = "Interpretability: GAP vs CA",
+    classes: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The table (rows: method x pooling; all values in %), the settings, and the CA-vs-GAP comparison.
 
     Args:
         checkpoint_metrics: the checkpoint's own ``val_top1_gap`` / ``val_top1_ca`` (whole validation split).
+        classes: :func:`by_class` of the same results, for the section class by class (left out when empty).
     """
     metrics = metrics_of(results)
     s = results.settings
@@ -80,6 +84,7 @@ def markdown(
     findings = comparison(results)
     if findings:
         lines += ["", "## CA vs GAP, metric by metric", "", *[f"- {line}" for line in findings]]
+    lines += class_section(classes or {}, results)
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +123,53 @@ def comparison(results: Results) -> list[str]:
         lines.append(
             "Differences are CA minus GAP in percentage points on the same images, ± one paired standard error."
         )
+    return lines
+
+
+def by_class(results: Results, labels: Any, classes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The localisation scores class by class: for each class with images, its image count and, per method and
+    pooling, the pointing game and energy in mask in % over that class's images. Empty without masks."""
+    metrics = [m for m in metrics_of(results) if m in LOCALISATION]
+    labels = np.asarray(labels).reshape(-1)
+    if not metrics or any(len(results.scores[key][metrics[0]]) != len(labels) for key in results.rows):
+        return {}
+    table: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(classes):
+        chosen = labels == index
+        if not chosen.any():
+            continue
+        row: dict[str, Any] = {"images": int(chosen.sum())}
+        for key in results.rows:
+            scores = {m: results.scores[key][m].double().numpy()[chosen] for m in metrics}
+            row["/".join(key)] = {m: round(100.0 * float(values.mean()), 2) for m, values in scores.items()}
+        table[name] = row
+    return table
+
+
+def class_section(table: dict[str, dict[str, Any]], results: Results) -> list[str]:
+    """Markdown for :func:`by_class`: one row per class, ``pointing / energy`` per method, the weakest first for
+    the first row of the main table that has them (the raw attention where it was computed)."""
+    if not table:
+        return []
+    keys = [f"{m}/{p}" for m, p in results.rows]
+    ranked = "attention/ca" if "attention/ca" in keys else keys[0]
+    order = sorted(table, key=lambda name: (table[name][ranked]["pointing"], name))
+    method, pooling = ranked.split("/")
+    lines = [
+        "",
+        "## Localisation by class",
+        "",
+        f"Pointing game / energy in mask, in %, over each class's images; classes in increasing order of "
+        f"{pooling.upper()} {LABELS[method]}'s pointing game. A map that finds an object's place but peaks off its "
+        "pixels (a hollow or thin shape) misses the pointing game while keeping its energy.",
+        "",
+        "| class | images | " + " | ".join(f"{p.upper()} {LABELS[m]}" for m, p in results.rows) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for name in order:
+        row = table[name]
+        cells = " | ".join(f"{row[k]['pointing']:.1f} / {row[k]['energy']:.1f}" for k in keys)
+        lines.append(f"| {name} | {row['images']} | {cells} |")
     return lines
 
 
@@ -208,9 +260,10 @@ def write(results: Results, samples: LabelledImages, out: Path, extra: dict[str,
     """Writes interpretability.md, .csv, .json and .png into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / f"{STEM}.{kind}" for kind in ("md", "csv", "json")}
-    paths["md"].write_text(markdown(results, (extra or {}).get("checkpoint_metrics")))
+    classes = by_class(results, samples.labels, samples.classes)
+    paths["md"].write_text(markdown(results, (extra or {}).get("checkpoint_metrics"), classes=classes))
     paths["csv"].write_text(table_csv(results))
-    paths["json"].write_text(json.dumps(summary(results, extra), indent=2) + "\n")
+    paths["json"].write_text(json.dumps({**summary(results, extra), "by_class": classes}, indent=2) + "\n")
     picture = picture_grid(results, samples, out / f"{STEM}.png")
     if picture is not None:
         paths["png"] = picture

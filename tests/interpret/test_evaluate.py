@@ -25,6 +25,11 @@ def test_evaluate_writes_table_csv_json_and_picture(synthetic_checkpoint: Path, 
     assert summary["settings"]["protocol"] == "ca-stream" and summary["settings"]["overrides"] == []
     assert rows[0]["protocol"] == "ca-stream" and rows[0]["blur_kernel"] == "5" and rows[0]["steps"] == "8"
     assert set(summary["top1"]) == {"gap", "ca"}
+    # Synthetic data has masks: the localisation class by class covers the three images, each row its class's.
+    by_class = summary["by_class"]
+    assert sum(row["images"] for row in by_class.values()) == 3
+    assert all(0.0 <= row["gradcam/gap"]["pointing"] <= 100.0 for row in by_class.values())
+    assert "## Localisation by class" in table and all(f"| {name} | " in table for name in by_class)
     with Image.open(tmp_path / "interpretability.png") as picture:
         assert picture.format == "PNG"
         assert picture.height > picture.width / 4 * 1.5  # two rows of four panels
