@@ -13,8 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from service.batcher import Batcher
-from service.contract import CPU
+from service.batcher import Batcher, lane_executor
 from service.fleet import Phase, Slot
 from service.memory import pin_thresholds
 from service.metrics import Metrics
@@ -56,7 +55,7 @@ class Lifecycle:
         self._warm_task: asyncio.Task | None = None
         self._batcher: Batcher | None = None
         self._decode_pool: ThreadPoolExecutor | None = None
-        self._inference: ThreadPoolExecutor | None = None
+        self._inference: list[ThreadPoolExecutor] = []  # one thread per lane
         self._lanes = 1
 
     @property
@@ -79,17 +78,18 @@ class Lifecycle:
         s = self.settings
         # Before the first image: large buffers go back to the system when freed, small ones stay (service.memory).
         pin_thresholds()
-        # The session is opened on the thread that will run it, at the workers' priority, which ONNX Runtime's
-        # own threads inherit.
-        self._inference = worker_pool(s.lanes(CPU)[0], "castream-inference", s.worker_niceness)
+        # Each session is opened on a lane's thread, at the workers' priority, which ONNX Runtime's own threads
+        # inherit: the first lane's runs lone batches, the others' mostly run batches beside another.
+        self._inference = [lane_executor(0, s.worker_niceness)]
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(
-            self._inference, load_model, s.model_path, s.provider_list, s.session_threads(), s.inter_op_threads
+            self._inference[0], load_model, s.model_path, s.provider_list, s.session_threads(), s.inter_op_threads
         )
         self._lanes, threads = s.lanes(model.providers[0])
+        self._inference += [lane_executor(lane, s.worker_niceness) for lane in range(1, self._lanes)]
         if self._lanes > 1:  # the same file again, with a share of the threads, for batches that run side by side
             shared = await loop.run_in_executor(
-                self._inference, load_model, s.model_path, s.provider_list, threads, s.inter_op_threads
+                self._inference[1], load_model, s.model_path, s.provider_list, threads, s.inter_op_threads
             )
             model.share(shared.session)
             log.info("up to %d batches at once under load, %d intra-op thread(s) each", self._lanes, threads)
@@ -103,7 +103,7 @@ class Lifecycle:
 
     async def _warm_up(self, model: OnnxModel, sizes: list[int]) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(self._inference, model.warm_up, sizes)
+            await asyncio.get_running_loop().run_in_executor(self._inference[0], model.warm_up, sizes)
         except Exception:
             log.exception("warm-up failed; the service stays unready and /healthz reports the failure")
             self._set(Phase.failed)
@@ -118,7 +118,7 @@ class Lifecycle:
             timeout_s=s.request_timeout_ms / 1000,
             retry_after_s=s.retry_after_s,
             metrics=self.metrics,
-            executor=self._inference,
+            executors=self._inference,
             queue_limit=queue_limit(s),
             lanes=self._lanes,
             shared_run=partial(model.run, shared=True),
@@ -146,8 +146,9 @@ class Lifecycle:
         if self._warm_task is not None and not self._warm_task.done():
             self._warm_task.cancel()
         if self._batcher is not None:
-            await self._batcher.stop(self.settings.shutdown_timeout_s)  # shuts the inference thread down too
-        elif self._inference is not None:
-            self._inference.shutdown(wait=False, cancel_futures=True)
+            await self._batcher.stop(self.settings.shutdown_timeout_s)  # shuts the lanes' threads down too
+        else:
+            for executor in self._inference:
+                executor.shutdown(wait=False, cancel_futures=True)
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)

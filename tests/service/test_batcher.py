@@ -18,14 +18,16 @@ from tests.service.servicetools import COLOURS, count_runs, solid_png
 
 
 class FakeModel:
-    """Doubles each input; records batch sizes; can block until released or raise."""
+    """Doubles each input; records batch sizes and the threads that ran them; can block until released or raise."""
 
     def __init__(self, gate: threading.Event | None = None, error: Exception | None = None):
         self.batches: list[int] = []
+        self.threads: list[str] = []
         self.gate, self.error = gate, error
 
     def __call__(self, batch: np.ndarray) -> list[float]:
         self.batches.append(len(batch))
+        self.threads.append(threading.current_thread().name)
         if self.gate is not None:
             self.gate.wait(5)
         if self.error is not None:
@@ -425,6 +427,39 @@ def test_queue_full_answers_say_how_long_to_wait_and_what_bounds_the_queue() -> 
 def test_lanes_are_checked_in_the_constructor() -> None:
     with pytest.raises(ValueError, match="lanes=0"):
         make(FakeModel(), lanes=0)
+    with ThreadPoolExecutor(1) as one, pytest.raises(ValueError, match="1 executors for 2 lanes: give one per lane"):
+        make(FakeModel(), lanes=2, executors=[one])
+
+
+def test_each_lane_has_its_own_thread_and_a_batch_takes_the_lowest_free_lane() -> None:
+    gates = [threading.Event(), threading.Event()]
+    whole, shared = FakeModel(), FakeModel()
+
+    async def main() -> None:
+        batcher = make(whole, max_batch_size=1, max_delay_s=0, lanes=2, shared_run=shared)
+        batcher.start()
+        for i in range(3):  # one at a time: always the first lane's thread
+            assert await batcher.submit([np.float32(i)]) == [2.0 * i]
+        whole.gate = gates[0]
+        first = asyncio.create_task(batcher.submit([np.float32(3)]))
+        while len(whole.batches) < 4:  # held on the first lane
+            await asyncio.sleep(0)
+        whole.gate, shared.gate = None, gates[1]
+        second = asyncio.create_task(batcher.submit([np.float32(4)]))
+        while not shared.batches:  # beside it, on the second lane, held too
+            await asyncio.sleep(0)
+        gates[0].set()
+        assert await first == [6.0]
+        shared.gate = None
+        # The first lane is free again and the second still busy: the next batch takes the first.
+        assert await batcher.submit([np.float32(5)]) == [10.0]
+        gates[1].set()
+        assert await second == [8.0]
+        await batcher.stop(5)
+
+    run(main())
+    assert whole.threads == ["castream-inference-0_0"] * 4
+    assert shared.threads == ["castream-inference-1_0", "castream-inference-0_0"]
 
 
 def test_with_two_lanes_a_lone_request_runs_on_every_thread_and_company_runs_beside_it_on_the_shared_run() -> None:
