@@ -151,10 +151,9 @@ def class_section(table: dict[str, dict[str, Any]], results: Results) -> list[st
     the first row of the main table that has them (the raw attention where it was computed)."""
     if not table:
         return []
-    keys = [f"{m}/{p}" for m, p in results.rows]
-    ranked = "attention/ca" if "attention/ca" in keys else keys[0]
-    order = sorted(table, key=lambda name: (table[name][ranked]["pointing"], name))
-    method, pooling = ranked.split("/")
+    keys = ["/".join(key) for key in results.rows]
+    method, pooling = ("attention", "ca") if ("attention", "ca") in results.rows else results.rows[0]
+    order = sorted(table, key=lambda name: (table[name][f"{method}/{pooling}"]["pointing"], name))
     lines = [
         "",
         "## Localisation by class",
