@@ -6,9 +6,15 @@ import base64
 import io
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+try:  # ISA-L's deflate (igzip), where its wheel exists: a dependency of the serving extras
+    from isal import isal_zlib
+except ImportError:  # a platform without it: zlib at every level
+    isal_zlib = None
 
 # Viridis (perceptually uniform, readable in grey and by colour-blind readers), 17 evenly spaced samples of
 # the published table; linear interpolation between them stays within 6 levels of the full 256-entry table.
@@ -31,6 +37,10 @@ LUT = (
 # zlib level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
 # noisy blended crop compresses little better at 6 (files about a tenth smaller; BENCHMARKS.md has the numbers).
 PNG_LEVEL = 1
+# The levels deflated by ISA-L rather than zlib: igzip's own levels 1-3. On a 1008 x 756 overlay of a 12 MP photo, igzip
+# at level 1 took 7.6 ms for 1,148 KiB where zlib took 26.5 ms for 1,187 KiB (AMD EPYC, Zen 4); zlib's level 0 stores
+# the rows as they are, and its levels 4-9 compress harder than igzip can.
+FAST_LEVELS = range(1, 4)
 FORMATS = ("png", "jpeg", "webp")
 JPEG_QUALITY = 90
 WEBP_QUALITY = 85
@@ -58,9 +68,16 @@ def _blend(pixels: Image.Image, levels: Image.Image, alpha: float) -> Image.Imag
     return Image.composite(colours.convert("RGB"), pixels, levels.point(weight))
 
 
+def deflater(level: int) -> Any:
+    """The module whose ``compress`` and ``crc32`` write a PNG at zlib ``level``: ISA-L's for ``FAST_LEVELS`` where
+    installed, else zlib. Both write zlib streams that any PNG reader inflates."""
+    return isal_zlib if isal_zlib is not None and level in FAST_LEVELS else zlib
+
+
 def _png(image: Image.Image, level: int) -> bytes:
     """An RGB PNG with every row filtered by its difference from the row above (PNG's "Up"), then deflated at
-    ``level``. Pillow tries each of PNG's filters on every row, which doubles the time for the same size here."""
+    ``level`` (:func:`deflater`). Pillow tries each of PNG's filters on every row, which doubles the time for the same
+    size here."""
     pixels = np.asarray(image, np.uint8)
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, width * 3)
@@ -69,11 +86,13 @@ def _png(image: Image.Image, level: int) -> bytes:
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # modulo 256, as the filter is defined
 
+    deflate = deflater(level)
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", deflate.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlacing
-    idat = zlib.compress(raw.tobytes(), level)
+    idat = deflate.compress(raw, level)  # the array's own buffer, not a copy of it
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 

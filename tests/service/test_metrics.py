@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import overlay
 from service.overlay import heat_overlay
 from service.settings import SettingsError, load_settings
 from tests.service.servicetools import COLOURS, solid_png
@@ -72,6 +74,40 @@ def test_overlay_pixels_do_not_depend_on_the_level(level: int) -> None:
     reference = np.asarray(Image.open(io.BytesIO(heat_overlay(view, attention, png_level=6))))
     decoded = np.asarray(Image.open(io.BytesIO(heat_overlay(view, attention, png_level=level))))
     np.testing.assert_array_equal(decoded, reference)
+
+
+def test_fast_levels_deflate_with_isal_and_write_the_same_pixels(monkeypatch) -> None:
+    """Levels 1-3 go through ISA-L (a serving dependency), and its PNG holds the pixels zlib's does, in fewer bytes
+    than zlib's level 1 on a photo-like overlay."""
+    assert overlay.isal_zlib is not None, "the serving extras install isal"
+    assert [overlay.deflater(level).__name__ for level in (0, 1, 3, 4, 9)] == [
+        "zlib", "isal.isal_zlib", "isal.isal_zlib", "zlib", "zlib",
+    ]  # fmt: skip
+    y, x = np.mgrid[0:240, 0:320]
+    waves = np.stack([127 + 100 * np.sin(x / (20 + 9 * c) + y / 31) for c in range(3)], axis=-1)
+    noise = np.random.default_rng(0).normal(0, 3, waves.shape)
+    image = Image.fromarray(np.clip(waves + noise, 0, 255).astype(np.uint8))
+    fast = overlay.encoded(image, "png", 1)
+    monkeypatch.setattr(overlay, "FAST_LEVELS", range(0))  # level 1 as the service wrote it before: zlib's
+    with_zlib = overlay.encoded(image, "png", 1)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(image))
+    assert zlib.decompress(_idat(fast)) == zlib.decompress(_idat(with_zlib))  # the same filtered rows
+    assert len(fast) < len(with_zlib)
+
+
+def test_png_without_isal_falls_back_to_zlib(monkeypatch) -> None:
+    monkeypatch.setattr(overlay, "isal_zlib", None)
+    assert overlay.deflater(1) is zlib
+    view = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    png = overlay.encoded(Image.fromarray(view), "png", 1)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), view)
+
+
+def _idat(png: bytes) -> bytes:
+    """The one IDAT chunk's data of a PNG that ``overlay`` wrote."""
+    start = png.index(b"IDAT")
+    length = int.from_bytes(png[start - 4 : start], "big")
+    return png[start + 4 : start + 4 + length]
 
 
 def test_png_level_out_of_range_names_the_variable(model_path) -> None:
