@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmarks.decoding import parity, photo_jpegs, synthetic_jpegs
 from service.errors import ServiceError
-from service.imaging import DECODE_MARGIN, decode, decode_reduced, reduction
+from service.imaging import DECODE_MARGIN, DISPLAY_SLACK, decode, decode_reduced, reduction
 from service.metadata import Preprocessing
 from service.model import load_model
 from service.overlay import BOX_COLOUR, DISPLAY_SIDE
@@ -45,6 +45,8 @@ def encode(image: Image.Image, fmt: str, orientation: int | None = None) -> byte
         ((4032, 3024), 400, 0, (1008, 756)),
         ((4032, 3024), 224, 1024, (1008, 756)),  # a 1024 px overlay is 1.6 % larger: enlarged, not decoded at half
         ((4032, 3024), 224, 1100, (2016, 1512)),
+        ((1632, 1224), 224, 1024, (1020, 765)),  # five eighths: straight to the display size, no resize after
+        ((2592, 1944), 224, 1024, (1296, 972)),  # no eighth within 5 % under 1024: half, resized after
         ((1600, 1200), 224, 0, (400, 300)),
         ((1001, 997), 224, 0, (251, 250)),  # not a multiple of 8: libjpeg rounds up
         ((451, 300), 224, 0, (451, 300)),  # too small to reduce
@@ -98,6 +100,21 @@ def test_the_reduced_decode_is_cropped_where_the_full_image_is(size: tuple[int, 
     assert part.input.shape == full.input.shape
     # The same picture: the reduced pixels differ from the full decode's by a few levels at most.
     assert np.abs(part.view.astype(int) - full.view.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize(("fmt", "tolerance"), [("PNG", 0.0), ("JPEG", 2.0)])
+def test_an_image_kept_for_display_gives_the_model_the_input_it_gets_without(fmt: str, tolerance: float) -> None:
+    """Decoded larger for a 1024 px overlay, the image is reduced before the model's resize as a decode for the model
+    alone reduces it: a PNG's input is exactly the one without the overlay, a JPEG's within a few levels."""
+    prepare = Preprocessor(Preprocessing.from_dict(PREPROCESSING))
+    data = encode(smooth(1632, 1224, seed=5), fmt)
+    alone = decode_reduced(data, 10**8, prepare.decode_side)
+    shown = decode_reduced(data, 10**8, prepare.decode_side, DISPLAY_SIDE)
+    assert min(shown.image.size) >= 2 * prepare.decode_side  # larger than the model needs: reduced before the resize
+    plain, kept = prepare(alone.image, size=alone.size), prepare(shown.image, DISPLAY_SIDE, shown.size)
+    assert kept.original is not None and DISPLAY_SIDE * DISPLAY_SLACK <= max(kept.original.shape[:2]) <= DISPLAY_SIDE
+    assert kept.box == plain.box and kept.input.shape == plain.input.shape
+    assert np.abs(kept.view.astype(int) - plain.view.astype(int)).mean() <= tolerance
 
 
 def overlay(client: TestClient, data: bytes, key: str = "overlay_png", **params: object) -> Image.Image:
