@@ -6,7 +6,7 @@ import base64
 import io
 import struct
 import zlib
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,7 +34,7 @@ LUT = (
     .astype(np.uint8)
 )  # (256, 3): colour of each heat level
 
-# zlib level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
+# Deflate level of the PNG: level 1 writes the same pixels several times faster than Pillow's default (6), and the
 # noisy blended crop compresses little better at 6 (files about a tenth smaller; BENCHMARKS.md has the numbers).
 PNG_LEVEL = 1
 # The levels deflated by ISA-L rather than zlib: igzip's own levels 1-3. On a 1008 x 756 overlay of a 12 MP photo, igzip
@@ -68,7 +68,7 @@ def _blend(pixels: Image.Image, levels: Image.Image, alpha: float) -> Image.Imag
     return Image.composite(colours.convert("RGB"), pixels, levels.point(weight))
 
 
-def deflater(level: int) -> Any:
+def deflater(level: int) -> ModuleType:
     """The module whose ``compress`` and ``crc32`` write a PNG at zlib ``level``: ISA-L's for ``FAST_LEVELS`` where
     installed, else zlib. Both write zlib streams that any PNG reader inflates."""
     return isal_zlib if isal_zlib is not None and level in FAST_LEVELS else zlib
