@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from service.contract import Preprocessing
-from service.imaging import DECODE_MARGIN
+from service.imaging import DECODE_MARGIN, reduction
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -92,7 +92,7 @@ class Preprocessor:
             # model alone would keep, as service.imaging reduces the formats without scaled decoding (for those,
             # the input is then the one without the overlay): the resize from a 2 MP photo took 6.1 ms, 2.2 from
             # its quarter (AMD EPYC). A full decode without a display size is resized exactly, as training did.
-            factor = min(image.size) // self.decode_side if display > 0 else 1
+            factor = reduction(image.size, self.decode_side) if display > 0 else 1
             if factor > 1:
                 image = image.reduce(factor)
             # Pillow always antialiases when downscaling, like torchvision's Resize(antialias=True).
